@@ -235,6 +235,18 @@ macro_rules! string_traits {
 }
 string_traits!(RepositoryName);
 string_traits!(Tag);
+
+impl AsRef<str> for RepositoryName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Tag {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
 string_traits!(Reference);
 
 #[cfg(test)]

@@ -1,0 +1,331 @@
+//! Backends: where the store keeps its objects.
+//!
+//! Every backend is an [`object_store::ObjectStore`]. The filesystem backend is
+//! `object_store`'s `LocalFileSystem`, built so that every write it publishes is durable
+//! (see [`Backend::filesystem`]). Capabilities that only some backends have (multipart
+//! uploads, a local directory) are explicit fields, not runtime surprises.
+
+use std::fmt;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::multipart::MultipartStore;
+use object_store::prefix::PrefixStore;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Which backend to use, as plain data (deserializable from any serde format).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// A directory on the local filesystem (the default).
+    Filesystem(FilesystemConfig),
+    /// Process memory; for tests. Everything is lost when the process exits.
+    #[serde(alias = "inmemory")]
+    Memory,
+    /// Amazon S3 or an S3-compatible server.
+    S3(S3Config),
+    /// Azure Blob Storage (or Azurite).
+    Azure(AzureConfig),
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self::Filesystem(FilesystemConfig {
+            root: PathBuf::from("layerstore-data"),
+        })
+    }
+}
+
+/// Filesystem backend settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesystemConfig {
+    /// The directory holding all data; created if missing.
+    #[serde(alias = "rootdirectory")]
+    pub root: PathBuf,
+}
+
+/// S3 backend settings. Credentials come from here or from `AWS_ACCESS_KEY_ID` /
+/// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`); layerstore never falls back to a cloud
+/// instance-metadata endpoint, so a missing credential is an error at start, not a hang.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Endpoint of an S3-compatible server, such as `http://127.0.0.1:9000`.
+    #[serde(default, alias = "regionendpoint")]
+    pub endpoint: Option<String>,
+    /// Allow plain HTTP (only sensible on loopback).
+    #[serde(default)]
+    pub allow_http: bool,
+    #[serde(default, alias = "accesskey")]
+    pub access_key_id: Option<String>,
+    #[serde(default, alias = "secretkey")]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Key prefix inside the bucket, so several stores can share one bucket.
+    #[serde(default, alias = "rootdirectory")]
+    pub prefix: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("allow_http", &self.allow_http)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// Azure Blob backend settings.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureConfig {
+    #[serde(alias = "accountname")]
+    pub account: String,
+    pub container: String,
+    /// Shared key of the account.
+    #[serde(default, alias = "accountkey")]
+    pub access_key: Option<String>,
+    /// Blob endpoint including the account, such as `http://127.0.0.1:10000/devstoreaccount1`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Allow plain HTTP (only sensible on loopback).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Key prefix inside the container.
+    #[serde(default, alias = "rootdirectory")]
+    pub prefix: Option<String>,
+}
+
+impl fmt::Debug for AzureConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureConfig")
+            .field("account", &self.account)
+            .field("container", &self.container)
+            .field(
+                "access_key",
+                &self.access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("endpoint", &self.endpoint)
+            .field("allow_http", &self.allow_http)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// A built backend: the object store and the capabilities it has.
+#[derive(Clone)]
+pub struct Backend {
+    pub(crate) objects: Arc<dyn ObjectStore>,
+    pub(crate) multipart: Option<Arc<dyn MultipartStore>>,
+    pub(crate) local_root: Option<PathBuf>,
+    description: String,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl Backend {
+    /// Builds the backend a configuration describes.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for an incomplete configuration (such as S3 without credentials),
+    /// [`Error::Io`] if the filesystem root cannot be created, [`Error::Backend`] if
+    /// `object_store` refuses the settings.
+    pub fn from_config(config: &BackendConfig) -> Result<Self> {
+        match config {
+            BackendConfig::Filesystem(fs) => Self::filesystem(&fs.root),
+            BackendConfig::Memory => Ok(Self::in_memory()),
+            BackendConfig::S3(s3) => Self::s3(s3),
+            BackendConfig::Azure(az) => Self::azure(az),
+        }
+    }
+
+    /// Process memory. Supports multipart uploads.
+    #[must_use]
+    pub fn in_memory() -> Self {
+        let store = Arc::new(InMemory::new());
+        Self {
+            objects: store.clone(),
+            multipart: Some(store),
+            local_root: None,
+            description: "memory".to_owned(),
+        }
+    }
+
+    /// A directory on the local filesystem, created if missing.
+    ///
+    /// Durability: every object is written to a staging file and published by rename (or hard
+    /// link); the file is fsynced before the rename and its directory after it, so an object
+    /// that a call reported as written survives a crash or power loss, and a crash leaves
+    /// either the old object or the new one, never a partial file. Deletes are not fsynced: a
+    /// crash right after a delete can bring the deleted object back, which never exposes
+    /// partial data.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directory cannot be created; [`Error::Backend`] if it cannot be
+    /// used.
+    pub fn filesystem(root: impl AsRef<FsPath>) -> Result<Self> {
+        let root = root.as_ref();
+        std::fs::create_dir_all(root)
+            .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| Error::io(format!("resolving {}", root.display()), e))?;
+        let store = LocalFileSystem::new_with_prefix(&root)?
+            .with_fsync(true)
+            .with_automatic_cleanup(true);
+        Ok(Self {
+            objects: Arc::new(store),
+            multipart: None,
+            description: format!("filesystem at {}", root.display()),
+            local_root: Some(root),
+        })
+    }
+
+    /// Any object store; for example one wrapped for instrumentation in tests.
+    #[must_use]
+    pub fn object_store(objects: Arc<dyn ObjectStore>) -> Self {
+        let description = objects.to_string();
+        Self {
+            objects,
+            multipart: None,
+            local_root: None,
+            description,
+        }
+    }
+
+    /// Declares that the object store supports multipart uploads through `multipart`.
+    #[must_use]
+    pub fn with_multipart(mut self, multipart: Arc<dyn MultipartStore>) -> Self {
+        self.multipart = Some(multipart);
+        self
+    }
+
+    fn s3(config: &S3Config) -> Result<Self> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let (key, secret, token) = match (&config.access_key_id, &config.secret_access_key) {
+            (Some(k), Some(s)) => (k.clone(), s.clone(), config.session_token.clone()),
+            (None, None) => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+                (Some(k), Some(s)) => (k, s, env("AWS_SESSION_TOKEN")),
+                _ => {
+                    return Err(Error::Unsupported {
+                        what: "S3 without credentials: set access_key_id and secret_access_key, \
+                               or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                            .to_owned(),
+                    });
+                }
+            },
+            _ => {
+                return Err(Error::Unsupported {
+                    what: "S3 with only one of access_key_id and secret_access_key".to_owned(),
+                });
+            }
+        };
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_access_key_id(key)
+            .with_secret_access_key(secret)
+            .with_allow_http(config.allow_http);
+        if let Some(token) = token {
+            builder = builder.with_token(token);
+        }
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false);
+        }
+        let s3 = builder.build()?;
+        let description = format!("s3 bucket {}", config.bucket);
+        Ok(Self::prefixed(s3, config.prefix.as_deref(), description))
+    }
+
+    fn azure(config: &AzureConfig) -> Result<Self> {
+        let mut builder = MicrosoftAzureBuilder::new()
+            .with_account(&config.account)
+            .with_container_name(&config.container)
+            .with_allow_http(config.allow_http);
+        if let Some(key) = &config.access_key {
+            builder = builder.with_access_key(key);
+        }
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
+        }
+        let az = builder.build()?;
+        let description = format!("azure container {}", config.container);
+        Ok(Self::prefixed(az, config.prefix.as_deref(), description))
+    }
+
+    fn prefixed<T: ObjectStore + MultipartStore>(
+        store: T,
+        prefix: Option<&str>,
+        description: String,
+    ) -> Self {
+        match prefix
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty())
+        {
+            Some(p) => {
+                let store = Arc::new(PrefixStore::new(store, p));
+                Self {
+                    objects: store.clone(),
+                    multipart: Some(store),
+                    local_root: None,
+                    description: format!("{description}, prefix {p}"),
+                }
+            }
+            None => {
+                let store = Arc::new(store);
+                Self {
+                    objects: store.clone(),
+                    multipart: Some(store),
+                    local_root: None,
+                    description,
+                }
+            }
+        }
+    }
+
+    /// The local directory, for the filesystem backend.
+    #[must_use]
+    pub fn local_root(&self) -> Option<&FsPath> {
+        self.local_root.as_deref()
+    }
+
+    /// Whether multipart uploads are available.
+    #[must_use]
+    pub fn supports_multipart(&self) -> bool {
+        self.multipart.is_some()
+    }
+}

@@ -1,0 +1,251 @@
+//! The key layout: the one place that maps logical things to backend keys.
+//!
+//! No other module builds a key. Every input that reaches this module is already a validated
+//! [`Digest`], [`RepositoryName`] or [`Tag`], so no key can leave its place: a name component
+//! never is empty, `.`, `..` or `_`-prefixed, and a tag never holds `/` or starts with `.`.
+//! The reserved `_`-prefixed components below therefore can never collide with a repository.
+//!
+//! | logical thing | key |
+//! |---|---|
+//! | blob bytes (stored once per store) | `blobs/{alg}/{hex[0..2]}/{hex}/data` |
+//! | blob linked into a repository | `repositories/{name}/_layers/{alg}/{hex}/link` |
+//! | manifest revision in a repository | `repositories/{name}/_manifests/revisions/{alg}/{hex}/link` |
+//! | tag → manifest | `repositories/{name}/_manifests/tags/{tag}/link` |
+//! | referrer of a subject | `repositories/{name}/_referrers/{alg}/{subject hex}/{alg}/{hex}/link` |
+//! | repository in the catalog | `catalog/{name}/_repository` |
+//! | upload session state | `uploads/{id}/state` |
+//! | upload session staged bytes | `uploads/{id}/data` |
+//!
+//! Manifest bytes are stored as blobs (`blobs/…/data`); the revision link makes them a manifest
+//! of one repository. Link objects are small: a blob link holds the digest; manifest, tag and
+//! referrer links hold a JSON descriptor so that a stat needs one read.
+
+use object_store::path::{Path, PathPart};
+
+use crate::digest::Digest;
+use crate::name::{RepositoryName, Tag};
+
+const BLOBS: &str = "blobs";
+const REPOSITORIES: &str = "repositories";
+const CATALOG: &str = "catalog";
+const UPLOADS: &str = "uploads";
+const LINK: &str = "link";
+const CATALOG_MARKER: &str = "_repository";
+
+/// Builds every backend key. Cheap to copy; holds no state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyLayout;
+
+fn path<'a>(parts: impl IntoIterator<Item = &'a str>) -> Path {
+    // Each part is a validated name, tag, hex string or constant; PathPart would
+    // percent-encode anything unexpected rather than let it split the key.
+    Path::from_iter(parts.into_iter().map(PathPart::from))
+}
+
+fn repo_parts<'a>(name: &'a RepositoryName, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut parts = Vec::with_capacity(8 + rest.len());
+    parts.push(REPOSITORIES);
+    parts.extend(name.components());
+    parts.extend_from_slice(rest);
+    parts
+}
+
+impl KeyLayout {
+    /// Where a blob's bytes live.
+    #[must_use]
+    pub fn blob_data(self, digest: &Digest) -> Path {
+        let hex = digest.hex();
+        path([BLOBS, digest.algorithm().as_str(), &hex[..2], &hex, "data"])
+    }
+
+    /// The link that makes a blob visible in a repository.
+    #[must_use]
+    pub fn layer_link(self, repo: &RepositoryName, digest: &Digest) -> Path {
+        let hex = digest.hex();
+        path(repo_parts(
+            repo,
+            &["_layers", digest.algorithm().as_str(), &hex, LINK],
+        ))
+    }
+
+    /// The link that makes a manifest a revision of a repository.
+    #[must_use]
+    pub fn manifest_revision(self, repo: &RepositoryName, digest: &Digest) -> Path {
+        let hex = digest.hex();
+        path(repo_parts(
+            repo,
+            &[
+                "_manifests",
+                "revisions",
+                digest.algorithm().as_str(),
+                &hex,
+                LINK,
+            ],
+        ))
+    }
+
+    /// The link of a tag.
+    #[must_use]
+    pub fn tag_link(self, repo: &RepositoryName, tag: &Tag) -> Path {
+        path(repo_parts(
+            repo,
+            &["_manifests", "tags", tag.as_str(), LINK],
+        ))
+    }
+
+    /// The prefix under which all tag links of a repository live.
+    #[must_use]
+    pub fn tags_prefix(self, repo: &RepositoryName) -> Path {
+        path(repo_parts(repo, &["_manifests", "tags"]))
+    }
+
+    /// Reads the tag back from a key under [`Self::tags_prefix`]; `None` for any other key.
+    #[must_use]
+    pub fn tag_from_key(self, repo: &RepositoryName, key: &Path) -> Option<Tag> {
+        let prefix = self.tags_prefix(repo);
+        let mut rest = key.prefix_match(&prefix)?;
+        let tag = rest.next()?;
+        let link = rest.next()?;
+        if link.as_ref() != LINK || rest.next().is_some() {
+            return None;
+        }
+        Tag::parse(tag.as_ref()).ok()
+    }
+
+    /// The link recording that `referrer` has `subject` as its subject.
+    #[must_use]
+    pub fn referrer_link(self, repo: &RepositoryName, subject: &Digest, referrer: &Digest) -> Path {
+        let (shex, rhex) = (subject.hex(), referrer.hex());
+        path(repo_parts(
+            repo,
+            &[
+                "_referrers",
+                subject.algorithm().as_str(),
+                &shex,
+                referrer.algorithm().as_str(),
+                &rhex,
+                LINK,
+            ],
+        ))
+    }
+
+    /// The prefix under which all referrers of `subject` live.
+    #[must_use]
+    pub fn referrers_prefix(self, repo: &RepositoryName, subject: &Digest) -> Path {
+        let shex = subject.hex();
+        path(repo_parts(
+            repo,
+            &["_referrers", subject.algorithm().as_str(), &shex],
+        ))
+    }
+
+    /// The marker that lists a repository in the catalog.
+    #[must_use]
+    pub fn catalog_marker(self, repo: &RepositoryName) -> Path {
+        let mut parts = vec![CATALOG];
+        parts.extend(repo.components());
+        parts.push(CATALOG_MARKER);
+        path(parts)
+    }
+
+    /// The prefix of all catalog markers.
+    #[must_use]
+    pub fn catalog_prefix(self) -> Path {
+        path([CATALOG])
+    }
+
+    /// Reads the repository name back from a catalog marker key.
+    #[must_use]
+    pub fn repository_from_catalog_key(self, key: &Path) -> Option<RepositoryName> {
+        let parts: Vec<_> = key.prefix_match(&self.catalog_prefix())?.collect();
+        let (last, components) = parts.split_last()?;
+        if last.as_ref() != CATALOG_MARKER || components.is_empty() {
+            return None;
+        }
+        let name = components
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<&str>>()
+            .join("/");
+        RepositoryName::parse(&name).ok()
+    }
+
+    /// The prefix of all upload sessions.
+    #[must_use]
+    pub fn uploads_prefix(self) -> Path {
+        path([UPLOADS])
+    }
+
+    /// The state object of an upload session. `id` must come from the upload module's id
+    /// generator (validated there).
+    #[must_use]
+    pub fn upload_state(self, id: &str) -> Path {
+        path([UPLOADS, id, "state"])
+    }
+
+    /// The staged bytes of an upload session.
+    #[must_use]
+    pub fn upload_data(self, id: &str) -> Path {
+        path([UPLOADS, id, "data"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(s: &str) -> RepositoryName {
+        RepositoryName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn blob_keys_are_sharded_by_the_first_two_hex_characters() {
+        let d = Digest::sha256(b"");
+        assert_eq!(
+            KeyLayout.blob_data(&d).as_ref(),
+            format!("blobs/sha256/e3/{}/data", d.hex())
+        );
+    }
+
+    #[test]
+    fn nested_repository_names_become_nested_keys() {
+        let d = Digest::sha256(b"x");
+        assert_eq!(
+            KeyLayout.layer_link(&repo("a/b"), &d).as_ref(),
+            format!("repositories/a/b/_layers/sha256/{}/link", d.hex())
+        );
+    }
+
+    #[test]
+    fn a_repository_cannot_see_the_keys_of_a_nested_one() {
+        // "a" and "a/b" share a prefix, but a's reserved components cannot be a name component.
+        let d = Digest::sha256(b"x");
+        let outer = KeyLayout.tags_prefix(&repo("a"));
+        let inner_tag = KeyLayout.tag_link(&repo("a/b"), &Tag::parse("t").unwrap());
+        assert!(inner_tag.prefix_match(&outer).is_none());
+        let inner_layer = KeyLayout.layer_link(&repo("a/b"), &d);
+        assert!(
+            inner_layer
+                .prefix_match(&KeyLayout.layer_link(&repo("a"), &d))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn tag_keys_round_trip() {
+        let r = repo("library/alpine");
+        let t = Tag::parse("v1.2_3-rc").unwrap();
+        let key = KeyLayout.tag_link(&r, &t);
+        assert_eq!(KeyLayout.tag_from_key(&r, &key), Some(t));
+        assert_eq!(KeyLayout.tag_from_key(&repo("library"), &key), None);
+    }
+
+    #[test]
+    fn catalog_keys_round_trip_including_names_that_end_in_a_marker_like_word() {
+        for name in ["a", "a/b/c", "a/repository", "x/link"] {
+            let r = repo(name);
+            let key = KeyLayout.catalog_marker(&r);
+            assert_eq!(KeyLayout.repository_from_catalog_key(&key), Some(r));
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Blobs: stored once per store under their digest, visible in a repository through a link.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{GetOptions, GetRange};
+
+use super::Repository;
+use crate::digest::Digest;
+use crate::error::{Error, RangeError, Result};
+use crate::name::RepositoryName;
+
+/// The media type of a blob as the store sees it: opaque bytes.
+pub const BLOB_MEDIA_TYPE: &str = "application/octet-stream";
+
+/// What the store knows about a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: &'static str,
+}
+
+/// A byte range of a blob to read, in the forms an HTTP `Range` header can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// From `start` to the end.
+    From(u64),
+    /// From `start` to `end_inclusive`; an end past the blob is cut to the blob.
+    Bounded { start: u64, end_inclusive: u64 },
+    /// The last `n` bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// The half-open range this selects in a blob of `size` bytes.
+    ///
+    /// # Errors
+    /// [`RangeError::Malformed`] if the end precedes the start, [`RangeError::Unsatisfiable`]
+    /// if the range selects no byte of the blob.
+    pub fn resolve(self, size: u64) -> Result<Range<u64>, RangeError> {
+        let unsatisfiable = |start, end_inclusive| RangeError::Unsatisfiable {
+            start,
+            end_inclusive,
+            size,
+        };
+        match self {
+            Self::From(start) if start < size => Ok(start..size),
+            Self::From(start) => Err(unsatisfiable(start, size.saturating_sub(1))),
+            Self::Bounded {
+                start,
+                end_inclusive,
+            } if end_inclusive < start => Err(RangeError::Malformed {
+                reason: format!("end {end_inclusive} precedes start {start}"),
+            }),
+            Self::Bounded {
+                start,
+                end_inclusive,
+            } if start < size => Ok(start..end_inclusive.min(size - 1) + 1),
+            Self::Bounded {
+                start,
+                end_inclusive,
+            } => Err(unsatisfiable(start, end_inclusive)),
+            Self::Suffix(n) if n > 0 && size > 0 => Ok(size.saturating_sub(n)..size),
+            Self::Suffix(n) => Err(unsatisfiable(
+                size.saturating_sub(n),
+                size.saturating_sub(1),
+            )),
+        }
+    }
+}
+
+/// A blob being read: its description, the byte range served, and the bytes as a stream.
+pub struct BlobRead {
+    pub info: BlobInfo,
+    /// The half-open range of the blob that `stream` yields.
+    pub range: Range<u64>,
+    /// The bytes, in order. Memory use does not grow with the blob's size.
+    pub stream: BoxStream<'static, Result<Bytes>>,
+}
+
+impl std::fmt::Debug for BlobRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobRead")
+            .field("info", &self.info)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Repository {
+    /// Describes a blob linked into this repository.
+    ///
+    /// # Errors
+    /// [`Error::BlobUnknown`] if the blob is not linked here (or its bytes are gone).
+    pub async fn stat_blob(&self, digest: &Digest) -> Result<BlobInfo> {
+        let keys = self.store.keys();
+        let link = keys.layer_link(&self.name, digest);
+        let data = keys.blob_data(digest);
+        let (linked, meta) = futures::try_join!(self.store.exists(&link), self.store.head(&data))?;
+        match (linked, meta) {
+            (true, Some(meta)) => Ok(BlobInfo {
+                digest: *digest,
+                size: meta.size,
+                media_type: BLOB_MEDIA_TYPE,
+            }),
+            _ => Err(Error::BlobUnknown { digest: *digest }),
+        }
+    }
+
+    /// Whether a blob is linked into this repository.
+    ///
+    /// # Errors
+    /// Backend failures only.
+    pub async fn blob_exists(&self, digest: &Digest) -> Result<bool> {
+        match self.stat_blob(digest).await {
+            Ok(_) => Ok(true),
+            Err(Error::BlobUnknown { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a blob, whole or a range of it, as a stream.
+    ///
+    /// # Errors
+    /// [`Error::BlobUnknown`] if it is not linked here; [`Error::RangeInvalid`] if the range
+    /// cannot be satisfied.
+    pub async fn read_blob(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobRead> {
+        let info = self.stat_blob(digest).await?;
+        let range = match range {
+            None => 0..info.size,
+            Some(r) => r.resolve(info.size).map_err(Error::RangeInvalid)?,
+        };
+        let key = self.store.keys().blob_data(digest);
+        let options = GetOptions {
+            range: (range != (0..info.size)).then(|| GetRange::Bounded(range.clone())),
+            ..GetOptions::default()
+        };
+        let got = match self.store.objects().get_opts(&key, options).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::BlobUnknown { digest: *digest });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let stream = got.into_stream().map_err(Error::from).boxed();
+        Ok(BlobRead {
+            info,
+            range,
+            stream,
+        })
+    }
+
+    /// Stores `data` as the blob `expected` and links it into this repository.
+    ///
+    /// The digest is verified before anything is written. The bytes are written only if the
+    /// store does not have them yet (one copy per store); the link is the commit point.
+    ///
+    /// # Errors
+    /// [`Error::DigestInvalid`] if `data` does not hash to `expected`; nothing is written.
+    pub async fn put_blob(&self, expected: &Digest, data: Bytes) -> Result<BlobInfo> {
+        expected.verify(&data)?;
+        let size = data.len() as u64;
+        let key = self.store.keys().blob_data(expected);
+        if self.store.head(&key).await?.is_none() {
+            // Concurrent puts of the same content both write the same bytes; each write is
+            // atomic, so readers see one whole copy either way.
+            self.store.write(&key, data).await?;
+        }
+        self.link_blob(expected).await?;
+        Ok(BlobInfo {
+            digest: *expected,
+            size,
+            media_type: BLOB_MEDIA_TYPE,
+        })
+    }
+
+    /// Links a blob that the store already holds into this repository from `from`.
+    /// Returns whether it mounted: `false` (and nothing written) if `from` does not have it.
+    ///
+    /// # Errors
+    /// Backend failures only.
+    pub async fn mount_blob(&self, from: &RepositoryName, digest: &Digest) -> Result<bool> {
+        let source = self.store.repository(from.clone());
+        if !source.blob_exists(digest).await? {
+            return Ok(false);
+        }
+        self.link_blob(digest).await?;
+        Ok(true)
+    }
+
+    /// Removes a blob from this repository. Its bytes stay in the store while other
+    /// repositories (or manifests) may use them.
+    ///
+    /// # Errors
+    /// [`Error::BlobUnknown`] if it is not linked here.
+    pub async fn unlink_blob(&self, digest: &Digest) -> Result<()> {
+        let link = self.store.keys().layer_link(&self.name, digest);
+        if !self.store.exists(&link).await? {
+            return Err(Error::BlobUnknown { digest: *digest });
+        }
+        self.store.remove(&link).await
+    }
+
+    /// Makes a blob the store holds visible in this repository.
+    pub(crate) async fn link_blob(&self, digest: &Digest) -> Result<()> {
+        self.register().await?;
+        let link = self.store.keys().layer_link(&self.name, digest);
+        self.store
+            .write(&link, Bytes::from(digest.to_string()))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_resolve_like_http_byte_ranges() {
+        assert_eq!(ByteRange::From(3).resolve(10), Ok(3..10));
+        assert_eq!(
+            ByteRange::Bounded {
+                start: 2,
+                end_inclusive: 4
+            }
+            .resolve(10),
+            Ok(2..5)
+        );
+        assert_eq!(
+            ByteRange::Bounded {
+                start: 2,
+                end_inclusive: 400
+            }
+            .resolve(10),
+            Ok(2..10)
+        );
+        assert_eq!(ByteRange::Suffix(4).resolve(10), Ok(6..10));
+        assert_eq!(ByteRange::Suffix(40).resolve(10), Ok(0..10));
+    }
+
+    #[test]
+    fn ranges_outside_the_blob_are_unsatisfiable() {
+        for r in [
+            ByteRange::From(10),
+            ByteRange::Bounded {
+                start: 10,
+                end_inclusive: 12,
+            },
+            ByteRange::Suffix(0),
+        ] {
+            assert!(
+                matches!(r.resolve(10), Err(RangeError::Unsatisfiable { .. })),
+                "{r:?}"
+            );
+        }
+        assert!(matches!(
+            ByteRange::From(0).resolve(0),
+            Err(RangeError::Unsatisfiable { .. })
+        ));
+    }
+
+    #[test]
+    fn end_before_start_is_malformed() {
+        assert!(matches!(
+            ByteRange::Bounded {
+                start: 5,
+                end_inclusive: 4
+            }
+            .resolve(10),
+            Err(RangeError::Malformed { .. })
+        ));
+    }
+}

@@ -1,0 +1,359 @@
+//! Manifests, tags and referrers of a repository.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
+use serde::{Deserialize, Serialize};
+
+use super::{Paginated, Repository};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::{Descriptor, MAX_MANIFEST_SIZE, Manifest, Role, media_type};
+use crate::name::{Reference, Tag};
+
+/// How many backend requests a manifest operation keeps in flight at once.
+const CONCURRENCY: usize = 16;
+
+/// What the store knows about a manifest without reading its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestInfo {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// A manifest as stored: the exact bytes received and their description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub info: ManifestInfo,
+    pub bytes: Bytes,
+}
+
+/// The outcome of a manifest put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestPut {
+    /// The digest the manifest is stored under.
+    pub digest: Digest,
+    /// The manifest's subject, if it has one (a frontend sends it back as `OCI-Subject`).
+    pub subject: Option<Digest>,
+}
+
+/// The referrers of a subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrers {
+    /// One descriptor per referring manifest, ordered by digest.
+    pub manifests: Vec<Descriptor>,
+    /// Whether an `artifactType` filter was applied.
+    pub filtered: bool,
+}
+
+impl Referrers {
+    /// The referrers as an OCI image index, as the referrers API returns them.
+    #[must_use]
+    pub fn to_index_json(&self) -> Bytes {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Index<'a> {
+            schema_version: u32,
+            media_type: &'static str,
+            manifests: &'a [Descriptor],
+        }
+        let index = Index {
+            schema_version: 2,
+            media_type: media_type::OCI_INDEX,
+            manifests: &self.manifests,
+        };
+        // Serializing plain strings, numbers and maps cannot fail.
+        Bytes::from(serde_json::to_vec(&index).unwrap_or_default())
+    }
+}
+
+/// The revision link: enough to stat a manifest, and to undo its referrer entry on delete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RevisionLink {
+    #[serde(flatten)]
+    info: ManifestInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<Digest>,
+}
+
+impl Repository {
+    /// Stores a manifest under its digest and, for a tag reference, points the tag at it.
+    ///
+    /// `bytes` are kept exactly as received. Every config and layer must be linked in this
+    /// repository and every index child must be a manifest of it; otherwise
+    /// [`Error::ManifestBlobUnknown`] names each one missing and nothing is written.
+    ///
+    /// Writes, in order: the bytes (once per store), the catalog entry, the referrer entry,
+    /// the revision link (the commit point: the manifest becomes visible), the tag.
+    ///
+    /// # Errors
+    /// [`Error::ManifestInvalid`] for a body the parser refuses, [`Error::DigestInvalid`] if a
+    /// digest reference does not match the bytes, [`Error::ManifestBlobUnknown`].
+    pub async fn put_manifest(
+        &self,
+        reference: &Reference,
+        bytes: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<ManifestPut> {
+        let manifest = Manifest::parse(bytes, content_type)?;
+        let digest = match reference {
+            Reference::Digest(d) => {
+                d.verify(&manifest.bytes)?;
+                *d
+            }
+            Reference::Tag(_) => manifest.digest,
+        };
+        self.check_references(&manifest).await?;
+
+        let keys = self.store.keys();
+        let data = keys.blob_data(&digest);
+        if self.store.head(&data).await?.is_none() {
+            self.store.write(&data, manifest.bytes.clone()).await?;
+        }
+        self.register().await?;
+        let info = ManifestInfo {
+            media_type: manifest.media_type.clone(),
+            digest,
+            size: manifest.bytes.len() as u64,
+        };
+        let subject = manifest.subject.as_ref().map(|s| s.digest);
+        if let Some(subject) = &subject {
+            let descriptor = referrer_descriptor(&manifest, &info);
+            let key = keys.referrer_link(&self.name, subject, &digest);
+            self.store.write_link(&key, &descriptor).await?;
+        }
+        let revision = RevisionLink {
+            info: info.clone(),
+            subject,
+        };
+        self.store
+            .write_link(&keys.manifest_revision(&self.name, &digest), &revision)
+            .await?;
+        if let Reference::Tag(tag) = reference {
+            // One atomic put: readers see the old target or the new one.
+            self.store
+                .write_link(&keys.tag_link(&self.name, tag), &info)
+                .await?;
+        }
+        Ok(ManifestPut { digest, subject })
+    }
+
+    /// Checks that everything `manifest` references is in this repository.
+    async fn check_references(&self, manifest: &Manifest) -> Result<()> {
+        let keys = self.store.keys();
+        let wanted: Vec<_> = manifest
+            .references()
+            .filter_map(|(role, d)| match role {
+                Role::Config | Role::Layer => {
+                    Some((keys.layer_link(&self.name, &d.digest), d.digest))
+                }
+                Role::Manifest => Some((keys.manifest_revision(&self.name, &d.digest), d.digest)),
+                // A referrer may be pushed before its subject.
+                Role::Subject => None,
+            })
+            .collect();
+        let found: Vec<bool> = stream::iter(wanted.iter().map(|(key, _)| self.store.exists(key)))
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut missing: Vec<Digest> = wanted
+            .iter()
+            .zip(found)
+            .filter(|(_, found)| !found)
+            .map(|((_, d), _)| *d)
+            .collect();
+        dedup_keep_order(&mut missing);
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::ManifestBlobUnknown { digests: missing })
+        }
+    }
+
+    /// Resolves a reference to the manifest it names, without reading the body.
+    ///
+    /// # Errors
+    /// [`Error::ManifestUnknown`] if there is no such manifest in this repository.
+    pub async fn stat_manifest(&self, reference: &Reference) -> Result<ManifestInfo> {
+        let keys = self.store.keys();
+        let digest = match reference {
+            Reference::Digest(d) => *d,
+            Reference::Tag(tag) => {
+                let key = keys.tag_link(&self.name, tag);
+                match self.store.read_link::<ManifestInfo>(&key).await? {
+                    Some(info) => info.digest,
+                    None => return Err(unknown(reference)),
+                }
+            }
+        };
+        // The revision link decides: a tag left pointing at a deleted manifest names nothing.
+        let key = keys.manifest_revision(&self.name, &digest);
+        match self.store.read_link::<RevisionLink>(&key).await? {
+            Some(link) => Ok(link.info),
+            None => Err(unknown(reference)),
+        }
+    }
+
+    /// Reads a manifest: its exact bytes, media type and digest.
+    ///
+    /// # Errors
+    /// [`Error::ManifestUnknown`] if there is no such manifest in this repository.
+    pub async fn get_manifest(&self, reference: &Reference) -> Result<StoredManifest> {
+        let info = self.stat_manifest(reference).await?;
+        let key = self.store.keys().blob_data(&info.digest);
+        match self
+            .store
+            .read_small(&key, MAX_MANIFEST_SIZE as u64)
+            .await?
+        {
+            Some(bytes) => Ok(StoredManifest { info, bytes }),
+            None => Err(unknown(reference)),
+        }
+    }
+
+    /// Deletes a manifest revision, its referrer entry, and every tag pointing at it.
+    ///
+    /// # Errors
+    /// [`Error::ManifestUnknown`] if there is no such manifest in this repository.
+    pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
+        let keys = self.store.keys();
+        let revision_key = keys.manifest_revision(&self.name, digest);
+        let Some(revision) = self.store.read_link::<RevisionLink>(&revision_key).await? else {
+            return Err(unknown(&Reference::Digest(*digest)));
+        };
+        // Commit point first: from here on the manifest is gone, whatever else fails.
+        self.store.remove(&revision_key).await?;
+        if let Some(subject) = &revision.subject {
+            self.store
+                .remove(&keys.referrer_link(&self.name, subject, digest))
+                .await?;
+        }
+        let tags = self.all_tags().await?;
+        stream::iter(tags)
+            .map(|tag| async move {
+                let key = keys.tag_link(&self.name, &tag);
+                match self.store.read_link::<ManifestInfo>(&key).await? {
+                    Some(info) if info.digest == *digest => self.store.remove(&key).await,
+                    _ => Ok(()),
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<()>()
+            .await
+    }
+
+    /// Removes a tag; the manifest it pointed at stays.
+    ///
+    /// # Errors
+    /// [`Error::ManifestUnknown`] if the tag does not exist.
+    pub async fn delete_tag(&self, tag: &Tag) -> Result<()> {
+        let key = self.store.keys().tag_link(&self.name, tag);
+        if !self.store.exists(&key).await? {
+            return Err(unknown(&Reference::Tag(tag.clone())));
+        }
+        self.store.remove(&key).await
+    }
+
+    /// Tags in lexical order, at most `n` of them, starting after `last`.
+    ///
+    /// # Errors
+    /// [`Error::NameUnknown`] if the repository has never been written to.
+    pub async fn tags(&self, n: Option<usize>, last: Option<&str>) -> Result<Paginated<Tag>> {
+        let tags = self.all_tags().await?;
+        if tags.is_empty() && !self.is_known().await? {
+            return Err(Error::NameUnknown {
+                name: self.name.to_string(),
+            });
+        }
+        Ok(Paginated::page(tags, n, last))
+    }
+
+    async fn all_tags(&self) -> Result<Vec<Tag>> {
+        let keys = self.store.keys();
+        let listed = self.store.list_keys(&keys.tags_prefix(&self.name)).await?;
+        Ok(listed
+            .iter()
+            .filter_map(|key| keys.tag_from_key(&self.name, key))
+            .collect())
+    }
+
+    /// Whether anything was ever written to this repository.
+    async fn is_known(&self) -> Result<bool> {
+        let key = self.store.keys().catalog_marker(&self.name);
+        self.store.exists(&key).await
+    }
+
+    /// The manifests of this repository whose subject is `subject`, optionally only those of
+    /// one artifact type.
+    ///
+    /// # Errors
+    /// Backend failures only; an unknown subject has no referrers.
+    pub async fn referrers(
+        &self,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Referrers> {
+        let keys = self.store.keys();
+        let links = self
+            .store
+            .list_keys(&keys.referrers_prefix(&self.name, subject))
+            .await?;
+        let mut manifests: Vec<Descriptor> = stream::iter(links)
+            .map(|key| async move {
+                let Some(descriptor) = self.store.read_link::<Descriptor>(&key).await? else {
+                    return Ok::<_, Error>(None);
+                };
+                // Only referrers whose revision exists: the revision link is the commit point.
+                let revision = keys.manifest_revision(&self.name, &descriptor.digest);
+                Ok(self.store.exists(&revision).await?.then_some(descriptor))
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_filter_map(|d| async move { Ok(d) })
+            .try_collect()
+            .await?;
+        if let Some(wanted) = artifact_type {
+            manifests.retain(|d| d.artifact_type.as_deref() == Some(wanted));
+        }
+        manifests.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(Referrers {
+            manifests,
+            filtered: artifact_type.is_some(),
+        })
+    }
+}
+
+fn unknown(reference: &Reference) -> Error {
+    Error::ManifestUnknown {
+        reference: reference.to_string(),
+    }
+}
+
+/// The descriptor of a referring manifest, as the referrers API lists it. Per the
+/// distribution spec, a manifest without `artifactType` is listed with its config's media
+/// type.
+fn referrer_descriptor(manifest: &Manifest, info: &ManifestInfo) -> Descriptor {
+    let artifact_type = manifest
+        .artifact_type
+        .clone()
+        .or_else(|| manifest.config.as_ref().map(|c| c.media_type.clone()));
+    Descriptor {
+        media_type: info.media_type.clone(),
+        digest: info.digest,
+        size: info.size,
+        artifact_type,
+        annotations: manifest
+            .annotations
+            .clone()
+            .filter(|a: &BTreeMap<_, _>| !a.is_empty()),
+        platform: None,
+    }
+}
+
+fn dedup_keep_order(digests: &mut Vec<Digest>) {
+    let mut seen = std::collections::HashSet::new();
+    digests.retain(|d| seen.insert(*d));
+}

@@ -1,0 +1,248 @@
+//! The store: content-addressed blobs linked into repositories, manifests, tags, referrers
+//! and the catalog, over any [`Backend`].
+//!
+//! [`Store`] is cheap to clone and shareable between tasks. [`Store::repository`] gives a
+//! [`Repository`] handle through which a frontend reaches everything of one repository.
+//!
+//! # Consistency
+//!
+//! Every object the store writes is published by one atomic backend write, and each operation
+//! orders its writes so that the last one is its *commit point*: before it, nothing new is
+//! visible through the API; after it, everything is. A crash or backend error between two
+//! writes therefore leaves, at worst, unreferenced objects (blob bytes with no link) that are
+//! invisible and harmless.
+
+mod blobs;
+mod catalog;
+mod manifests;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+
+pub use blobs::{BLOB_MEDIA_TYPE, BlobInfo, BlobRead, ByteRange};
+pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
+
+use std::sync::Arc;
+
+use crate::backend::{Backend, BackendConfig};
+use crate::error::{Error, Result};
+use crate::layout::KeyLayout;
+use crate::name::RepositoryName;
+
+/// Largest link object the store will read; links are tiny, so anything larger is corrupt.
+const MAX_LINK_SIZE: u64 = 64 * 1024;
+
+/// A content-addressed blob and manifest store over one backend.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    backend: Backend,
+    keys: KeyLayout,
+}
+
+/// One page of a listing in lexical order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paginated<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Whether more items follow the last one of this page.
+    pub truncated: bool,
+}
+
+impl<T: AsRef<str>> Paginated<T> {
+    /// Sorts `all`, keeps those after `last`, and cuts the result to `n` items.
+    fn page(mut all: Vec<T>, n: Option<usize>, last: Option<&str>) -> Self {
+        all.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        all.dedup_by(|a, b| a.as_ref() == b.as_ref());
+        if let Some(last) = last {
+            all.retain(|x| x.as_ref() > last);
+        }
+        let truncated = n.is_some_and(|n| all.len() > n);
+        if let Some(n) = n {
+            all.truncate(n);
+        }
+        Self {
+            items: all,
+            truncated,
+        }
+    }
+}
+
+impl Store {
+    /// A store over `backend`.
+    #[must_use]
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                keys: KeyLayout,
+            }),
+        }
+    }
+
+    /// Builds the backend `config` describes and a store over it.
+    ///
+    /// # Errors
+    /// See [`Backend::from_config`].
+    pub fn open(config: &BackendConfig) -> Result<Self> {
+        Backend::from_config(config).map(Self::new)
+    }
+
+    /// The backend.
+    #[must_use]
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    /// A handle on one repository. Nothing is read or written until it is used.
+    #[must_use]
+    pub fn repository(&self, name: RepositoryName) -> Repository {
+        Repository {
+            store: self.clone(),
+            name,
+        }
+    }
+
+    fn objects(&self) -> &dyn ObjectStore {
+        self.inner.backend.objects.as_ref()
+    }
+
+    fn keys(&self) -> KeyLayout {
+        self.inner.keys
+    }
+
+    /// Metadata of an object, `None` if it does not exist.
+    async fn head(&self, key: &Path) -> Result<Option<ObjectMeta>> {
+        match self.objects().head(key).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn exists(&self, key: &Path) -> Result<bool> {
+        Ok(self.head(key).await?.is_some())
+    }
+
+    /// Reads a whole small object (at most `limit` bytes), `None` if it does not exist.
+    async fn read_small(&self, key: &Path, limit: u64) -> Result<Option<Bytes>> {
+        let got = match self.objects().get(key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if got.meta.size > limit {
+            return Err(Error::Corrupt {
+                key: key.to_string(),
+                reason: format!("{} bytes where at most {limit} are expected", got.meta.size),
+            });
+        }
+        match got.bytes().await {
+            Ok(b) => Ok(Some(b)),
+            // Deleted between the response headers and the body.
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads and decodes a JSON link object, `None` if it does not exist.
+    async fn read_link<T: serde::de::DeserializeOwned>(&self, key: &Path) -> Result<Option<T>> {
+        let Some(bytes) = self.read_small(key, MAX_LINK_SIZE).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Writes an object in one atomic put, replacing any previous one.
+    async fn write(&self, key: &Path, bytes: impl Into<PutPayload>) -> Result<()> {
+        self.objects().put(key, bytes.into()).await?;
+        Ok(())
+    }
+
+    async fn write_link<T: serde::Serialize>(&self, key: &Path, value: &T) -> Result<()> {
+        let json = serde_json::to_vec(value).map_err(|e| Error::Corrupt {
+            key: key.to_string(),
+            reason: format!("cannot encode: {e}"),
+        })?;
+        self.write(key, Bytes::from(json)).await
+    }
+
+    /// Deletes an object; deleting a missing one is not an error (backends differ on it).
+    async fn remove(&self, key: &Path) -> Result<()> {
+        match self.objects().delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// All keys under `prefix`, in no particular order.
+    async fn list_keys(&self, prefix: &Path) -> Result<Vec<Path>> {
+        Ok(self
+            .objects()
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?)
+    }
+}
+
+/// A handle on one repository of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct Repository {
+    store: Store,
+    name: RepositoryName,
+}
+
+impl Repository {
+    /// The repository's name.
+    #[must_use]
+    pub fn name(&self) -> &RepositoryName {
+        &self.name
+    }
+
+    /// The store this repository belongs to.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Lists the repository in the catalog. Idempotent; called before anything of the
+    /// repository becomes visible, so a visible manifest's repository is always listed.
+    async fn register(&self) -> Result<()> {
+        let key = self.store.keys().catalog_marker(&self.name);
+        if !self.store.exists(&key).await? {
+            self.store.write(&key, Bytes::new()).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_sorted_deduplicated_and_cut_after_last() {
+        let all = vec!["c", "a", "b", "d", "b"];
+        let p = Paginated::page(all.clone(), Some(2), None);
+        assert_eq!(p.items, vec!["a", "b"]);
+        assert!(p.truncated);
+        let p = Paginated::page(all.clone(), Some(2), Some("b"));
+        assert_eq!(p.items, vec!["c", "d"]);
+        assert!(!p.truncated);
+        let p = Paginated::page(all, None, Some("zz"));
+        assert!(p.items.is_empty());
+        assert!(!p.truncated);
+    }
+}
