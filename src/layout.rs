@@ -5,20 +5,8 @@
 //! never is empty, `.`, `..` or `_`-prefixed, and a tag never holds `/` or starts with `.`.
 //! The reserved `_`-prefixed components below therefore can never collide with a repository.
 //!
-//! | logical thing | key |
-//! |---|---|
-//! | blob bytes (stored once per store) | `blobs/{alg}/{hex[0..2]}/{hex}/data` |
-//! | blob linked into a repository | `repositories/{name}/_layers/{alg}/{hex}/link` |
-//! | manifest revision in a repository | `repositories/{name}/_manifests/revisions/{alg}/{hex}/link` |
-//! | tag → manifest | `repositories/{name}/_manifests/tags/{tag}/link` |
-//! | referrer of a subject | `repositories/{name}/_referrers/{alg}/{subject hex}/{alg}/{hex}/link` |
-//! | repository in the catalog | `catalog/{name}/_repository` |
-//! | upload session state | `uploads/{id}/state` |
-//! | upload session staged bytes | `uploads/{id}/data` |
-//!
-//! Manifest bytes are stored as blobs (`blobs/…/data`); the revision link makes them a manifest
-//! of one repository. Link objects are small: a blob link holds the digest; manifest, tag and
-//! referrer links hold a JSON descriptor so that a stat needs one read.
+
+#![doc = include_str!("../docs/key-layout.md")]
 
 use object_store::path::{Path, PathPart};
 

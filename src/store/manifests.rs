@@ -215,7 +215,12 @@ impl Repository {
         }
     }
 
-    /// Deletes a manifest revision, its referrer entry, and every tag pointing at it.
+    /// Deletes a manifest revision, every tag pointing at it, and its referrer entry.
+    ///
+    /// Writes, in order: the tags are removed (the manifest stays whole and addressable by
+    /// digest), then the revision link (the commit point: the manifest is gone), then the
+    /// referrer entry (never listed without its revision). So no tag is ever left listed
+    /// that names nothing.
     ///
     /// # Errors
     /// [`Error::ManifestUnknown`] if there is no such manifest in this repository.
@@ -225,13 +230,6 @@ impl Repository {
         let Some(revision) = self.store.read_link::<RevisionLink>(&revision_key).await? else {
             return Err(unknown(&Reference::Digest(*digest)));
         };
-        // Commit point first: from here on the manifest is gone, whatever else fails.
-        self.store.remove(&revision_key).await?;
-        if let Some(subject) = &revision.subject {
-            self.store
-                .remove(&keys.referrer_link(&self.name, subject, digest))
-                .await?;
-        }
         let tags = self.all_tags().await?;
         stream::iter(tags)
             .map(|tag| async move {
@@ -243,7 +241,14 @@ impl Repository {
             })
             .buffer_unordered(CONCURRENCY)
             .try_collect::<()>()
-            .await
+            .await?;
+        self.store.remove(&revision_key).await?;
+        if let Some(subject) = &revision.subject {
+            self.store
+                .remove(&keys.referrer_link(&self.name, subject, digest))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Removes a tag; the manifest it pointed at stays.
