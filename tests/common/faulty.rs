@@ -1,0 +1,382 @@
+//! A store wrapper that fails chosen requests, to test what is left behind when a backend
+//! errors or the process dies between two writes.
+//!
+//! # What counts as one write
+//!
+//! Every request that could change backend state is one write, numbered from 1 in the order
+//! the calls are made (since construction or the last [`FaultyStore::reset`]):
+//!
+//! | call | writes |
+//! | --- | --- |
+//! | `ObjectStore::put_opts` (and so `put`) | 1 |
+//! | `ObjectStore::put_multipart_opts` (creating the upload) | 1 |
+//! | `MultipartUpload::put_part` on an upload it returned | 1 per part |
+//! | `MultipartUpload::complete` / `abort` | 1 each |
+//! | `MultipartStore::create_multipart(_opts)`, `put_part`, `complete_multipart`, `abort_multipart` | 1 each |
+//! | `ObjectStore::copy_opts` (`copy`, `copy_if_not_exists`) | 1 |
+//! | `ObjectStore::rename_opts` (`rename`, `rename_if_not_exists`) | 1, even where the backend implements it as copy + delete |
+//! | `ObjectStore::delete_stream` (and so `delete`) | 1 per location deleted |
+//!
+//! Aborts count because a crashed process cannot abort either. A write that is refused by an
+//! injected fault still gets its number, so with `crash_at(n)` `writes_seen()` keeps growing
+//! with every refused attempt.
+//!
+//! Reads are `get_opts` (`get`, `get_range`, `head`), `get_ranges`, `list`, `list_with_offset`
+//! and `list_with_delimiter`: one each per call.
+//!
+//! An injected fault fires before the request reaches the inner store, so the failed write has
+//! no effect: the failure looks like a request that never arrived.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream};
+use futures::{FutureExt, StreamExt};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, Error, GetOptions, GetResult, ListResult, MultipartId, MultipartUpload,
+    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    Result, UploadPart,
+};
+
+const STORE: &str = "FaultyStore";
+
+/// High bit of a plan: the fault is a crash (this request and every later one fail).
+const CRASH: u64 = 1 << 63;
+
+/// Counters and fault plans, shared with the uploads the store hands out so that parts and
+/// completes are numbered in the same sequence as every other write.
+#[derive(Debug, Default)]
+struct FaultState {
+    writes: AtomicU64,
+    reads: AtomicU64,
+    faults: AtomicU64,
+    /// 0 = no fault; otherwise the request number, with [`CRASH`] set for a crash. One atomic,
+    /// so a plan is never seen half-updated.
+    write_plan: AtomicU64,
+    read_plan: AtomicU64,
+}
+
+impl FaultState {
+    fn write(&self, op: &str, location: &Path) -> Result<()> {
+        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        self.check(&self.write_plan, n, "write", op, location)
+    }
+
+    fn read(&self, op: &str, location: &Path) -> Result<()> {
+        let n = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
+        self.check(&self.read_plan, n, "read", op, location)
+    }
+
+    fn check(&self, plan: &AtomicU64, n: u64, what: &str, op: &str, location: &Path) -> Result<()> {
+        let plan = plan.load(Ordering::SeqCst);
+        let target = plan & !CRASH;
+        let fails = target != 0 && (n == target || (plan & CRASH != 0 && n > target));
+        if !fails {
+            return Ok(());
+        }
+        self.faults.fetch_add(1, Ordering::SeqCst);
+        Err(Error::Generic {
+            store: STORE,
+            source: format!("injected fault at {what} {n} ({op} {location})").into(),
+        })
+    }
+}
+
+/// Wraps a store (and optionally its `MultipartStore` view) and fails the Nth write or read.
+///
+/// Without a plan it is a transparent pass-through that only counts, which is how a test learns
+/// how many writes an operation takes before looping over each of them:
+///
+/// ```ignore
+/// let probe = backend.faulty();
+/// operation(probe.clone()).await.unwrap();
+/// for n in 1..=probe.writes_seen() {
+///     let backend = make(kind).await.unwrap();
+///     let store = backend.faulty();
+///     store.crash_at(n);
+///     let _ = operation(store.clone()).await;
+///     check_nothing_partial(&backend).await;
+/// }
+/// ```
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    inner_multipart: Option<Arc<dyn MultipartStore>>,
+    state: Arc<FaultState>,
+}
+
+impl FaultyStore {
+    /// `multipart` must be the same store as `inner`, seen through `MultipartStore`.
+    pub fn new(inner: Arc<dyn ObjectStore>, multipart: Option<Arc<dyn MultipartStore>>) -> Self {
+        Self {
+            inner,
+            inner_multipart: multipart,
+            state: Arc::default(),
+        }
+    }
+
+    /// This store as a `MultipartStore` (same counters and plans), if the inner store has one.
+    pub fn multipart_store(self: &Arc<Self>) -> Option<Arc<dyn MultipartStore>> {
+        self.inner_multipart
+            .as_ref()
+            .map(|_| Arc::clone(self) as Arc<dyn MultipartStore>)
+    }
+
+    /// Write `n` (1-based) fails; the writes before and after it go through.
+    pub fn fail_nth(&self, n: u64) {
+        assert!(n > 0 && n < CRASH, "write numbers start at 1");
+        self.state.write_plan.store(n, Ordering::SeqCst);
+    }
+
+    /// Write `n` and every write after it fail, as if the process had died just before write
+    /// `n`. Reads still go through, so a test can inspect what the "dead" process left.
+    pub fn crash_at(&self, n: u64) {
+        assert!(n > 0 && n < CRASH, "write numbers start at 1");
+        self.state.write_plan.store(n | CRASH, Ordering::SeqCst);
+    }
+
+    /// Read `n` (1-based) fails; the reads before and after it go through.
+    pub fn fail_nth_read(&self, n: u64) {
+        assert!(n > 0 && n < CRASH, "read numbers start at 1");
+        self.state.read_plan.store(n, Ordering::SeqCst);
+    }
+
+    /// Removes every planned fault; counters keep counting.
+    pub fn heal(&self) {
+        self.state.write_plan.store(0, Ordering::SeqCst);
+        self.state.read_plan.store(0, Ordering::SeqCst);
+    }
+
+    /// Removes every planned fault and sets all counters back to zero.
+    pub fn reset(&self) {
+        self.heal();
+        self.state.writes.store(0, Ordering::SeqCst);
+        self.state.reads.store(0, Ordering::SeqCst);
+        self.state.faults.store(0, Ordering::SeqCst);
+    }
+
+    /// Writes attempted so far, including the ones that were made to fail.
+    pub fn writes_seen(&self) -> u64 {
+        self.state.writes.load(Ordering::SeqCst)
+    }
+
+    /// Reads attempted so far, including the ones that were made to fail.
+    pub fn reads_seen(&self) -> u64 {
+        self.state.reads.load(Ordering::SeqCst)
+    }
+
+    /// Requests failed by an injected fault so far.
+    pub fn faults_injected(&self) -> u64 {
+        self.state.faults.load(Ordering::SeqCst)
+    }
+
+    fn multipart(&self, operation: &str) -> Result<&Arc<dyn MultipartStore>> {
+        self.inner_multipart
+            .as_ref()
+            .ok_or_else(|| Error::NotImplemented {
+                operation: operation.to_owned(),
+                implementer: format!("{STORE}({}) without a MultipartStore", self.inner),
+            })
+    }
+}
+
+impl fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{STORE}({})", self.inner)
+    }
+}
+
+impl fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(STORE)
+            .field("inner", &self.inner)
+            .field("multipart", &self.inner_multipart.is_some())
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        self.state.write("put", location)?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.state.write("put_multipart", location)?;
+        let upload = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(FaultyUpload {
+            inner: upload,
+            location: location.clone(),
+            state: Arc::clone(&self.state),
+        }))
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.state.read("get", location)?;
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.state.read("get_ranges", location)?;
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        // One inner delete per location, so that each one can be failed on its own. This gives
+        // up S3's batching, which a fault-injection wrapper does not need.
+        let inner = Arc::clone(&self.inner);
+        let state = Arc::clone(&self.state);
+        locations
+            .then(move |location| {
+                let inner = Arc::clone(&inner);
+                let state = Arc::clone(&state);
+                async move {
+                    let location = location?;
+                    state.write("delete", &location)?;
+                    let mut deleted = inner.delete_stream(stream::iter([Ok(location)]).boxed());
+                    deleted.next().await.unwrap_or_else(|| {
+                        Err(Error::Generic {
+                            store: STORE,
+                            source: "inner delete_stream yielded nothing for one location".into(),
+                        })
+                    })
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        match self.state.read("list", prefix.unwrap_or(&Path::default())) {
+            Ok(()) => self.inner.list(prefix),
+            Err(e) => stream::iter([Err(e)]).boxed(),
+        }
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        match self
+            .state
+            .read("list_with_offset", prefix.unwrap_or(&Path::default()))
+        {
+            Ok(()) => self.inner.list_with_offset(prefix, offset),
+            Err(e) => stream::iter([Err(e)]).boxed(),
+        }
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.state
+            .read("list_with_delimiter", prefix.unwrap_or(&Path::default()))?;
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.state.write("copy", to)?;
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.state.write("rename", to)?;
+        self.inner.rename_opts(from, to, options).await
+    }
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl MultipartStore for FaultyStore {
+    async fn create_multipart(&self, path: &Path) -> Result<MultipartId> {
+        let inner = self.multipart("create_multipart")?;
+        self.state.write("create_multipart", path)?;
+        inner.create_multipart(path).await
+    }
+
+    async fn create_multipart_opts(
+        &self,
+        path: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<MultipartId> {
+        let inner = self.multipart("create_multipart_opts")?;
+        self.state.write("create_multipart", path)?;
+        inner.create_multipart_opts(path, opts).await
+    }
+
+    async fn put_part(
+        &self,
+        path: &Path,
+        id: &MultipartId,
+        part_idx: usize,
+        data: PutPayload,
+    ) -> Result<PartId> {
+        let inner = self.multipart("put_part")?;
+        self.state.write("put_part", path)?;
+        inner.put_part(path, id, part_idx, data).await
+    }
+
+    async fn complete_multipart(
+        &self,
+        path: &Path,
+        id: &MultipartId,
+        parts: Vec<PartId>,
+    ) -> Result<PutResult> {
+        let inner = self.multipart("complete_multipart")?;
+        self.state.write("complete_multipart", path)?;
+        inner.complete_multipart(path, id, parts).await
+    }
+
+    async fn abort_multipart(&self, path: &Path, id: &MultipartId) -> Result<()> {
+        let inner = self.multipart("abort_multipart")?;
+        self.state.write("abort_multipart", path)?;
+        inner.abort_multipart(path, id).await
+    }
+}
+
+/// An upload from `put_multipart_opts`, numbered in the store's write sequence.
+#[derive(Debug)]
+struct FaultyUpload {
+    inner: Box<dyn MultipartUpload>,
+    location: Path,
+    state: Arc<FaultState>,
+}
+
+#[async_trait]
+impl MultipartUpload for FaultyUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        // Numbered when called, not when polled: that is the order the caller issued them in.
+        match self.state.write("upload.put_part", &self.location) {
+            Ok(()) => self.inner.put_part(data),
+            Err(e) => async move { Err(e) }.boxed(),
+        }
+    }
+
+    async fn complete(&mut self) -> Result<PutResult> {
+        self.state.write("upload.complete", &self.location)?;
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        self.state.write("upload.abort", &self.location)?;
+        self.inner.abort().await
+    }
+}
