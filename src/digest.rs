@@ -42,7 +42,7 @@ impl Algorithm {
 
     /// Length of the hash in bytes.
     #[must_use]
-    pub const fn len(self) -> usize {
+    pub const fn hash_len(self) -> usize {
         match self {
             Self::Sha256 => 32,
             Self::Sha512 => 64,
@@ -102,12 +102,12 @@ impl Digest {
                 ),
             });
         };
-        if encoded.len() != alg.len() * 2 {
+        if encoded.len() != alg.hash_len() * 2 {
             return Err(invalid(
                 s,
                 format!(
                     "{alg} needs {} hex characters, got {}",
-                    alg.len() * 2,
+                    alg.hash_len() * 2,
                     encoded.len()
                 ),
             ));

@@ -42,11 +42,16 @@ where
         let faulty = b.faulty();
         faulty.crash_at(n);
         let result = op(store_over(faulty.clone()), n).await;
-        assert!(result.is_err(), "crash at write {n} of {writes} went unnoticed");
+        assert!(
+            result.is_err(),
+            "crash at write {n} of {writes} went unnoticed"
+        );
         assert!(faulty.faults_injected() > 0);
         check(store_over(b.store.clone()), n).await;
         // The restarted process can redo the operation.
-        op(store_over(b.store.clone()), n).await.unwrap_or_else(|e| panic!("redo after crash at write {n}: {e}"));
+        op(store_over(b.store.clone()), n)
+            .await
+            .unwrap_or_else(|e| panic!("redo after crash at write {n}: {e}"));
     }
 }
 
@@ -70,7 +75,11 @@ async fn a_crash_during_a_blob_put_leaves_the_blob_absent_or_whole(b: TestBacken
                 Ok(read) => {
                     assert_eq!(read.info.size, data.len() as u64);
                     let got: Vec<Bytes> = read.stream.try_collect().await.unwrap();
-                    assert_eq!(got.concat(), data, "partial blob visible after crash at {n}");
+                    assert_eq!(
+                        got.concat(),
+                        data,
+                        "partial blob visible after crash at {n}"
+                    );
                 }
                 Err(e) => assert_eq!(e.kind(), ErrorKind::BlobUnknown),
             }
@@ -105,7 +114,13 @@ fn latest() -> Reference {
 }
 
 /// What a reader may see of a manifest that was being put or deleted: all of it or none.
-async fn assert_manifest_absent_or_whole(store: &Store, name: &str, bytes: &Bytes, subject: &Digest, n: u64) {
+async fn assert_manifest_absent_or_whole(
+    store: &Store,
+    name: &str,
+    bytes: &Bytes,
+    subject: &Digest,
+    n: u64,
+) {
     let r = store.repository(repo(name));
     let digest = Digest::sha256(bytes);
     let by_digest = r.get_manifest(&Reference::Digest(digest)).await;
@@ -114,20 +129,29 @@ async fn assert_manifest_absent_or_whole(store: &Store, name: &str, bytes: &Byte
     match by_digest {
         Ok(got) => {
             assert_eq!(&got.bytes, bytes, "crash at {n}");
-            assert_eq!(listed, vec![digest], "visible manifest missing from referrers, crash at {n}");
+            assert_eq!(
+                listed,
+                vec![digest],
+                "visible manifest missing from referrers, crash at {n}"
+            );
             let catalog = store.catalog(None, None).await.unwrap();
             assert!(catalog.items.contains(&repo(name)), "crash at {n}");
         }
         Err(e) => {
             assert_eq!(e.kind(), ErrorKind::ManifestUnknown, "crash at {n}");
-            assert!(listed.is_empty(), "referrer listed without its manifest, crash at {n}");
+            assert!(
+                listed.is_empty(),
+                "referrer listed without its manifest, crash at {n}"
+            );
         }
     }
     // Every listed tag resolves to a whole manifest: no tag is left naming nothing.
     if let Ok(tags) = r.tags(None, None).await {
         for t in tags.items {
             let got = r.get_manifest(&Reference::Tag(t.clone())).await;
-            let got = got.unwrap_or_else(|e| panic!("tag {t} listed but unresolvable after crash at {n}: {e}"));
+            let got = got.unwrap_or_else(|e| {
+                panic!("tag {t} listed but unresolvable after crash at {n}: {e}")
+            });
             assert_eq!(got.info.digest, Digest::sha256(&got.bytes));
         }
     }

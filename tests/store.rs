@@ -8,9 +8,7 @@ use bytes::Bytes;
 use common::*;
 use futures::TryStreamExt;
 use layerstore::manifest::media_type;
-use layerstore::{
-    Backend, ByteRange, Digest, ErrorKind, Reference, RepositoryName, Store, Tag,
-};
+use layerstore::{Backend, ByteRange, Digest, ErrorKind, Reference, RepositoryName, Store, Tag};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use serde_json::json;
@@ -114,7 +112,11 @@ async fn push_referrer(
     let bytes = Bytes::from(serde_json::to_vec(&manifest).unwrap());
     let digest = Digest::sha256(&bytes);
     let put = r
-        .put_manifest(&Reference::Digest(digest), bytes.clone(), Some(media_type::OCI_MANIFEST))
+        .put_manifest(
+            &Reference::Digest(digest),
+            bytes.clone(),
+            Some(media_type::OCI_MANIFEST),
+        )
         .await
         .unwrap();
     assert_eq!(put.subject, Some(*subject));
@@ -128,7 +130,11 @@ async fn blob_put_then_read_returns_the_same_bytes(b: TestBackend) {
     let store = store_on(&b);
     let data = Bytes::from(vec![7u8; 100_000]);
     let d = Digest::sha256(&data);
-    let info = store.repository(repo("a/b")).put_blob(&d, data.clone()).await.unwrap();
+    let info = store
+        .repository(repo("a/b"))
+        .put_blob(&d, data.clone())
+        .await
+        .unwrap();
     assert_eq!((info.digest, info.size), (d, 100_000));
     assert_eq!(read_all(&store, "a/b", &d, None).await, data);
     let stat = store.repository(repo("a/b")).stat_blob(&d).await.unwrap();
@@ -152,7 +158,11 @@ async fn blob_bytes_are_stored_once_across_repositories_and_pushes(b: TestBacken
     let data = Bytes::from_static(b"shared layer");
     let d = Digest::sha256(&data);
     for name in ["one", "two", "three/x", "one"] {
-        store.repository(repo(name)).put_blob(&d, data.clone()).await.unwrap();
+        store
+            .repository(repo(name))
+            .put_blob(&d, data.clone())
+            .await
+            .unwrap();
     }
     assert_eq!(all_keys(b.store.as_ref(), "blobs").await.len(), 1);
     for name in ["one", "two", "three/x"] {
@@ -164,29 +174,63 @@ async fn blob_is_invisible_in_a_repository_it_is_not_linked_to(b: TestBackend) {
     let store = store_on(&b);
     let data = Bytes::from_static(b"private");
     let d = Digest::sha256(&data);
-    store.repository(repo("mine")).put_blob(&d, data).await.unwrap();
+    store
+        .repository(repo("mine"))
+        .put_blob(&d, data)
+        .await
+        .unwrap();
     let other = store.repository(repo("theirs"));
     assert!(!other.blob_exists(&d).await.unwrap());
-    assert_eq!(other.stat_blob(&d).await.unwrap_err().kind(), ErrorKind::BlobUnknown);
-    assert_eq!(other.read_blob(&d, None).await.unwrap_err().kind(), ErrorKind::BlobUnknown);
+    assert_eq!(
+        other.stat_blob(&d).await.unwrap_err().kind(),
+        ErrorKind::BlobUnknown
+    );
+    assert_eq!(
+        other.read_blob(&d, None).await.unwrap_err().kind(),
+        ErrorKind::BlobUnknown
+    );
 }
 
 async fn blob_range_reads_return_exactly_the_requested_bytes(b: TestBackend) {
     let store = store_on(&b);
     let data: Bytes = (0..=255u8).cycle().take(10_000).collect::<Vec<_>>().into();
     let d = Digest::sha256(&data);
-    store.repository(repo("r")).put_blob(&d, data.clone()).await.unwrap();
+    store
+        .repository(repo("r"))
+        .put_blob(&d, data.clone())
+        .await
+        .unwrap();
     let cases = [
-        (ByteRange::Bounded { start: 10, end_inclusive: 19 }, 10..20),
+        (
+            ByteRange::Bounded {
+                start: 10,
+                end_inclusive: 19,
+            },
+            10..20,
+        ),
         (ByteRange::From(9_990), 9_990..10_000),
         (ByteRange::Suffix(5), 9_995..10_000),
-        (ByteRange::Bounded { start: 0, end_inclusive: 99_999 }, 0..10_000),
+        (
+            ByteRange::Bounded {
+                start: 0,
+                end_inclusive: 99_999,
+            },
+            0..10_000,
+        ),
     ];
     for (range, expected) in cases {
-        let read = store.repository(repo("r")).read_blob(&d, Some(range)).await.unwrap();
+        let read = store
+            .repository(repo("r"))
+            .read_blob(&d, Some(range))
+            .await
+            .unwrap();
         assert_eq!(read.range, expected, "{range:?}");
         let got: Vec<Bytes> = read.stream.try_collect().await.unwrap();
-        assert_eq!(got.concat(), data[expected].to_vec(), "{range:?}");
+        assert_eq!(
+            got.concat(),
+            data[expected.start as usize..expected.end as usize].to_vec(),
+            "{range:?}"
+        );
     }
 }
 
@@ -196,7 +240,10 @@ async fn blob_range_outside_the_blob_is_range_invalid(b: TestBackend) {
     let d = Digest::sha256(&data);
     let r = store.repository(repo("r"));
     r.put_blob(&d, data).await.unwrap();
-    let err = r.read_blob(&d, Some(ByteRange::From(10))).await.unwrap_err();
+    let err = r
+        .read_blob(&d, Some(ByteRange::From(10)))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RangeInvalid);
 }
 
@@ -204,7 +251,11 @@ async fn blob_mount_links_from_another_repository_without_copying_bytes(b: TestB
     let store = store_on(&b);
     let data = Bytes::from_static(b"mount me");
     let d = Digest::sha256(&data);
-    store.repository(repo("src")).put_blob(&d, data.clone()).await.unwrap();
+    store
+        .repository(repo("src"))
+        .put_blob(&d, data.clone())
+        .await
+        .unwrap();
     let dst = store.repository(repo("dst"));
     assert!(dst.mount_blob(&repo("src"), &d).await.unwrap());
     assert_eq!(read_all(&store, "dst", &d, None).await, data);
@@ -215,7 +266,11 @@ async fn blob_mount_from_a_repository_without_the_blob_mounts_nothing(b: TestBac
     let store = store_on(&b);
     let data = Bytes::from_static(b"elsewhere");
     let d = Digest::sha256(&data);
-    store.repository(repo("holder")).put_blob(&d, data).await.unwrap();
+    store
+        .repository(repo("holder"))
+        .put_blob(&d, data)
+        .await
+        .unwrap();
     let dst = store.repository(repo("dst"));
     assert!(!dst.mount_blob(&repo("empty"), &d).await.unwrap());
     assert!(!dst.blob_exists(&d).await.unwrap());
@@ -226,12 +281,20 @@ async fn blob_unlink_hides_it_from_that_repository_only(b: TestBackend) {
     let data = Bytes::from_static(b"two homes");
     let d = Digest::sha256(&data);
     for name in ["a", "b"] {
-        store.repository(repo(name)).put_blob(&d, data.clone()).await.unwrap();
+        store
+            .repository(repo(name))
+            .put_blob(&d, data.clone())
+            .await
+            .unwrap();
     }
     store.repository(repo("a")).unlink_blob(&d).await.unwrap();
     assert!(!store.repository(repo("a")).blob_exists(&d).await.unwrap());
     assert_eq!(read_all(&store, "b", &d, None).await, data);
-    let again = store.repository(repo("a")).unlink_blob(&d).await.unwrap_err();
+    let again = store
+        .repository(repo("a"))
+        .unlink_blob(&d)
+        .await
+        .unwrap_err();
     assert_eq!(again.kind(), ErrorKind::BlobUnknown);
 }
 
@@ -258,11 +321,23 @@ async fn reading_a_large_blob_streams_it_in_pieces(b: TestBackend) {
     let store = store_on(&b);
     let data = Bytes::from(vec![1u8; 24 << 20]);
     let d = Digest::sha256(&data);
-    store.repository(repo("big")).put_blob(&d, data).await.unwrap();
-    let read = store.repository(repo("big")).read_blob(&d, None).await.unwrap();
+    store
+        .repository(repo("big"))
+        .put_blob(&d, data)
+        .await
+        .unwrap();
+    let read = store
+        .repository(repo("big"))
+        .read_blob(&d, None)
+        .await
+        .unwrap();
     let sizes: Vec<usize> = read.stream.map_ok(|c| c.len()).try_collect().await.unwrap();
     assert_eq!(sizes.iter().sum::<usize>(), 24 << 20);
-    assert!(sizes.len() > 1, "one chunk of {} bytes: not streamed", sizes[0]);
+    assert!(
+        sizes.len() > 1,
+        "one chunk of {} bytes: not streamed",
+        sizes[0]
+    );
     assert!(*sizes.iter().max().unwrap() <= 16 << 20);
 }
 
@@ -312,7 +387,11 @@ async fn index_put_requires_every_child_manifest_in_the_repository(b: TestBacken
     let (amd64, _) = push_image(&store, "multi", "amd64", 1).await;
     let (arm64, _) = push_image(&store, "multi", "arm64", 1).await;
     let amd64_digest = r
-        .put_manifest(&Reference::Digest(Digest::sha256(&amd64)), amd64.clone(), Some(media_type::OCI_MANIFEST))
+        .put_manifest(
+            &Reference::Digest(Digest::sha256(&amd64)),
+            amd64.clone(),
+            Some(media_type::OCI_MANIFEST),
+        )
         .await
         .unwrap()
         .digest;
@@ -331,12 +410,18 @@ async fn index_put_requires_every_child_manifest_in_the_repository(b: TestBacken
         .await
         .unwrap_err();
     match err {
-        layerstore::Error::ManifestBlobUnknown { digests } => assert_eq!(digests, vec![arm64_digest]),
+        layerstore::Error::ManifestBlobUnknown { digests } => {
+            assert_eq!(digests, vec![arm64_digest])
+        }
         other => panic!("{other}"),
     }
-    r.put_manifest(&Reference::Digest(arm64_digest), arm64, Some(media_type::OCI_MANIFEST))
-        .await
-        .unwrap();
+    r.put_manifest(
+        &Reference::Digest(arm64_digest),
+        arm64,
+        Some(media_type::OCI_MANIFEST),
+    )
+    .await
+    .unwrap();
     r.put_manifest(&tag("latest"), index.clone(), Some(media_type::OCI_INDEX))
         .await
         .unwrap();
@@ -349,11 +434,18 @@ async fn manifest_put_by_a_digest_that_does_not_match_is_digest_invalid(b: TestB
     let wrong = Digest::sha256(b"not the manifest");
     let err = store
         .repository(repo("app"))
-        .put_manifest(&Reference::Digest(wrong), bytes, Some(media_type::OCI_MANIFEST))
+        .put_manifest(
+            &Reference::Digest(wrong),
+            bytes,
+            Some(media_type::OCI_MANIFEST),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DigestInvalid);
-    let unknown = store.repository(repo("app")).stat_manifest(&Reference::Digest(wrong)).await;
+    let unknown = store
+        .repository(repo("app"))
+        .stat_manifest(&Reference::Digest(wrong))
+        .await;
     assert_eq!(unknown.unwrap_err().kind(), ErrorKind::ManifestUnknown);
 }
 
@@ -361,7 +453,11 @@ async fn invalid_manifest_is_refused_and_writes_nothing(b: TestBackend) {
     let store = store_on(&b);
     let err = store
         .repository(repo("app"))
-        .put_manifest(&tag("v1"), Bytes::from_static(b"{\"schemaVersion\": 1}"), Some(media_type::OCI_MANIFEST))
+        .put_manifest(
+            &tag("v1"),
+            Bytes::from_static(b"{\"schemaVersion\": 1}"),
+            Some(media_type::OCI_MANIFEST),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ManifestInvalid);
@@ -373,8 +469,20 @@ async fn retagging_points_the_tag_at_the_new_manifest(b: TestBackend) {
     let r = store.repository(repo("app"));
     let (first, _) = push_image(&store, "app", "first", 1).await;
     let (second, _) = push_image(&store, "app", "second", 1).await;
-    r.put_manifest(&tag("latest"), first.clone(), Some(media_type::OCI_MANIFEST)).await.unwrap();
-    r.put_manifest(&tag("latest"), second.clone(), Some(media_type::OCI_MANIFEST)).await.unwrap();
+    r.put_manifest(
+        &tag("latest"),
+        first.clone(),
+        Some(media_type::OCI_MANIFEST),
+    )
+    .await
+    .unwrap();
+    r.put_manifest(
+        &tag("latest"),
+        second.clone(),
+        Some(media_type::OCI_MANIFEST),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.get_manifest(&tag("latest")).await.unwrap().bytes, second);
     // The first manifest stays addressable by digest.
     let first_ref = Reference::Digest(Digest::sha256(&first));
@@ -386,14 +494,18 @@ async fn readers_racing_a_retag_see_the_old_or_the_new_manifest_whole(b: TestBac
     let r = store.repository(repo("race"));
     let (one, _) = push_image(&store, "race", "one", 1).await;
     let (two, _) = push_image(&store, "race", "two", 1).await;
-    r.put_manifest(&tag("t"), one.clone(), Some(media_type::OCI_MANIFEST)).await.unwrap();
+    r.put_manifest(&tag("t"), one.clone(), Some(media_type::OCI_MANIFEST))
+        .await
+        .unwrap();
     let writer = {
         let r = r.clone();
         let (one, two) = (one.clone(), two.clone());
         tokio::spawn(async move {
             for i in 0..20 {
                 let m = if i % 2 == 0 { two.clone() } else { one.clone() };
-                r.put_manifest(&tag("t"), m, Some(media_type::OCI_MANIFEST)).await.unwrap();
+                r.put_manifest(&tag("t"), m, Some(media_type::OCI_MANIFEST))
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -410,12 +522,22 @@ async fn deleting_a_manifest_removes_it_and_the_tags_pointing_at_it(b: TestBacke
     let r = store.repository(repo("app"));
     let (keep, _) = push_image(&store, "app", "keep", 1).await;
     let (gone, _) = push_image(&store, "app", "gone", 1).await;
-    r.put_manifest(&tag("keep"), keep, Some(media_type::OCI_MANIFEST)).await.unwrap();
-    let put = r.put_manifest(&tag("gone1"), gone.clone(), Some(media_type::OCI_MANIFEST)).await.unwrap();
-    r.put_manifest(&tag("gone2"), gone, Some(media_type::OCI_MANIFEST)).await.unwrap();
+    r.put_manifest(&tag("keep"), keep, Some(media_type::OCI_MANIFEST))
+        .await
+        .unwrap();
+    let put = r
+        .put_manifest(&tag("gone1"), gone.clone(), Some(media_type::OCI_MANIFEST))
+        .await
+        .unwrap();
+    r.put_manifest(&tag("gone2"), gone, Some(media_type::OCI_MANIFEST))
+        .await
+        .unwrap();
     r.delete_manifest(&put.digest).await.unwrap();
     for reference in [Reference::Digest(put.digest), tag("gone1"), tag("gone2")] {
-        assert_eq!(r.get_manifest(&reference).await.unwrap_err().kind(), ErrorKind::ManifestUnknown);
+        assert_eq!(
+            r.get_manifest(&reference).await.unwrap_err().kind(),
+            ErrorKind::ManifestUnknown
+        );
     }
     let tags = r.tags(None, None).await.unwrap();
     assert_eq!(tags.items, vec![Tag::parse("keep").unwrap()]);
@@ -427,10 +549,22 @@ async fn deleting_a_tag_keeps_the_manifest(b: TestBackend) {
     let store = store_on(&b);
     let r = store.repository(repo("app"));
     let (m, _) = push_image(&store, "app", "kept", 1).await;
-    let put = r.put_manifest(&tag("v1"), m.clone(), Some(media_type::OCI_MANIFEST)).await.unwrap();
+    let put = r
+        .put_manifest(&tag("v1"), m.clone(), Some(media_type::OCI_MANIFEST))
+        .await
+        .unwrap();
     r.delete_tag(&Tag::parse("v1").unwrap()).await.unwrap();
-    assert_eq!(r.get_manifest(&tag("v1")).await.unwrap_err().kind(), ErrorKind::ManifestUnknown);
-    assert_eq!(r.get_manifest(&Reference::Digest(put.digest)).await.unwrap().bytes, m);
+    assert_eq!(
+        r.get_manifest(&tag("v1")).await.unwrap_err().kind(),
+        ErrorKind::ManifestUnknown
+    );
+    assert_eq!(
+        r.get_manifest(&Reference::Digest(put.digest))
+            .await
+            .unwrap()
+            .bytes,
+        m
+    );
     let again = r.delete_tag(&Tag::parse("v1").unwrap()).await.unwrap_err();
     assert_eq!(again.kind(), ErrorKind::ManifestUnknown);
 }
@@ -440,9 +574,12 @@ async fn tags_list_in_lexical_order_with_n_and_last(b: TestBackend) {
     let r = store.repository(repo("app"));
     let (m, _) = push_image(&store, "app", "tags", 1).await;
     for t in ["v2", "V1", "latest", "v10", "_x", "a.b-c"] {
-        r.put_manifest(&tag(t), m.clone(), Some(media_type::OCI_MANIFEST)).await.unwrap();
+        r.put_manifest(&tag(t), m.clone(), Some(media_type::OCI_MANIFEST))
+            .await
+            .unwrap();
     }
-    let names = |p: layerstore::Paginated<Tag>| p.items.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let names =
+        |p: layerstore::Paginated<Tag>| p.items.iter().map(|t| t.to_string()).collect::<Vec<_>>();
     let all = r.tags(None, None).await.unwrap();
     assert!(!all.truncated);
     assert_eq!(names(all), ["V1", "_x", "a.b-c", "latest", "v10", "v2"]);
@@ -459,7 +596,11 @@ async fn tags_list_in_lexical_order_with_n_and_last(b: TestBackend) {
 
 async fn tags_of_a_repository_never_written_is_name_unknown(b: TestBackend) {
     let store = store_on(&b);
-    let err = store.repository(repo("nothing/here")).tags(None, None).await.unwrap_err();
+    let err = store
+        .repository(repo("nothing/here"))
+        .tags(None, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NameUnknown);
 }
 
@@ -470,12 +611,40 @@ async fn referrers_list_each_manifest_with_that_subject(b: TestBackend) {
     let store = store_on(&b);
     let r = store.repository(repo("app"));
     let (image, _) = push_image(&store, "app", "subject", 1).await;
-    let subject = r.put_manifest(&tag("v1"), image.clone(), Some(media_type::OCI_MANIFEST)).await.unwrap().digest;
-    let (sig, sig_digest) = push_referrer(&store, "app", &subject, image.len(), "application/vnd.example.signature", "signed").await;
-    let (sbom, sbom_digest) = push_referrer(&store, "app", &subject, image.len(), "application/spdx+json", "sbom").await;
+    let subject = r
+        .put_manifest(&tag("v1"), image.clone(), Some(media_type::OCI_MANIFEST))
+        .await
+        .unwrap()
+        .digest;
+    let (sig, sig_digest) = push_referrer(
+        &store,
+        "app",
+        &subject,
+        image.len(),
+        "application/vnd.example.signature",
+        "signed",
+    )
+    .await;
+    let (sbom, sbom_digest) = push_referrer(
+        &store,
+        "app",
+        &subject,
+        image.len(),
+        "application/spdx+json",
+        "sbom",
+    )
+    .await;
     let referrers = r.referrers(&subject, None).await.unwrap();
     assert!(!referrers.filtered);
-    let mut expected = vec![(sig_digest, sig.len(), "application/vnd.example.signature", "signed"), (sbom_digest, sbom.len(), "application/spdx+json", "sbom")];
+    let mut expected = vec![
+        (
+            sig_digest,
+            sig.len(),
+            "application/vnd.example.signature",
+            "signed",
+        ),
+        (sbom_digest, sbom.len(), "application/spdx+json", "sbom"),
+    ];
     expected.sort_by_key(|e| e.0);
     assert_eq!(referrers.manifests.len(), 2);
     for (d, (digest, size, artifact_type, note)) in referrers.manifests.iter().zip(expected) {
@@ -495,12 +664,33 @@ async fn referrers_filter_by_artifact_type(b: TestBackend) {
     let store = store_on(&b);
     let r = store.repository(repo("app"));
     let subject = Digest::sha256(b"a subject not pushed yet");
-    push_referrer(&store, "app", &subject, 10, "application/vnd.example.signature", "s").await;
+    push_referrer(
+        &store,
+        "app",
+        &subject,
+        10,
+        "application/vnd.example.signature",
+        "s",
+    )
+    .await;
     let (_, sbom) = push_referrer(&store, "app", &subject, 10, "application/spdx+json", "b").await;
-    let filtered = r.referrers(&subject, Some("application/spdx+json")).await.unwrap();
+    let filtered = r
+        .referrers(&subject, Some("application/spdx+json"))
+        .await
+        .unwrap();
     assert!(filtered.filtered);
-    assert_eq!(filtered.manifests.iter().map(|d| d.digest).collect::<Vec<_>>(), vec![sbom]);
-    let none = r.referrers(&subject, Some("application/none")).await.unwrap();
+    assert_eq!(
+        filtered
+            .manifests
+            .iter()
+            .map(|d| d.digest)
+            .collect::<Vec<_>>(),
+        vec![sbom]
+    );
+    let none = r
+        .referrers(&subject, Some("application/none"))
+        .await
+        .unwrap();
     assert!(none.manifests.is_empty());
 }
 
@@ -508,15 +698,36 @@ async fn referrers_disappear_when_the_referring_manifest_is_deleted(b: TestBacke
     let store = store_on(&b);
     let r = store.repository(repo("app"));
     let subject = Digest::sha256(b"subject");
-    let (_, sig) = push_referrer(&store, "app", &subject, 7, "application/vnd.example.signature", "s").await;
-    assert_eq!(r.referrers(&subject, None).await.unwrap().manifests.len(), 1);
+    let (_, sig) = push_referrer(
+        &store,
+        "app",
+        &subject,
+        7,
+        "application/vnd.example.signature",
+        "s",
+    )
+    .await;
+    assert_eq!(
+        r.referrers(&subject, None).await.unwrap().manifests.len(),
+        1
+    );
     r.delete_manifest(&sig).await.unwrap();
-    assert!(r.referrers(&subject, None).await.unwrap().manifests.is_empty());
+    assert!(
+        r.referrers(&subject, None)
+            .await
+            .unwrap()
+            .manifests
+            .is_empty()
+    );
 }
 
 async fn referrers_of_a_subject_without_any_is_an_empty_index(b: TestBackend) {
     let store = store_on(&b);
-    let referrers = store.repository(repo("app")).referrers(&Digest::sha256(b"none"), None).await.unwrap();
+    let referrers = store
+        .repository(repo("app"))
+        .referrers(&Digest::sha256(b"none"), None)
+        .await
+        .unwrap();
     assert!(referrers.manifests.is_empty());
     let index: serde_json::Value = serde_json::from_slice(&referrers.to_index_json()).unwrap();
     assert_eq!(index["manifests"], json!([]));
@@ -527,9 +738,15 @@ async fn catalog_lists_repositories_in_lexical_order_with_n_and_last(b: TestBack
     let data = Bytes::from_static(b"x");
     let d = Digest::sha256(&data);
     for name in ["b", "a/c", "a", "a/b/c", "z-z"] {
-        store.repository(repo(name)).put_blob(&d, data.clone()).await.unwrap();
+        store
+            .repository(repo(name))
+            .put_blob(&d, data.clone())
+            .await
+            .unwrap();
     }
-    let names = |p: layerstore::Paginated<RepositoryName>| p.items.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let names = |p: layerstore::Paginated<RepositoryName>| {
+        p.items.iter().map(|t| t.to_string()).collect::<Vec<_>>()
+    };
     let all = store.catalog(None, None).await.unwrap();
     assert_eq!(names(all), ["a", "a/b/c", "a/c", "b", "z-z"]);
     let page = store.catalog(Some(2), Some("a/b/c")).await.unwrap();

@@ -156,15 +156,20 @@ impl Repository {
                 Role::Subject => None,
             })
             .collect();
-        let found: Vec<bool> = stream::iter(wanted.iter().map(|(key, _)| self.store.exists(key)))
+        // Owned keys: a future borrowing from the iterator would not be `Send` for all
+        // lifetimes, and frontends need `Send` futures.
+        let found: Vec<(Digest, bool)> = stream::iter(wanted)
+            .map(|(key, digest)| {
+                let store = self.store.clone();
+                async move { Ok::<_, Error>((digest, store.exists(&key).await?)) }
+            })
             .buffered(CONCURRENCY)
             .try_collect()
             .await?;
-        let mut missing: Vec<Digest> = wanted
-            .iter()
-            .zip(found)
+        let mut missing: Vec<Digest> = found
+            .into_iter()
             .filter(|(_, found)| !found)
-            .map(|((_, d), _)| *d)
+            .map(|(digest, _)| digest)
             .collect();
         dedup_keep_order(&mut missing);
         if missing.is_empty() {
