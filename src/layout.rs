@@ -17,6 +17,7 @@ const BLOBS: &str = "blobs";
 const REPOSITORIES: &str = "repositories";
 const CATALOG: &str = "catalog";
 const UPLOADS: &str = "uploads";
+const SEGMENTS: &str = "segments";
 const LINK: &str = "link";
 const CATALOG_MARKER: &str = "_repository";
 
@@ -171,10 +172,56 @@ impl KeyLayout {
         path([UPLOADS, id, "state"])
     }
 
-    /// The staged bytes of an upload session.
+    /// The staged bytes of an upload session (filesystem backend).
     #[must_use]
     pub fn upload_data(self, id: &str) -> Path {
         path([UPLOADS, id, "data"])
+    }
+
+    /// The lock file that serializes appends to a session (filesystem backend).
+    #[must_use]
+    pub fn upload_lock(self, id: &str) -> Path {
+        path([UPLOADS, id, "lock"])
+    }
+
+    /// The prefix of one upload session's objects.
+    #[must_use]
+    pub fn upload_prefix(self, id: &str) -> Path {
+        path([UPLOADS, id])
+    }
+
+    /// Reads the session id back from a key under [`Self::uploads_prefix`].
+    #[must_use]
+    pub fn upload_id_from_key(self, key: &Path) -> Option<String> {
+        let mut rest = key.prefix_match(&self.uploads_prefix())?;
+        Some(rest.next()?.as_ref().to_owned())
+    }
+
+    /// One segment of an upload's bytes (object-store backends): the `seq`th chunk appended,
+    /// with a random `nonce` so that racing appends never write the same key.
+    #[must_use]
+    pub fn segment(self, id: &str, seq: u64, nonce: &str) -> Path {
+        let name = format!("{seq:010}-{nonce}");
+        path([SEGMENTS, id, &name])
+    }
+
+    /// The prefix of all segments of one upload session.
+    #[must_use]
+    pub fn segments_prefix(self, id: &str) -> Path {
+        path([SEGMENTS, id])
+    }
+
+    /// Where a blob that was uploaded in segments records them, in place of `data`.
+    #[must_use]
+    pub fn blob_segments(self, digest: &Digest) -> Path {
+        let hex = digest.hex();
+        path([
+            BLOBS,
+            digest.algorithm().as_str(),
+            &hex[..2],
+            &hex,
+            "segments",
+        ])
     }
 }
 

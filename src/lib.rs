@@ -98,6 +98,7 @@ pub mod layout;
 pub mod manifest;
 pub mod name;
 pub mod store;
+pub mod upload;
 
 pub use backend::{Backend, BackendConfig};
 pub use digest::{Algorithm, Digest};
@@ -108,3 +109,4 @@ pub use store::{
     BlobInfo, BlobRead, ByteRange, ManifestInfo, ManifestPut, Paginated, Referrers, Repository,
     Store, StoredManifest,
 };
+pub use upload::{UploadId, UploadStatus};

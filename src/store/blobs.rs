@@ -7,10 +7,11 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{GetOptions, GetRange};
 
-use super::Repository;
+use super::{Repository, Store};
 use crate::digest::Digest;
 use crate::error::{Error, RangeError, Result};
 use crate::name::RepositoryName;
+use crate::upload::SegmentIndex;
 
 /// The media type of a blob as the store sees it: opaque bytes.
 pub const BLOB_MEDIA_TYPE: &str = "application/octet-stream";
@@ -90,22 +91,116 @@ impl std::fmt::Debug for BlobRead {
     }
 }
 
+/// Where a blob's bytes are.
+#[derive(Debug)]
+pub(crate) enum BlobLocation {
+    /// One object, `blobs/…/data`.
+    Data { size: u64 },
+    /// Segment objects of an upload, listed by `blobs/…/segments`.
+    Segments(SegmentIndex),
+}
+
+impl BlobLocation {
+    fn size(&self) -> u64 {
+        match self {
+            Self::Data { size } => *size,
+            Self::Segments(index) => index.size,
+        }
+    }
+}
+
+impl Store {
+    /// Where the store holds a blob's bytes, `None` if it does not.
+    pub(crate) async fn locate_blob(&self, digest: &Digest) -> Result<Option<BlobLocation>> {
+        let keys = self.keys();
+        if let Some(meta) = self.head(&keys.blob_data(digest)).await? {
+            return Ok(Some(BlobLocation::Data { size: meta.size }));
+        }
+        let index: Option<SegmentIndex> = self.read_link(&keys.blob_segments(digest)).await?;
+        Ok(index.map(BlobLocation::Segments))
+    }
+
+    /// The size of a blob the store holds, `None` if it does not.
+    pub(crate) async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.locate_blob(digest).await?.map(|l| l.size()))
+    }
+
+    /// Streams one object, or a range of it.
+    async fn read_object(
+        &self,
+        key: &object_store::path::Path,
+        range: Option<Range<u64>>,
+        digest: &Digest,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..GetOptions::default()
+        };
+        match self.objects().get_opts(key, options).await {
+            Ok(got) => Ok(got.into_stream().map_err(Error::from).boxed()),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(Error::BlobUnknown { digest: *digest })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Streams `range` of a blob stored as segments, opening each segment only when the
+    /// previous one is done, so memory stays bounded.
+    fn read_segments(
+        &self,
+        index: SegmentIndex,
+        range: Range<u64>,
+        digest: Digest,
+    ) -> BoxStream<'static, Result<Bytes>> {
+        let keys = self.keys();
+        let mut pieces = vec![];
+        let mut start = 0u64;
+        for segment in &index.segments {
+            let end = start + segment.size;
+            let (from, to) = (range.start.max(start), range.end.min(end));
+            if from < to {
+                let key = keys.segment(&index.upload, segment.seq, &segment.nonce);
+                let part = (from - start)..(to - start);
+                let whole = part == (0..segment.size);
+                pieces.push((key, (!whole).then_some(part)));
+            }
+            start = end;
+        }
+        let store = self.clone();
+        futures::stream::iter(pieces)
+            .then(move |(key, part)| {
+                let store = store.clone();
+                async move { store.read_object(&key, part, &digest).await }
+            })
+            .try_flatten()
+            .boxed()
+    }
+}
+
 impl Repository {
     /// Describes a blob linked into this repository.
     ///
     /// # Errors
     /// [`Error::BlobUnknown`] if the blob is not linked here (or its bytes are gone).
     pub async fn stat_blob(&self, digest: &Digest) -> Result<BlobInfo> {
-        let keys = self.store.keys();
-        let link = keys.layer_link(&self.name, digest);
-        let data = keys.blob_data(digest);
-        let (linked, meta) = futures::try_join!(self.store.exists(&link), self.store.head(&data))?;
-        match (linked, meta) {
-            (true, Some(meta)) => Ok(BlobInfo {
-                digest: *digest,
-                size: meta.size,
-                media_type: BLOB_MEDIA_TYPE,
-            }),
+        self.locate_linked(digest).await.map(|(info, _)| info)
+    }
+
+    /// The blob's info and where its bytes are, if it is linked here.
+    async fn locate_linked(&self, digest: &Digest) -> Result<(BlobInfo, BlobLocation)> {
+        let link = self.store.keys().layer_link(&self.name, digest);
+        let (linked, location) =
+            futures::try_join!(self.store.exists(&link), self.store.locate_blob(digest))?;
+        match (linked, location) {
+            (true, Some(location)) => Ok((
+                BlobInfo {
+                    digest: *digest,
+                    size: location.size(),
+                    media_type: BLOB_MEDIA_TYPE,
+                },
+                location,
+            )),
             _ => Err(Error::BlobUnknown { digest: *digest }),
         }
     }
@@ -128,24 +223,23 @@ impl Repository {
     /// [`Error::BlobUnknown`] if it is not linked here; [`Error::RangeInvalid`] if the range
     /// cannot be satisfied.
     pub async fn read_blob(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobRead> {
-        let info = self.stat_blob(digest).await?;
+        let (info, location) = self.locate_linked(digest).await?;
         let range = match range {
             None => 0..info.size,
             Some(r) => r.resolve(info.size).map_err(Error::RangeInvalid)?,
         };
-        let key = self.store.keys().blob_data(digest);
-        let options = GetOptions {
-            range: (range != (0..info.size)).then(|| GetRange::Bounded(range.clone())),
-            ..GetOptions::default()
-        };
-        let got = match self.store.objects().get_opts(&key, options).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::BlobUnknown { digest: *digest });
+        let stream = match location {
+            BlobLocation::Data { .. } => {
+                let key = self.store.keys().blob_data(digest);
+                let whole = range == (0..info.size);
+                self.store
+                    .read_object(&key, (!whole).then(|| range.clone()), digest)
+                    .await?
             }
-            Err(e) => return Err(e.into()),
+            BlobLocation::Segments(index) => {
+                self.store.read_segments(index, range.clone(), *digest)
+            }
         };
-        let stream = got.into_stream().map_err(Error::from).boxed();
         Ok(BlobRead {
             info,
             range,
@@ -164,7 +258,7 @@ impl Repository {
         expected.verify(&data)?;
         let size = data.len() as u64;
         let key = self.store.keys().blob_data(expected);
-        if self.store.head(&key).await?.is_none() {
+        if self.store.locate_blob(expected).await?.is_none() {
             // Concurrent puts of the same content both write the same bytes; each write is
             // atomic, so readers see one whole copy either way.
             self.store.write(&key, data).await?;

@@ -109,16 +109,16 @@ impl Store {
         }
     }
 
-    fn objects(&self) -> &dyn ObjectStore {
+    pub(crate) fn objects(&self) -> &dyn ObjectStore {
         self.inner.backend.objects.as_ref()
     }
 
-    fn keys(&self) -> KeyLayout {
+    pub(crate) fn keys(&self) -> KeyLayout {
         self.inner.keys
     }
 
     /// Metadata of an object, `None` if it does not exist.
-    async fn head(&self, key: &Path) -> Result<Option<ObjectMeta>> {
+    pub(crate) async fn head(&self, key: &Path) -> Result<Option<ObjectMeta>> {
         match self.objects().head(key).await {
             Ok(meta) => Ok(Some(meta)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -126,12 +126,12 @@ impl Store {
         }
     }
 
-    async fn exists(&self, key: &Path) -> Result<bool> {
+    pub(crate) async fn exists(&self, key: &Path) -> Result<bool> {
         Ok(self.head(key).await?.is_some())
     }
 
     /// Reads a whole small object (at most `limit` bytes), `None` if it does not exist.
-    async fn read_small(&self, key: &Path, limit: u64) -> Result<Option<Bytes>> {
+    pub(crate) async fn read_small(&self, key: &Path, limit: u64) -> Result<Option<Bytes>> {
         let got = match self.objects().get(key).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -152,7 +152,10 @@ impl Store {
     }
 
     /// Reads and decodes a JSON link object, `None` if it does not exist.
-    async fn read_link<T: serde::de::DeserializeOwned>(&self, key: &Path) -> Result<Option<T>> {
+    pub(crate) async fn read_link<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &Path,
+    ) -> Result<Option<T>> {
         let Some(bytes) = self.read_small(key, MAX_LINK_SIZE).await? else {
             return Ok(None);
         };
@@ -165,12 +168,16 @@ impl Store {
     }
 
     /// Writes an object in one atomic put, replacing any previous one.
-    async fn write(&self, key: &Path, bytes: impl Into<PutPayload>) -> Result<()> {
+    pub(crate) async fn write(&self, key: &Path, bytes: impl Into<PutPayload>) -> Result<()> {
         self.objects().put(key, bytes.into()).await?;
         Ok(())
     }
 
-    async fn write_link<T: serde::Serialize>(&self, key: &Path, value: &T) -> Result<()> {
+    pub(crate) async fn write_link<T: serde::Serialize>(
+        &self,
+        key: &Path,
+        value: &T,
+    ) -> Result<()> {
         let json = serde_json::to_vec(value).map_err(|e| Error::Corrupt {
             key: key.to_string(),
             reason: format!("cannot encode: {e}"),
@@ -179,15 +186,36 @@ impl Store {
     }
 
     /// Deletes an object; deleting a missing one is not an error (backends differ on it).
-    async fn remove(&self, key: &Path) -> Result<()> {
+    pub(crate) async fn remove(&self, key: &Path) -> Result<()> {
         match self.objects().delete(key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
+    /// Reads a small object with the version a conditional put can replace it at.
+    pub(crate) async fn read_versioned(
+        &self,
+        key: &Path,
+    ) -> Result<Option<(Bytes, object_store::UpdateVersion)>> {
+        let got = match self.objects().get(key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let version = object_store::UpdateVersion {
+            e_tag: got.meta.e_tag.clone(),
+            version: got.meta.version.clone(),
+        };
+        match got.bytes().await {
+            Ok(b) => Ok(Some((b, version))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// All keys under `prefix`, in no particular order.
-    async fn list_keys(&self, prefix: &Path) -> Result<Vec<Path>> {
+    pub(crate) async fn list_keys(&self, prefix: &Path) -> Result<Vec<Path>> {
         Ok(self
             .objects()
             .list(Some(prefix))
