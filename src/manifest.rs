@@ -1156,24 +1156,3 @@ mod tests {
         );
     }
 }
-
-/// What a referenced descriptor is to the manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Config,
-    Layer,
-    Manifest,
-    Subject,
-}
-
-impl Manifest {
-    /// Every descriptor referenced, with its role.
-    pub fn references(&self) -> impl Iterator<Item = (Role, &Descriptor)> {
-        self.config
-            .iter()
-            .map(|d| (Role::Config, d))
-            .chain(self.layers.iter().map(|d| (Role::Layer, d)))
-            .chain(self.manifests.iter().map(|d| (Role::Manifest, d)))
-            .chain(self.subject.iter().map(|d| (Role::Subject, d)))
-    }
-}
