@@ -114,6 +114,17 @@ impl Counters {
     }
 }
 
+/// Counts evictions (capacity or expiry); explicit removals are invalidations, not evictions.
+fn eviction_counter<K, V>(
+    counters: Arc<Counters>,
+) -> impl Fn(Arc<K>, V, moka::notification::RemovalCause) + Send + Sync + 'static {
+    move |_key, _value, cause| {
+        if cause.was_evicted() {
+            counters.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl fmt::Debug for MemoryCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryCache")
@@ -129,23 +140,15 @@ impl MemoryCache {
     #[must_use]
     pub fn new(config: MemoryCacheConfig) -> Self {
         let counters = Arc::new(Counters::default());
-        let evicted = |counters: Arc<Counters>| {
-            move |_key, _value, cause: moka::notification::RemovalCause| {
-                // Explicit removals are invalidations, not evictions.
-                if cause.was_evicted() {
-                    counters.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        };
         let blobs = Cache::builder()
             .max_capacity(config.capacity)
             .time_to_live(config.time_to_live)
-            .eviction_listener(evicted(counters.clone()))
+            .eviction_listener(eviction_counter(counters.clone()))
             .build();
         let links = Cache::builder()
             .max_capacity(config.capacity)
             .time_to_live(config.time_to_live)
-            .eviction_listener(evicted(counters.clone()))
+            .eviction_listener(eviction_counter(counters.clone()))
             .build();
         Self {
             blobs,

@@ -92,6 +92,7 @@
 //!   before the call returns ([`Backend::filesystem`]).
 
 pub mod backend;
+pub mod cache;
 pub mod digest;
 pub mod error;
 pub mod layout;

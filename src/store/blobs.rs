@@ -8,6 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::{GetOptions, GetRange};
 
 use super::{Repository, Store};
+use crate::cache::{BlobPlacement, CachedBlob};
 use crate::digest::Digest;
 use crate::error::{Error, RangeError, Result};
 use crate::name::RepositoryName;
@@ -107,6 +108,25 @@ impl BlobLocation {
             Self::Segments(index) => index.size,
         }
     }
+
+    fn cached(&self) -> CachedBlob {
+        let placement = match self {
+            Self::Data { .. } => BlobPlacement::Object,
+            Self::Segments(_) => BlobPlacement::Segments,
+        };
+        CachedBlob {
+            size: self.size(),
+            placement,
+        }
+    }
+}
+
+fn info_of(digest: &Digest, size: u64) -> BlobInfo {
+    BlobInfo {
+        digest: *digest,
+        size,
+        media_type: BLOB_MEDIA_TYPE,
+    }
 }
 
 impl Store {
@@ -184,7 +204,19 @@ impl Repository {
     /// # Errors
     /// [`Error::BlobUnknown`] if the blob is not linked here (or its bytes are gone).
     pub async fn stat_blob(&self, digest: &Digest) -> Result<BlobInfo> {
-        self.locate_linked(digest).await.map(|(info, _)| info)
+        let cache = self.store.cache();
+        if let Some(cache) = cache
+            && cache.linked(&self.name, digest).await
+            && let Some(blob) = cache.blob(digest).await
+        {
+            return Ok(info_of(digest, blob.size));
+        }
+        let (info, location) = self.locate_linked(digest).await?;
+        if let Some(cache) = cache {
+            cache.insert_link(&self.name, digest).await;
+            cache.insert_blob(digest, location.cached()).await;
+        }
+        Ok(info)
     }
 
     /// The blob's info and where its bytes are, if it is linked here.
@@ -193,14 +225,7 @@ impl Repository {
         let (linked, location) =
             futures::try_join!(self.store.exists(&link), self.store.locate_blob(digest))?;
         match (linked, location) {
-            (true, Some(location)) => Ok((
-                BlobInfo {
-                    digest: *digest,
-                    size: location.size(),
-                    media_type: BLOB_MEDIA_TYPE,
-                },
-                location,
-            )),
+            (true, Some(location)) => Ok((info_of(digest, location.size()), location)),
             _ => Err(Error::BlobUnknown { digest: *digest }),
         }
     }
@@ -223,7 +248,13 @@ impl Repository {
     /// [`Error::BlobUnknown`] if it is not linked here; [`Error::RangeInvalid`] if the range
     /// cannot be satisfied.
     pub async fn read_blob(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobRead> {
-        let (info, location) = self.locate_linked(digest).await?;
+        // Always the backend, never the cache: a read must not serve what is gone.
+        let located = self.locate_linked(digest).await;
+        if let (Err(Error::BlobUnknown { .. }), Some(cache)) = (&located, self.store.cache()) {
+            cache.remove_link(&self.name, digest).await;
+            cache.remove_blob(digest).await;
+        }
+        let (info, location) = located?;
         let range = match range {
             None => 0..info.size,
             Some(r) => r.resolve(info.size).map_err(Error::RangeInvalid)?,
@@ -277,9 +308,12 @@ impl Repository {
     /// # Errors
     /// Backend failures only.
     pub async fn mount_blob(&self, from: &RepositoryName, digest: &Digest) -> Result<bool> {
+        // The backend decides, never the cache: a mount must not link bytes that are gone.
         let source = self.store.repository(from.clone());
-        if !source.blob_exists(digest).await? {
-            return Ok(false);
+        match source.locate_linked(digest).await {
+            Ok(_) => {}
+            Err(Error::BlobUnknown { .. }) => return Ok(false),
+            Err(e) => return Err(e),
         }
         self.link_blob(digest).await?;
         Ok(true)
@@ -292,6 +326,9 @@ impl Repository {
     /// [`Error::BlobUnknown`] if it is not linked here.
     pub async fn unlink_blob(&self, digest: &Digest) -> Result<()> {
         let link = self.store.keys().layer_link(&self.name, digest);
+        if let Some(cache) = self.store.cache() {
+            cache.remove_link(&self.name, digest).await;
+        }
         if !self.store.exists(&link).await? {
             return Err(Error::BlobUnknown { digest: *digest });
         }

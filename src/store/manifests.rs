@@ -328,7 +328,7 @@ impl Repository {
         if let Some(wanted) = artifact_type {
             manifests.retain(|d| d.artifact_type.as_deref() == Some(wanted));
         }
-        manifests.sort_by(|a, b| a.digest.cmp(&b.digest));
+        manifests.sort_by_key(|d| d.digest);
         Ok(Referrers {
             manifests,
             filtered: artifact_type.is_some(),

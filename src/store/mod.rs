@@ -27,6 +27,7 @@ pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
 use std::sync::Arc;
 
 use crate::backend::{Backend, BackendConfig};
+use crate::cache::{BlobDescriptorCache, CacheStats, MemoryCache};
 use crate::error::{Error, Result};
 use crate::layout::KeyLayout;
 use crate::name::RepositoryName;
@@ -44,6 +45,7 @@ pub struct Store {
 struct Inner {
     backend: Backend,
     keys: KeyLayout,
+    cache: Option<Arc<dyn BlobDescriptorCache>>,
 }
 
 /// One page of a listing in lexical order.
@@ -75,15 +77,32 @@ impl<T: AsRef<str>> Paginated<T> {
 }
 
 impl Store {
-    /// A store over `backend`.
+    /// A store over `backend`, with the default in-memory blob-descriptor cache.
     #[must_use]
     pub fn new(backend: Backend) -> Self {
+        Self::with_cache(backend, Some(Arc::new(MemoryCache::default())))
+    }
+
+    /// A store over `backend` with the given blob-descriptor cache, or none.
+    #[must_use]
+    pub fn with_cache(backend: Backend, cache: Option<Arc<dyn BlobDescriptorCache>>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 backend,
                 keys: KeyLayout,
+                cache,
             }),
         }
+    }
+
+    /// The cache's counters, if the store has a cache.
+    #[must_use]
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.inner.cache.as_ref().map(|c| c.stats())
+    }
+
+    pub(crate) fn cache(&self) -> Option<&dyn BlobDescriptorCache> {
+        self.inner.cache.as_deref()
     }
 
     /// Builds the backend `config` describes and a store over it.

@@ -1,0 +1,222 @@
+//! The layerinfo cache: hits cost no backend request, and the cache never serves what the
+//! backend no longer has.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures::TryStreamExt;
+use layerstore::cache::{MemoryCache, MemoryCacheConfig};
+use layerstore::layout::KeyLayout;
+use layerstore::{Backend, Digest, ErrorKind, RepositoryName, Store};
+use object_store::{ObjectStore, ObjectStoreExt};
+
+fn repo(name: &str) -> RepositoryName {
+    RepositoryName::parse(name).unwrap()
+}
+
+fn cached_store(objects: Arc<dyn ObjectStore>, ttl: Duration) -> Store {
+    let cache = MemoryCache::new(MemoryCacheConfig {
+        capacity: 1000,
+        time_to_live: ttl,
+    });
+    Store::with_cache(Backend::object_store(objects), Some(Arc::new(cache)))
+}
+
+async fn pushed(store: &Store, name: &str, content: &'static [u8]) -> Digest {
+    let d = Digest::sha256(content);
+    store
+        .repository(repo(name))
+        .put_blob(&d, Bytes::from_static(content))
+        .await
+        .unwrap();
+    d
+}
+
+async fn a_cached_stat_makes_no_backend_request(b: TestBackend) {
+    let counting = b.counting();
+    let store = Store::new(Backend::object_store(counting.clone()));
+    let d = pushed(&store, "app", b"hot layer").await;
+    let r = store.repository(repo("app"));
+    r.stat_blob(&d).await.unwrap(); // fills the cache
+    counting.reset();
+    for _ in 0..10 {
+        assert_eq!(r.stat_blob(&d).await.unwrap().size, 9);
+        assert!(r.blob_exists(&d).await.unwrap());
+    }
+    assert_eq!(
+        counting.snapshot().requests(),
+        0,
+        "{:?}",
+        counting.snapshot()
+    );
+}
+
+async fn a_miss_fills_the_cache_and_the_counters_show_it(b: TestBackend) {
+    let store = Store::new(Backend::object_store(b.store.clone()));
+    let writer = Store::with_cache(Backend::object_store(b.store.clone()), None);
+    let d = pushed(&writer, "app", b"layer").await;
+    let r = store.repository(repo("app"));
+    r.stat_blob(&d).await.unwrap();
+    let after_miss = store.cache_stats().unwrap();
+    assert!(after_miss.misses >= 1);
+    r.stat_blob(&d).await.unwrap();
+    let after_hit = store.cache_stats().unwrap();
+    assert_eq!(after_hit.misses, after_miss.misses);
+    assert_eq!(after_hit.hits, after_miss.hits + 2); // the link and the descriptor
+}
+
+async fn a_failed_lookup_is_not_cached(b: TestBackend) {
+    let store = cached_store(b.store.clone(), Duration::from_secs(600));
+    let other = Store::with_cache(Backend::object_store(b.store.clone()), None);
+    let d = Digest::sha256(b"arrives later");
+    let r = store.repository(repo("app"));
+    assert_eq!(
+        r.stat_blob(&d).await.unwrap_err().kind(),
+        ErrorKind::BlobUnknown
+    );
+    pushed(&other, "app", b"arrives later").await;
+    assert_eq!(r.stat_blob(&d).await.unwrap().size, 13);
+}
+
+async fn unlinking_a_blob_invalidates_its_entry(b: TestBackend) {
+    let store = cached_store(b.store.clone(), Duration::from_secs(600));
+    let d = pushed(&store, "app", b"soon gone").await;
+    let r = store.repository(repo("app"));
+    r.stat_blob(&d).await.unwrap();
+    r.unlink_blob(&d).await.unwrap();
+    assert_eq!(
+        r.stat_blob(&d).await.unwrap_err().kind(),
+        ErrorKind::BlobUnknown
+    );
+    assert!(!r.blob_exists(&d).await.unwrap());
+}
+
+async fn a_read_of_a_blob_deleted_behind_the_cache_fails_and_evicts_it(b: TestBackend) {
+    let store = cached_store(b.store.clone(), Duration::from_secs(600));
+    let d = pushed(&store, "app", b"deleted by gc").await;
+    let r = store.repository(repo("app"));
+    r.stat_blob(&d).await.unwrap();
+    b.store.delete(&KeyLayout.blob_data(&d)).await.unwrap();
+    assert_eq!(
+        r.read_blob(&d, None).await.unwrap_err().kind(),
+        ErrorKind::BlobUnknown
+    );
+    // The failed read evicted the entry: the stat asks the backend again.
+    assert_eq!(
+        r.stat_blob(&d).await.unwrap_err().kind(),
+        ErrorKind::BlobUnknown
+    );
+}
+
+async fn a_mount_never_trusts_the_cache(b: TestBackend) {
+    let store = cached_store(b.store.clone(), Duration::from_secs(600));
+    let d = pushed(&store, "src", b"mountable").await;
+    store.repository(repo("src")).stat_blob(&d).await.unwrap();
+    // Another replica unlinks it from the source repository.
+    let replica = Store::with_cache(Backend::object_store(b.store.clone()), None);
+    replica
+        .repository(repo("src"))
+        .unlink_blob(&d)
+        .await
+        .unwrap();
+    let mounted = store
+        .repository(repo("dst"))
+        .mount_blob(&repo("src"), &d)
+        .await
+        .unwrap();
+    assert!(!mounted);
+}
+
+async fn a_push_never_skips_bytes_the_backend_lacks(b: TestBackend) {
+    let store = cached_store(b.store.clone(), Duration::from_secs(600));
+    let d = pushed(&store, "app", b"rewritten").await;
+    store.repository(repo("app")).stat_blob(&d).await.unwrap();
+    b.store.delete(&KeyLayout.blob_data(&d)).await.unwrap();
+    pushed(&store, "app", b"rewritten").await;
+    let read = store
+        .repository(repo("app"))
+        .read_blob(&d, None)
+        .await
+        .unwrap();
+    let got: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+    assert_eq!(got.concat(), b"rewritten");
+}
+
+async fn a_replica_never_serves_a_blob_unlinked_elsewhere(b: TestBackend) {
+    let a = cached_store(b.store.clone(), Duration::from_secs(600));
+    let other = cached_store(b.store.clone(), Duration::from_secs(600));
+    let d = pushed(&a, "app", b"shared").await;
+    a.repository(repo("app")).stat_blob(&d).await.unwrap();
+    other.repository(repo("app")).unlink_blob(&d).await.unwrap();
+    // The replica's cache still holds the link, but a read asks the backend.
+    let err = a
+        .repository(repo("app"))
+        .read_blob(&d, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BlobUnknown);
+}
+
+async fn a_stale_positive_lasts_at_most_the_ttl(b: TestBackend) {
+    let ttl = Duration::from_millis(300);
+    let a = cached_store(b.store.clone(), ttl);
+    let replica = Store::with_cache(Backend::object_store(b.store.clone()), None);
+    let d = pushed(&a, "app", b"stale").await;
+    a.repository(repo("app")).stat_blob(&d).await.unwrap();
+    replica
+        .repository(repo("app"))
+        .unlink_blob(&d)
+        .await
+        .unwrap();
+    // The stat right after is answered from the cache: stale, as documented.
+    assert!(a.repository(repo("app")).stat_blob(&d).await.is_ok());
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let err = a.repository(repo("app")).stat_blob(&d).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BlobUnknown);
+}
+
+async fn without_a_cache_every_stat_asks_the_backend(b: TestBackend) {
+    let counting = b.counting();
+    let store = Store::with_cache(Backend::object_store(counting.clone()), None);
+    assert_eq!(store.cache_stats(), None);
+    let d = pushed(&store, "app", b"uncached").await;
+    counting.reset();
+    store.repository(repo("app")).stat_blob(&d).await.unwrap();
+    store.repository(repo("app")).stat_blob(&d).await.unwrap();
+    assert!(counting.snapshot().requests() >= 4);
+}
+
+async fn evictions_are_counted_when_capacity_is_exceeded(b: TestBackend) {
+    let cache = Arc::new(MemoryCache::new(MemoryCacheConfig {
+        capacity: 8,
+        time_to_live: Duration::from_secs(600),
+    }));
+    let store = Store::with_cache(Backend::object_store(b.store.clone()), Some(cache.clone()));
+    for i in 0..40u32 {
+        let data = Bytes::from(i.to_string());
+        let d = Digest::sha256(&data);
+        let r = store.repository(repo("many"));
+        r.put_blob(&d, data).await.unwrap();
+        r.stat_blob(&d).await.unwrap();
+    }
+    cache.run_pending_tasks().await;
+    assert!(store.cache_stats().unwrap().evictions > 0);
+}
+
+backend_tests!(
+    a_cached_stat_makes_no_backend_request,
+    a_miss_fills_the_cache_and_the_counters_show_it,
+    a_failed_lookup_is_not_cached,
+    unlinking_a_blob_invalidates_its_entry,
+    a_read_of_a_blob_deleted_behind_the_cache_fails_and_evicts_it,
+    a_mount_never_trusts_the_cache,
+    a_push_never_skips_bytes_the_backend_lacks,
+    a_replica_never_serves_a_blob_unlinked_elsewhere,
+    a_stale_positive_lasts_at_most_the_ttl,
+    without_a_cache_every_stat_asks_the_backend,
+    evictions_are_counted_when_capacity_is_exceeded,
+);
