@@ -90,16 +90,18 @@ impl Config {
 
     /// Reads a YAML file.
     pub fn load(path: &Path) -> Result<Self, String> {
-        Err(format!("{}: YAML configuration is not supported yet", path.display()))
+        Err(format!(
+            "{}: YAML configuration is not supported yet",
+            path.display()
+        ))
     }
 
     /// Opens the store this configuration describes.
     pub fn open_store(&self) -> Result<Store, String> {
         let backend = Backend::from_config(&self.storage.backend).map_err(|e| e.to_string())?;
-        let cache = self
-            .storage
-            .cache
-            .map(|c| Arc::new(MemoryCache::new(c)) as Arc<dyn layerstore::cache::BlobDescriptorCache>);
+        let cache = self.storage.cache.map(|c| {
+            Arc::new(MemoryCache::new(c)) as Arc<dyn layerstore::cache::BlobDescriptorCache>
+        });
         Ok(Store::with_cache(backend, cache))
     }
 

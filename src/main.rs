@@ -13,7 +13,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "layerstore", version, about = "A container registry on the layerstore engine")]
+#[command(
+    name = "layerstore",
+    version,
+    about = "A container registry on the layerstore engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,7 +102,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 "scanned {} sessions, purged {}{}, freed {} bytes, {} errors",
                 report.scanned,
                 report.purged,
-                if dry_run { " (dry run: nothing deleted)" } else { "" },
+                if dry_run {
+                    " (dry run: nothing deleted)"
+                } else {
+                    ""
+                },
                 report.bytes_freed,
                 report.errors.len()
             );
@@ -108,7 +116,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             if report.errors.is_empty() {
                 Ok(())
             } else {
-                Err(format!("{} sessions could not be purged", report.errors.len()))
+                Err(format!(
+                    "{} sessions could not be purged",
+                    report.errors.len()
+                ))
             }
         }
         Command::CheckConfig { file } => {

@@ -1,8 +1,181 @@
-//! The OCI Distribution API v1.1 on a [`layerstore::Store`].
+//! The OCI Distribution API v1.1 on a [`layerstore::Store`], using only the library's public
+//! API. Bodies stream in both directions, so memory does not grow with blob size.
+
+mod error;
+mod handlers;
+mod routes;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use layerstore::Store;
+use layerstore::upload::Purger;
 
 use crate::config::Config;
+use error::ApiError;
+use routes::Route;
 
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub delete_enabled: bool,
+}
+
+/// The registry's HTTP application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v2", axum::routing::any(v2))
+        .route("/v2/", axum::routing::any(v2))
+        .route("/v2/{*rest}", axum::routing::any(v2))
+        .fallback(|| async { ApiError::not_found() })
+        .layer(middleware::from_fn(log_and_version))
+        .with_state(state)
+}
+
+async fn v2(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let rest = parts.uri.path().strip_prefix("/v2").unwrap_or("");
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let Some(route) = Route::parse(rest) else {
+        return ApiError::not_found().into_response();
+    };
+    let req = handlers::Request {
+        meta: handlers::Meta {
+            method: parts.method,
+            query,
+            headers: parts.headers,
+        },
+        body,
+    };
+    match handlers::dispatch(&state, route, req).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Adds the API version header to every response and logs each request.
+async fn log_and_version(request: Request<Body>, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let started = Instant::now();
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    let bytes = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    tracing::info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        bytes,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// Serves until SIGINT or SIGTERM; in-flight requests finish first (or, if a client's body
+/// stops midway, leave their upload session resumable at its last persisted offset).
 pub async fn serve(config: Config) -> Result<(), String> {
-    let _store = config.open_store()?;
-    Err("the server is being written".to_owned())
+    init_logging(&config.log.level);
+    for warning in &config.warnings {
+        tracing::warn!("configuration: {warning}");
+    }
+    let store = config.open_store()?;
+    let purger = Purger::spawn(store.clone(), config.storage.purging);
+    let app = app(AppState {
+        store,
+        delete_enabled: config.storage.delete_enabled,
+    });
+    let addr = config.http.addr;
+    let result = match &config.http.tls {
+        Some(tls) => {
+            let rustls =
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.certificate, &tls.key)
+                    .await
+                    .map_err(|e| format!("http.tls: {e}"))?;
+            let handle = axum_server::Handle::new();
+            let shutdown = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                shutdown.graceful_shutdown(Some(Duration::from_secs(30)));
+            });
+            let listening = handle.clone();
+            tokio::spawn(async move {
+                if let Some(addr) = listening.listening().await {
+                    announce(addr, "https");
+                }
+            });
+            axum_server::bind_rustls(addr, rustls)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+                .map_err(|e| format!("serving on {addr}: {e}"))
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("binding {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            announce(local, "http");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .map_err(|e| format!("serving on {addr}: {e}"))
+        }
+    };
+    if let Some(purger) = purger {
+        purger.stop().await;
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// Prints the bound address on stdout (tests and scripts read it, e.g. with `--addr :0`).
+fn announce(addr: std::net::SocketAddr, scheme: &str) {
+    println!("layerstore listening on {scheme}://{addr}");
+    tracing::info!(%addr, "listening");
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
 }
