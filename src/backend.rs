@@ -329,3 +329,83 @@ impl Backend {
         self.multipart.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_reads_distribution_key_names() {
+        let s3: BackendConfig = serde_json::from_str(
+            r#"{"s3": {"bucket": "b", "regionendpoint": "http://127.0.0.1:9000", "accesskey": "k", "secretkey": "s", "rootdirectory": "/registry"}}"#,
+        )
+        .unwrap();
+        let BackendConfig::S3(s3) = s3 else {
+            panic!("{s3:?}")
+        };
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3.access_key_id.as_deref(), Some("k"));
+        assert_eq!(s3.prefix.as_deref(), Some("/registry"));
+        assert_eq!(s3.region, "us-east-1");
+        let fs: BackendConfig =
+            serde_json::from_str(r#"{"filesystem": {"rootdirectory": "/var/lib/registry"}}"#)
+                .unwrap();
+        assert_eq!(
+            fs,
+            BackendConfig::Filesystem(FilesystemConfig {
+                root: PathBuf::from("/var/lib/registry")
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_configuration_keys_are_refused() {
+        let err =
+            serde_json::from_str::<BackendConfig>(r#"{"filesystem": {"rootdirectroy": "/x"}}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("rootdirectroy"), "{err}");
+    }
+
+    #[test]
+    fn s3_with_half_the_credentials_is_refused_before_any_request() {
+        let config = S3Config {
+            bucket: "b".to_owned(),
+            region: default_region(),
+            endpoint: Some("http://127.0.0.1:1".to_owned()),
+            allow_http: true,
+            access_key_id: Some("k".to_owned()),
+            secret_access_key: None,
+            session_token: None,
+            prefix: None,
+        };
+        let err = Backend::from_config(&BackendConfig::S3(config)).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let config = AzureConfig {
+            account: "acct".to_owned(),
+            container: "c".to_owned(),
+            access_key: Some("very-secret".to_owned()),
+            endpoint: None,
+            allow_http: false,
+            prefix: None,
+        };
+        assert!(!format!("{config:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn a_filesystem_backend_creates_its_root_and_has_no_multipart() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("nested/root");
+        let backend = Backend::filesystem(&root).unwrap();
+        assert!(root.is_dir());
+        assert_eq!(
+            backend.local_root(),
+            Some(root.canonicalize().unwrap().as_path())
+        );
+        assert!(!backend.supports_multipart());
+        assert!(Backend::in_memory().supports_multipart());
+    }
+}
