@@ -13,8 +13,13 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use serde_json::json;
 
+/// The store as a deployment would build it: the filesystem kind through
+/// `Backend::filesystem` (its own upload and publish path), the others through object_store.
 fn store_on(b: &TestBackend) -> Store {
-    Store::new(backend_of(b.store.clone(), b))
+    match (&b.kind, &b.fs_root) {
+        (BackendKind::Filesystem, Some(root)) => Store::new(Backend::filesystem(root).unwrap()),
+        _ => Store::new(backend_of(b.store.clone(), b)),
+    }
 }
 
 fn backend_of(objects: Arc<dyn ObjectStore>, b: &TestBackend) -> Backend {

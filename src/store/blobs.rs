@@ -286,8 +286,15 @@ impl Repository {
     /// # Errors
     /// [`Error::DigestInvalid`] if `data` does not hash to `expected`; nothing is written.
     pub async fn put_blob(&self, expected: &Digest, data: Bytes) -> Result<BlobInfo> {
-        expected.verify(&data)?;
         let size = data.len() as u64;
+        if self.store.backend().local_root().is_some()
+            && self.store.locate_blob(expected).await?.is_none()
+        {
+            // Hashes while it writes, then verifies before it publishes.
+            let stream = futures::stream::once(async move { Ok(data) }).boxed();
+            return self.put_blob_stream(expected, Some(size), stream).await;
+        }
+        expected.verify(&data)?;
         let key = self.store.keys().blob_data(expected);
         if self.store.locate_blob(expected).await?.is_none() {
             // Concurrent puts of the same content both write the same bytes; each write is

@@ -4,10 +4,11 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
+use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use futures::StreamExt;
 use sha2::Digest as _;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use sha2::Sha256;
 
 use super::{
     ChunkStream, HashState, SessionState, UploadId, UploadStatus, load, published, verify,
@@ -130,7 +131,7 @@ pub(super) async fn append(
         }));
     };
     state.check_offset(offset)?;
-    let Some(mut hasher) = state.hash.restore() else {
+    let Some(hasher) = state.hash.restore() else {
         return Err(Error::Corrupt {
             key: paths.state.display().to_string(),
             reason: "hash state written by another version; commit re-hashes, appends cannot"
@@ -138,31 +139,24 @@ pub(super) async fn append(
         });
     };
 
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(&paths.data)
-        .await
-        .map_err(io("opening", &paths.data))?;
-    // Bytes past the persisted offset belong to an append that never finished: drop them.
-    file.set_len(offset)
-        .await
-        .map_err(io("truncating", &paths.data))?;
-    file.seek(std::io::SeekFrom::Start(offset))
-        .await
-        .map_err(io("seeking", &paths.data))?;
-    let mut size = 0u64;
+    let data = paths.data.clone();
+    let file = blocking(move || {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&data)
+            .map_err(io("opening", &data))?;
+        // Bytes past the persisted offset belong to an append that never finished: drop them.
+        file.set_len(offset).map_err(io("truncating", &data))?;
+        Ok(file)
+    })
+    .await?;
+    let mut writer = HashingWriter::new(file, hasher, paths.data.clone(), offset);
     while let Some(bytes) = chunk.next().await {
-        let bytes = bytes.map_err(|e| Error::io("receiving the chunk", e))?;
-        hasher.update(&bytes);
-        size += bytes.len() as u64;
-        file.write_all(&bytes)
-            .await
-            .map_err(io("writing", &paths.data))?;
+        writer
+            .push(bytes.map_err(|e| Error::io("receiving the chunk", e))?)
+            .await?;
     }
-    file.sync_data()
-        .await
-        .map_err(io("fsyncing", &paths.data))?;
-    drop(file);
+    let (hasher, size) = writer.finish().await?;
 
     state.offset += size;
     state.last_active = Utc::now();
@@ -170,6 +164,135 @@ pub(super) async fn append(
     let status = state.status(id);
     blocking(move || write_state(&paths, &state)).await?;
     Ok(status)
+}
+
+/// Writes a stream to a file and hashes it, the two in parallel on blocking threads, a block
+/// at a time, so throughput approaches the slower of disk and SHA-256 rather than their sum.
+struct HashingWriter {
+    file: Option<File>,
+    hasher: Option<Sha256>,
+    path: PathBuf,
+    position: u64,
+    block: BytesMut,
+    written: u64,
+}
+
+/// Bytes handed to the hashing and writing threads at a time.
+const BLOCK: usize = 4 * 1024 * 1024;
+
+impl HashingWriter {
+    fn new(file: File, hasher: Sha256, path: PathBuf, position: u64) -> Self {
+        Self {
+            file: Some(file),
+            hasher: Some(hasher),
+            path,
+            position,
+            block: BytesMut::new(),
+            written: 0,
+        }
+    }
+
+    async fn push(&mut self, bytes: Bytes) -> Result<()> {
+        self.block.extend_from_slice(&bytes);
+        if self.block.len() >= BLOCK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let block = self.block.split().freeze();
+        let (Some(file), Some(mut hasher)) = (self.file.take(), self.hasher.take()) else {
+            return Err(Error::io(
+                "writing",
+                std::io::Error::other("writer used after a failure"),
+            ));
+        };
+        let (path, position) = (self.path.clone(), self.position);
+        let for_hash = block.clone();
+        let hashing = tokio::task::spawn_blocking(move || {
+            hasher.update(&for_hash);
+            hasher
+        });
+        let writing = blocking(move || {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&block, position)
+                .map_err(io("writing", &path))?;
+            Ok((file, block.len() as u64))
+        });
+        let (hashed, written) = tokio::join!(hashing, writing);
+        let (file, n) = written?;
+        let hasher = hashed.map_err(|e| Error::io("hashing", std::io::Error::other(e)))?;
+        self.file = Some(file);
+        self.hasher = Some(hasher);
+        self.position += n;
+        self.written += n;
+        Ok(())
+    }
+
+    /// Flushes, fsyncs the file, and returns the hasher and the bytes written.
+    async fn finish(mut self) -> Result<(Sha256, u64)> {
+        self.flush().await?;
+        let (Some(file), Some(hasher)) = (self.file.take(), self.hasher.take()) else {
+            return Err(Error::io(
+                "writing",
+                std::io::Error::other("writer used after a failure"),
+            ));
+        };
+        let path = self.path.clone();
+        blocking(move || file.sync_data().map_err(io("fsyncing", &path))).await?;
+        Ok((hasher, self.written))
+    }
+}
+
+/// A whole blob from one stream, without a session: written to a staging file while it is
+/// hashed, verified, fsynced, and renamed into place. A crash leaves only a staging file,
+/// which the upload purger removes.
+pub(super) async fn put_stream(
+    repo: &Repository,
+    expected: &Digest,
+    expected_size: Option<u64>,
+    mut data: ChunkStream<'_>,
+) -> Result<BlobInfo> {
+    let store = repo.store();
+    let root = root(store)?.to_path_buf();
+    let id = UploadId::random();
+    let paths = paths(store, &root, &id);
+    let (dir, staging) = (paths.dir.clone(), paths.data.clone());
+    let file = blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        File::create(&staging).map_err(io("creating", &staging))
+    })
+    .await?;
+    let result = async {
+        let mut writer = HashingWriter::new(file, Sha256::new(), paths.data.clone(), 0);
+        while let Some(bytes) = data.next().await {
+            writer
+                .push(bytes.map_err(|e| Error::io("receiving the blob", e))?)
+                .await?;
+        }
+        let (hasher, size) = writer.finish().await?;
+        let actual = match expected.algorithm() {
+            Algorithm::Sha256 => Digest::Sha256(hasher.finalize().into()),
+            algorithm => {
+                let data = paths.data.clone();
+                blocking(move || rehash(&data, size, algorithm)).await?
+            }
+        };
+        verify(&actual, size, expected, expected_size)?;
+        if store.blob_size(expected).await?.is_none() {
+            let target = root.join(store.keys().blob_data(expected).as_ref());
+            let (data, root) = (paths.data.clone(), root.clone());
+            blocking(move || publish(&root, &data, &target, size)).await?;
+        }
+        Ok(published(expected, size))
+    }
+    .await;
+    let _ = tokio::fs::remove_dir_all(&paths.dir).await;
+    result
 }
 
 pub(super) async fn commit(
