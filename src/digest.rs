@@ -85,13 +85,13 @@ impl Digest {
         if encoded.is_empty() {
             return Err(invalid(s, "empty encoded part"));
         }
-        if let Some(bad) = encoded
+        if let Some(at) = encoded
             .bytes()
-            .find(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-')))
+            .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-')))
         {
             return Err(invalid(
                 s,
-                format!("encoded part has character {:?}", char::from(bad)),
+                format!("encoded part has character {:?}", char_at(encoded, at)),
             ));
         }
         let Some(alg) = Algorithm::from_name(algorithm) else {
@@ -202,7 +202,7 @@ fn check_algorithm_grammar(input: &str, algorithm: &str) -> Result<()> {
         return Err(invalid(input, "empty algorithm"));
     }
     let mut previous_was_separator = true; // a separator may not lead
-    for b in algorithm.bytes() {
+    for (at, b) in algorithm.bytes().enumerate() {
         match b {
             b'a'..=b'z' | b'0'..=b'9' => previous_was_separator = false,
             b'+' | b'.' | b'_' | b'-' if !previous_was_separator => previous_was_separator = true,
@@ -211,7 +211,7 @@ fn check_algorithm_grammar(input: &str, algorithm: &str) -> Result<()> {
                     input,
                     format!(
                         "algorithm has {:?} where the grammar forbids it",
-                        char::from(b)
+                        char_at(algorithm, at)
                     ),
                 ));
             }
@@ -221,6 +221,15 @@ fn check_algorithm_grammar(input: &str, algorithm: &str) -> Result<()> {
         return Err(invalid(input, "algorithm ends with a separator"));
     }
     Ok(())
+}
+
+/// The character starting at byte `at`, for messages: the scans look at bytes (fast), but a
+/// client that sent `é` should read `é` in the error, not the first byte of its encoding.
+/// `at` is always a character boundary there, because every byte before it was ASCII.
+pub(crate) fn char_at(s: &str, at: usize) -> char {
+    s.get(at..)
+        .and_then(|rest| rest.chars().next())
+        .unwrap_or(char::REPLACEMENT_CHARACTER)
 }
 
 fn decode_lower_hex(input: &str, encoded: &str, out: &mut [u8]) -> Result<()> {

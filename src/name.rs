@@ -15,7 +15,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::digest::Digest;
+use crate::digest::{Digest, char_at};
 use crate::error::{Error, Result};
 
 /// Maximum length of a repository name, in characters (all of them ASCII).
@@ -139,13 +139,17 @@ impl Tag {
         if !(b[0].is_ascii_alphanumeric() || b[0] == b'_') {
             return Err(Error::name_invalid(s, "tag must start with [a-zA-Z0-9_]"));
         }
-        if let Some(&bad) = b[1..]
+        if let Some(at) = b
             .iter()
-            .find(|&&x| !(x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-')))
+            .skip(1)
+            .position(|&x| !(x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-')))
         {
             return Err(Error::name_invalid(
                 s,
-                format!("tag has {:?}; allowed are [a-zA-Z0-9._-]", char::from(bad)),
+                format!(
+                    "tag has {:?}; allowed are [a-zA-Z0-9._-]",
+                    char_at(s, at + 1)
+                ),
             ));
         }
         Ok(Self(s.into()))
