@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
@@ -283,18 +283,22 @@ async fn put_manifest(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    // One byte over the limit is enough for the parser to refuse it by size.
-    let bytes = axum::body::to_bytes(req.body, MAX_MANIFEST_SIZE + 1)
+    // The spec: a registry enforcing a manifest size limit SHOULD answer 413 over it.
+    let bytes = axum::body::to_bytes(req.body, MAX_MANIFEST_SIZE)
         .await
-        .or_else(|e| {
+        .map_err(|e| {
             if e.to_string().contains("length limit") {
-                Ok(Bytes::from(vec![b' '; MAX_MANIFEST_SIZE + 1]))
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "MANIFEST_INVALID",
+                    format!("manifest is over the limit of {MAX_MANIFEST_SIZE} bytes (4 MiB)"),
+                )
             } else {
-                Err(ApiError::new(
+                ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "MANIFEST_INVALID",
                     format!("reading the body: {e}"),
-                ))
+                )
             }
         })?;
     let put = r

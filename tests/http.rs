@@ -1,0 +1,1923 @@
+//! The reference server over HTTP, black-box: every OCI Distribution endpoint and every error
+//! path, with the status codes and headers the spec (and docker/podman) expect.
+//!
+//! Each test starts the built `layerstore` binary on an ephemeral port over a fresh
+//! filesystem root, reads the bound address from its stdout, and kills it when the test ends.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, Response, StatusCode, header};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use tempfile::TempDir;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const SBOM: &str = "application/vnd.example.sbom.v1";
+const SIGNATURE: &str = "application/vnd.example.signature.v1";
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+/// A running `layerstore serve`, killed on drop.
+struct Server {
+    child: Child,
+    /// Kept open so the server never writes to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    /// `127.0.0.1:PORT`
+    addr: String,
+    client: reqwest::Client,
+    /// The storage root and log; removed after the server is gone (fields drop after `drop`).
+    _dir: TempDir,
+}
+
+impl Server {
+    /// `serve --addr 127.0.0.1:0 --root <fresh dir>`.
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        let root = root.to_str().expect("utf-8 path").to_owned();
+        Self::start_with(dir, &["--addr", "127.0.0.1:0", "--root", &root])
+    }
+
+    /// `serve --config <file>`, the file written by `write_config` into the server's dir.
+    fn start_with_config(write_config: impl FnOnce(&Path) -> String) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = write_config(dir.path());
+        let file = dir.path().join("config.yml");
+        std::fs::write(&file, yaml).expect("write config");
+        let file = file.to_str().expect("utf-8 path").to_owned();
+        Self::start_with(dir, &["--config", &file])
+    }
+
+    fn start_with(dir: TempDir, args: &[&str]) -> Self {
+        let log_path = dir.path().join("server.log");
+        let log = File::create(&log_path).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_layerstore"))
+            .arg("serve")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start layerstore");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        // Read the announcement on a thread so a server that never binds fails the test
+        // instead of hanging it.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut stdout = stdout;
+            let mut line = String::new();
+            let read = stdout.read_line(&mut line);
+            let _ = tx.send((read.map(|_| line), stdout));
+        });
+        let announced = rx.recv_timeout(Duration::from_secs(30));
+        let (line, stdout) = match announced {
+            Ok((Ok(line), stdout)) if !line.is_empty() => (line, stdout),
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!(
+                    "layerstore did not announce its address ({:?}); its log:\n{log}",
+                    other.map(|(line, _)| line)
+                );
+            }
+        };
+        let addr = line
+            .trim()
+            .strip_prefix("layerstore listening on http://")
+            .unwrap_or_else(|| panic!("unexpected announcement {line:?}"))
+            .to_owned();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("http client");
+        Self {
+            child,
+            _stdout: stdout,
+            addr,
+            client,
+            _dir: dir,
+        }
+    }
+
+    /// An absolute URL for a path (or a `Location` the server returned).
+    fn url(&self, path_or_location: &str) -> String {
+        if path_or_location.starts_with("http://") {
+            path_or_location.to_owned()
+        } else {
+            format!("http://{}{path_or_location}", self.addr)
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    async fn send(&self, method: Method, path: &str) -> Response {
+        self.request(method, path).send().await.expect("request")
+    }
+
+    async fn get(&self, path: &str) -> Response {
+        self.send(Method::GET, path).await
+    }
+
+    async fn head(&self, path: &str) -> Response {
+        self.send(Method::HEAD, path).await
+    }
+
+    async fn delete(&self, path: &str) -> Response {
+        self.send(Method::DELETE, path).await
+    }
+
+    /// Pushes a blob in one request (`POST ?digest=`) and returns its digest.
+    async fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
+        let digest = digest_of(bytes);
+        let response = self
+            .request(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            )
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("push blob");
+        assert_eq!(response.status(), StatusCode::CREATED, "pushing a blob");
+        digest
+    }
+
+    /// Starts an upload session and returns its `Location`.
+    async fn start_upload(&self, repo: &str) -> String {
+        let response = self
+            .request(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .header(header::CONTENT_LENGTH, "0")
+            .send()
+            .await
+            .expect("start upload");
+        assert_eq!(
+            response.status(),
+            StatusCode::ACCEPTED,
+            "starting an upload"
+        );
+        header_of(&response, "location").to_owned()
+    }
+
+    /// A podman-style chunk: `Content-Length` and `Content-Range: start-end`.
+    async fn patch_chunk(&self, location: &str, start: u64, bytes: &[u8]) -> Response {
+        let end = start + bytes.len() as u64 - 1;
+        self.patch_with_range(location, &format!("{start}-{end}"), bytes)
+            .await
+    }
+
+    async fn patch_with_range(&self, location: &str, range: &str, bytes: &[u8]) -> Response {
+        self.request(Method::PATCH, location)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_RANGE, range)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("patch")
+    }
+
+    /// `PUT <location>?digest=` with no body.
+    async fn commit(&self, location: &str, digest: &str) -> Response {
+        self.request(
+            Method::PUT,
+            &with_query(location, &format!("digest={digest}")),
+        )
+        .send()
+        .await
+        .expect("commit upload")
+    }
+
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Response {
+        self.request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header(header::CONTENT_TYPE, media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("put manifest")
+    }
+
+    /// Pushes the blobs of an OCI image and its manifest under `reference`; returns the
+    /// manifest's exact bytes and digest.
+    async fn push_image(&self, repo: &str, reference: &str, seed: &str) -> (Vec<u8>, String) {
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#);
+        let layer = format!("layer bytes of {seed}");
+        self.push_blob(repo, config.as_bytes()).await;
+        self.push_blob(repo, layer.as_bytes()).await;
+        let manifest = oci_manifest(config.as_bytes(), &[layer.as_bytes()], json!({}));
+        let response = self
+            .put_manifest(repo, reference, OCI_MANIFEST, &manifest)
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "pushing an image");
+        let digest = digest_of(&manifest);
+        (manifest, digest)
+    }
+
+    /// Pushes an artifact manifest whose `subject` is `subject` (an OCI manifest of `size`
+    /// bytes); returns its digest and the response to the push.
+    async fn push_referrer(
+        &self,
+        repo: &str,
+        subject: (&str, usize),
+        extra: Value,
+    ) -> (String, Response) {
+        self.push_blob(repo, b"{}").await;
+        let mut fields = json!({
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject.0, "size": subject.1},
+        });
+        merge(&mut fields, extra);
+        let manifest = oci_manifest_with_config(OCI_EMPTY, b"{}", &[], fields);
+        let digest = digest_of(&manifest);
+        let response = self
+            .put_manifest(repo, &digest, OCI_MANIFEST, &manifest)
+            .await;
+        (digest, response)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn digest_of(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn with_query(location: &str, query: &str) -> String {
+    let separator = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{separator}{query}")
+}
+
+fn merge(into: &mut Value, extra: Value) {
+    if let (Some(into), Value::Object(extra)) = (into.as_object_mut(), extra) {
+        into.extend(extra);
+    }
+}
+
+/// An OCI image manifest, pretty-printed with a trailing newline so that "the exact bytes"
+/// differ from any re-serialization the server might do.
+fn oci_manifest(config: &[u8], layers: &[&[u8]], extra: Value) -> Vec<u8> {
+    oci_manifest_with_config(OCI_CONFIG, config, layers, extra)
+}
+
+fn oci_manifest_with_config(
+    config_type: &str,
+    config: &[u8],
+    layers: &[&[u8]],
+    extra: Value,
+) -> Vec<u8> {
+    let layers: Vec<Value> = layers
+        .iter()
+        .map(|l| json!({"mediaType": OCI_LAYER, "digest": digest_of(l), "size": l.len()}))
+        .collect();
+    let mut manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": config_type, "digest": digest_of(config), "size": config.len()},
+        "layers": layers,
+    });
+    merge(&mut manifest, extra);
+    let mut bytes = serde_json::to_vec_pretty(&manifest).expect("json");
+    bytes.push(b'\n');
+    bytes
+}
+
+fn header_of<'a>(response: &'a Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| {
+            panic!(
+                "{} {}: no {name} header in {:?}",
+                response.status(),
+                response.url(),
+                response.headers()
+            )
+        })
+        .to_str()
+        .expect("ascii header")
+}
+
+fn has_header(response: &Response, name: &str) -> bool {
+    response.headers().contains_key(name)
+}
+
+async fn body_of(response: Response) -> Vec<u8> {
+    response.bytes().await.expect("body").to_vec()
+}
+
+async fn json_of(response: Response) -> Value {
+    let body = body_of(response).await;
+    serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)))
+}
+
+/// Checks the status and that the body is an OCI error document whose first error has
+/// `code`; returns the message.
+async fn assert_error(response: Response, status: StatusCode, code: &str) -> String {
+    let context = format!("{} {}", response.status(), response.url());
+    assert_eq!(response.status(), status, "{context}");
+    let content_type = header_of(&response, "content-type").to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{context}: error Content-Type {content_type}"
+    );
+    let body = json_of(response).await;
+    let error = &body["errors"][0];
+    assert_eq!(error["code"], code, "{context}: {body}");
+    let message = error["message"].as_str();
+    assert!(
+        message.is_some_and(|m| !m.is_empty()),
+        "{context}: no message in {body}"
+    );
+    message.unwrap_or_default().to_owned()
+}
+
+/// The upload id from an upload `Location`.
+fn upload_id(location: &str) -> &str {
+    let path = location.split('?').next().unwrap_or(location);
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// A raw HTTP/1.1 exchange, for requests an HTTP client would rewrite (such as `..` segments,
+/// which URL parsers remove). Returns the status and the body.
+fn raw_request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("write head");
+    stream.write_all(body).expect("write body");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = match text.find("\r\n\r\n") {
+        Some(i) => response[i + 4..].to_vec(),
+        None => Vec::new(),
+    };
+    (status, body)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Base and unknown paths
+
+#[tokio::test]
+async fn base_endpoint_is_200_with_the_api_version_header() {
+    let srv = Server::start();
+    for method in [Method::GET, Method::HEAD] {
+        let response = srv.send(method.clone(), "/v2/").await;
+        assert_eq!(response.status(), StatusCode::OK, "{method} /v2/");
+        assert_eq!(
+            header_of(&response, "docker-distribution-api-version"),
+            "registry/2.0"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404() {
+    let srv = Server::start();
+    for path in [
+        "/",
+        "/v1/",
+        "/v3/",
+        "/favicon.ico",
+        "/v2/library/hello/nothing",
+        "/v2/library/hello/blobs",
+        "/v2/library/hello/tags",
+    ] {
+        let response = srv.get(path).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "GET {path}");
+    }
+}
+
+#[tokio::test]
+async fn method_not_allowed_on_an_endpoint_is_405_unsupported() {
+    let srv = Server::start();
+    let digest = srv.push_blob("library/hello", b"data").await;
+    for (method, path) in [
+        (
+            Method::POST,
+            "/v2/library/hello/manifests/latest".to_owned(),
+        ),
+        (Method::PUT, format!("/v2/library/hello/blobs/{digest}")),
+        (Method::DELETE, "/v2/library/hello/tags/list".to_owned()),
+        (Method::PUT, "/v2/_catalog".to_owned()),
+    ] {
+        let response = srv.send(method, &path).await;
+        assert_error(response, StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED").await;
+    }
+}
+
+/// docker opens a TLS handshake on the plain-HTTP port before every push or pull and falls
+/// back to HTTP when it fails: an immediate `400` lets it fall back at once, while a server
+/// waiting for a line ending stalls each push for seconds.
+#[tokio::test]
+async fn tls_client_hello_on_the_plain_port_gets_an_http_400_promptly() {
+    let srv = Server::start();
+    let mut stream = TcpStream::connect(&srv.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    // A TLS 1.2 record header and the start of a ClientHello: no CR or LF anywhere.
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03,
+    ];
+    hello.extend((0u8..32).map(|i| i.wrapping_mul(37).wrapping_add(1)));
+    hello.extend([0x00, 0x00, 0x04, 0x13, 0x01, 0x13, 0x02, 0x01, 0x00]);
+    let started = Instant::now();
+    stream.write_all(&hello).expect("write ClientHello");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 512];
+    while answer.len() < 12 {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "no answer to a ClientHello after {:?}: {e}",
+                started.elapsed()
+            ),
+        }
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "answer to a ClientHello: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blobs
+
+const TWENTY: &[u8] = b"0123456789abcdefghij";
+
+#[tokio::test]
+async fn blob_head_reports_digest_and_length_without_a_body() {
+    let srv = Server::start();
+    let digest = srv.push_blob("library/hello", TWENTY).await;
+    let response = srv.head(&format!("/v2/library/hello/blobs/{digest}")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "docker-content-digest"), digest);
+    assert_eq!(header_of(&response, "content-length"), "20");
+    assert!(body_of(response).await.is_empty());
+}
+
+#[tokio::test]
+async fn blob_get_returns_the_bytes_with_digest_and_length() {
+    let srv = Server::start();
+    let digest = srv.push_blob("library/hello", TWENTY).await;
+    let response = srv.get(&format!("/v2/library/hello/blobs/{digest}")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "docker-content-digest"), digest);
+    assert_eq!(header_of(&response, "content-length"), "20");
+    assert_eq!(body_of(response).await, TWENTY);
+}
+
+#[tokio::test]
+async fn blob_get_of_a_large_blob_streams_every_byte() {
+    let srv = Server::start();
+    let blob: Vec<u8> = (0..5 * 1024 * 1024 + 7).map(|i| (i % 251) as u8).collect();
+    let digest = srv.push_blob("library/big", &blob).await;
+    let response = srv.get(&format!("/v2/library/big/blobs/{digest}")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header_of(&response, "content-length"),
+        blob.len().to_string()
+    );
+    assert!(body_of(response).await == blob);
+}
+
+#[tokio::test]
+async fn blob_get_with_a_range_is_206_with_content_range() {
+    let srv = Server::start();
+    let digest = srv.push_blob("library/hello", TWENTY).await;
+    let response = srv
+        .request(Method::GET, &format!("/v2/library/hello/blobs/{digest}"))
+        .header(header::RANGE, "bytes=5-9")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header_of(&response, "content-range"), "bytes 5-9/20");
+    assert_eq!(header_of(&response, "content-length"), "5");
+    assert_eq!(body_of(response).await, b"56789");
+}
+
+#[tokio::test]
+async fn blob_get_with_an_open_range_returns_the_rest() {
+    let srv = Server::start();
+    let digest = srv.push_blob("library/hello", TWENTY).await;
+    let response = srv
+        .request(Method::GET, &format!("/v2/library/hello/blobs/{digest}"))
+        .header(header::RANGE, "bytes=15-")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header_of(&response, "content-range"), "bytes 15-19/20");
+    assert_eq!(body_of(response).await, b"fghij");
+}
+
+#[tokio::test]
+async fn blob_get_with_a_suffix_range_returns_the_tail() {
+    let srv = Server::start();
+    let digest = srv.push_blob("library/hello", TWENTY).await;
+    let response = srv
+        .request(Method::GET, &format!("/v2/library/hello/blobs/{digest}"))
+        .header(header::RANGE, "bytes=-4")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header_of(&response, "content-range"), "bytes 16-19/20");
+    assert_eq!(header_of(&response, "content-length"), "4");
+    assert_eq!(body_of(response).await, b"ghij");
+}
+
+#[tokio::test]
+async fn blob_get_with_an_unsatisfiable_range_is_416_with_the_size() {
+    let srv = Server::start();
+    let digest = srv.push_blob("library/hello", TWENTY).await;
+    for range in ["bytes=20-30", "bytes=100-", "bytes=-0"] {
+        let response = srv
+            .request(Method::GET, &format!("/v2/library/hello/blobs/{digest}"))
+            .header(header::RANGE, range)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(
+            response.status(),
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "{range}"
+        );
+        assert_eq!(
+            header_of(&response, "content-range"),
+            "bytes */20",
+            "{range}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_blob_is_404_blob_unknown() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"something else").await;
+    let path = format!("/v2/library/hello/blobs/{}", digest_of(b"never pushed"));
+    assert_error(srv.get(&path).await, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    assert_eq!(srv.head(&path).await.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn blob_of_another_repository_is_404_blob_unknown() {
+    let srv = Server::start();
+    let digest = srv.push_blob("library/hello", TWENTY).await;
+    let path = format!("/v2/library/other/blobs/{digest}");
+    assert_error(srv.get(&path).await, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    assert_eq!(srv.head(&path).await.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn malformed_blob_digest_is_400_digest_invalid() {
+    let srv = Server::start();
+    for digest in [
+        "sha256:abc",
+        "sha256:ZZ5d6b07f0ab7c8f1b1f0f0b4ab1c2b8dd4e7f83b4aef7c3d6a1f0e4b3c2a1f0",
+        "nonsense",
+    ] {
+        let response = srv.get(&format!("/v2/library/hello/blobs/{digest}")).await;
+        assert_error(response, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+    }
+}
+
+#[tokio::test]
+async fn blob_delete_is_202_and_the_blob_is_then_404() {
+    let srv = Server::start();
+    let digest = srv.push_blob("library/hello", TWENTY).await;
+    let path = format!("/v2/library/hello/blobs/{digest}");
+    let response = srv.delete(&path).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_error(srv.get(&path).await, StatusCode::NOT_FOUND, "BLOB_UNKNOWN").await;
+    assert_eq!(srv.head(&path).await.status(), StatusCode::NOT_FOUND);
+    assert_error(
+        srv.delete(&path).await,
+        StatusCode::NOT_FOUND,
+        "BLOB_UNKNOWN",
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Uploads: starting
+
+#[tokio::test]
+async fn upload_post_is_202_with_location_empty_range_and_uuid() {
+    let srv = Server::start();
+    let response = srv
+        .request(Method::POST, "/v2/library/hello/blobs/uploads/")
+        .header(header::CONTENT_LENGTH, "0")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = header_of(&response, "location");
+    assert!(
+        location.contains("/v2/library/hello/blobs/uploads/"),
+        "{location}"
+    );
+    assert_eq!(header_of(&response, "range"), "0-0");
+    let uuid = header_of(&response, "docker-upload-uuid");
+    assert!(!uuid.is_empty());
+    assert_eq!(upload_id(location), uuid);
+}
+
+#[tokio::test]
+async fn upload_post_without_a_trailing_slash_also_starts_an_upload() {
+    let srv = Server::start();
+    let response = srv
+        .request(Method::POST, "/v2/library/hello/blobs/uploads")
+        .header(header::CONTENT_LENGTH, "0")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert!(has_header(&response, "location"));
+}
+
+#[tokio::test]
+async fn upload_post_with_digest_stores_the_blob_in_one_request() {
+    let srv = Server::start();
+    let digest = digest_of(TWENTY);
+    let response = srv
+        .request(
+            Method::POST,
+            &format!("/v2/library/hello/blobs/uploads/?digest={digest}"),
+        )
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(TWENTY.to_vec())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(header_of(&response, "docker-content-digest"), digest);
+    let location = header_of(&response, "location").to_owned();
+    let pulled = srv.get(&location).await;
+    assert_eq!(pulled.status(), StatusCode::OK, "GET {location}");
+    assert_eq!(body_of(pulled).await, TWENTY);
+}
+
+#[tokio::test]
+async fn upload_post_with_a_digest_that_does_not_match_is_400_digest_invalid() {
+    let srv = Server::start();
+    let claimed = digest_of(b"other bytes");
+    let response = srv
+        .request(
+            Method::POST,
+            &format!("/v2/library/hello/blobs/uploads/?digest={claimed}"),
+        )
+        .body(TWENTY.to_vec())
+        .send()
+        .await
+        .expect("post");
+    assert_error(response, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+    for digest in [claimed, digest_of(TWENTY)] {
+        let response = srv.head(&format!("/v2/library/hello/blobs/{digest}")).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{digest}");
+    }
+}
+
+#[tokio::test]
+async fn mount_from_a_repository_holding_the_blob_is_201() {
+    let srv = Server::start();
+    let digest = srv.push_blob("library/source", TWENTY).await;
+    let response = srv
+        .request(
+            Method::POST,
+            &format!("/v2/library/target/blobs/uploads/?mount={digest}&from=library/source"),
+        )
+        .header(header::CONTENT_LENGTH, "0")
+        .send()
+        .await
+        .expect("mount");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(header_of(&response, "docker-content-digest"), digest);
+    let location = header_of(&response, "location").to_owned();
+    assert!(location.ends_with(&format!("/v2/library/target/blobs/{digest}")));
+    let pulled = srv.get(&location).await;
+    assert_eq!(pulled.status(), StatusCode::OK);
+    assert_eq!(body_of(pulled).await, TWENTY);
+}
+
+#[tokio::test]
+async fn mount_from_a_repository_without_the_blob_starts_an_upload_instead() {
+    let srv = Server::start();
+    // The store holds the bytes, but only through a third repository.
+    let digest = srv.push_blob("library/elsewhere", TWENTY).await;
+    srv.push_blob("library/source", b"unrelated").await;
+    let response = srv
+        .request(
+            Method::POST,
+            &format!("/v2/library/target/blobs/uploads/?mount={digest}&from=library/source"),
+        )
+        .header(header::CONTENT_LENGTH, "0")
+        .send()
+        .await
+        .expect("mount");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(header_of(&response, "range"), "0-0");
+    let location = header_of(&response, "location").to_owned();
+    assert_eq!(
+        srv.get(&location).await.status(),
+        StatusCode::NO_CONTENT,
+        "the new upload's status"
+    );
+    let target = format!("/v2/library/target/blobs/{digest}");
+    assert_eq!(srv.head(&target).await.status(), StatusCode::NOT_FOUND);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Uploads: chunks
+
+/// docker: one PATCH with `Transfer-Encoding: chunked` and neither Content-Length nor
+/// Content-Range, then `PUT ?digest=` with an empty body.
+#[tokio::test]
+async fn patch_streamed_without_content_range_appends_the_whole_body() {
+    let srv = Server::start();
+    let blob: Vec<u8> = (0..3 * 1024 * 1024 + 11).map(|i| (i % 253) as u8).collect();
+    let location = srv.start_upload("library/hello").await;
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        blob.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(pieces));
+    let response = srv
+        .request(Method::PATCH, &location)
+        .body(body)
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        header_of(&response, "range"),
+        format!("0-{}", blob.len() - 1)
+    );
+    let location = header_of(&response, "location").to_owned();
+    let digest = digest_of(&blob);
+    assert_eq!(
+        srv.commit(&location, &digest).await.status(),
+        StatusCode::CREATED
+    );
+    let pulled = srv.get(&format!("/v2/library/hello/blobs/{digest}")).await;
+    assert!(body_of(pulled).await == blob);
+}
+
+/// podman: PATCH chunks with Content-Length and Content-Range, in order.
+#[tokio::test]
+async fn patch_chunks_with_content_range_append_in_order() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    let response = srv.patch_chunk(&location, 0, &TWENTY[..8]).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(header_of(&response, "range"), "0-7");
+    let location = header_of(&response, "location").to_owned();
+    let response = srv.patch_chunk(&location, 8, &TWENTY[8..]).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(header_of(&response, "range"), "0-19");
+    let location = header_of(&response, "location").to_owned();
+    let digest = digest_of(TWENTY);
+    assert_eq!(
+        srv.commit(&location, &digest).await.status(),
+        StatusCode::CREATED
+    );
+    let pulled = srv.get(&format!("/v2/library/hello/blobs/{digest}")).await;
+    assert_eq!(body_of(pulled).await, TWENTY);
+}
+
+/// Checks a refused chunk: 416 with the current `Range`, and the session unchanged.
+async fn assert_chunk_refused(srv: &Server, location: &str, response: Response, range: &str) {
+    let context = format!("{} {}", response.status(), response.url());
+    assert_eq!(
+        response.status(),
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "{context}"
+    );
+    assert_eq!(header_of(&response, "range"), range, "{context}");
+    let status = srv.get(location).await;
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header_of(&status, "range"), range, "status after {context}");
+}
+
+#[tokio::test]
+async fn patch_out_of_order_is_416_with_the_current_range() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    // The second chunk first.
+    let response = srv.patch_chunk(&location, 10, &TWENTY[10..]).await;
+    assert_chunk_refused(&srv, &location, response, "0-0").await;
+}
+
+#[tokio::test]
+async fn patch_overlapping_the_previous_chunk_is_416_with_the_current_range() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    let response = srv.patch_chunk(&location, 0, &TWENTY[..10]).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let response = srv.patch_chunk(&location, 5, &TWENTY[5..15]).await;
+    assert_chunk_refused(&srv, &location, response, "0-9").await;
+    let response = srv.patch_chunk(&location, 0, &TWENTY[..10]).await;
+    assert_chunk_refused(&srv, &location, response, "0-9").await;
+}
+
+#[tokio::test]
+async fn patch_leaving_a_gap_is_416_with_the_current_range() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    let response = srv.patch_chunk(&location, 0, &TWENTY[..10]).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let response = srv.patch_chunk(&location, 12, &TWENTY[12..]).await;
+    assert_chunk_refused(&srv, &location, response, "0-9").await;
+}
+
+#[tokio::test]
+async fn patch_with_a_malformed_content_range_is_416_with_the_current_range() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    let response = srv.patch_chunk(&location, 0, &TWENTY[..10]).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    for range in [
+        "garbage",
+        "10",
+        "10-",
+        "-19",
+        "19-10",
+        "ten-nineteen",
+        "10-12",
+    ] {
+        // "10-12" names 3 bytes for a 10-byte body.
+        let response = srv.patch_with_range(&location, range, &TWENTY[10..]).await;
+        assert_chunk_refused(&srv, &location, response, "0-9").await;
+    }
+}
+
+/// `GET <location>`: 204 with `range`, and the same `Location` and upload id.
+async fn assert_upload_status(srv: &Server, location: &str, range: &str) {
+    let response = srv.get(location).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT, "at {range}");
+    assert_eq!(header_of(&response, "range"), range);
+    assert_eq!(header_of(&response, "location"), location);
+    assert_eq!(
+        header_of(&response, "docker-upload-uuid"),
+        upload_id(location)
+    );
+}
+
+#[tokio::test]
+async fn upload_status_is_204_with_range_at_the_same_location_for_the_whole_upload() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    assert_upload_status(&srv, &location, "0-0").await;
+    let response = srv.patch_chunk(&location, 0, &TWENTY[..8]).await;
+    assert_eq!(header_of(&response, "location"), location);
+    assert_upload_status(&srv, &location, "0-7").await;
+    let response = srv.patch_chunk(&location, 8, &TWENTY[8..]).await;
+    assert_eq!(header_of(&response, "location"), location);
+    assert_upload_status(&srv, &location, "0-19").await;
+    assert_eq!(
+        srv.commit(&location, &digest_of(TWENTY)).await.status(),
+        StatusCode::CREATED
+    );
+    let response = srv.get(&location).await;
+    assert_error(response, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Uploads: closing
+
+#[tokio::test]
+async fn put_with_digest_and_no_body_commits_the_patched_bytes() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    srv.patch_chunk(&location, 0, TWENTY).await;
+    let digest = digest_of(TWENTY);
+    let response = srv.commit(&location, &digest).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(header_of(&response, "docker-content-digest"), digest);
+    let blob = header_of(&response, "location").to_owned();
+    assert!(blob.ends_with(&format!("/v2/library/hello/blobs/{digest}")));
+    assert_eq!(body_of(srv.get(&blob).await).await, TWENTY);
+}
+
+#[tokio::test]
+async fn put_with_the_final_chunk_commits_every_byte() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    let response = srv.patch_chunk(&location, 0, &TWENTY[..12]).await;
+    let location = header_of(&response, "location").to_owned();
+    let digest = digest_of(TWENTY);
+    let response = srv
+        .request(
+            Method::PUT,
+            &with_query(&location, &format!("digest={digest}")),
+        )
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_RANGE, "12-19")
+        .body(TWENTY[12..].to_vec())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let blob = header_of(&response, "location").to_owned();
+    assert_eq!(body_of(srv.get(&blob).await).await, TWENTY);
+}
+
+#[tokio::test]
+async fn put_with_the_whole_blob_after_post_commits_it() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    let digest = digest_of(TWENTY);
+    let response = srv
+        .request(
+            Method::PUT,
+            &with_query(&location, &format!("digest={digest}")),
+        )
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(TWENTY.to_vec())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let blob = header_of(&response, "location").to_owned();
+    assert_eq!(body_of(srv.get(&blob).await).await, TWENTY);
+}
+
+#[tokio::test]
+async fn put_with_a_wrong_digest_is_400_digest_invalid_and_the_upload_stays_resumable() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    srv.patch_chunk(&location, 0, &TWENTY[..10]).await;
+    let wrong = digest_of(&TWENTY[..10].repeat(2));
+    let response = srv.commit(&location, &wrong).await;
+    assert_error(response, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+    let head = srv.head(&format!("/v2/library/hello/blobs/{wrong}")).await;
+    assert_eq!(head.status(), StatusCode::NOT_FOUND);
+
+    let status = srv.get(&location).await;
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header_of(&status, "range"), "0-9");
+    let response = srv.patch_chunk(&location, 10, &TWENTY[10..]).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let response = srv.commit(&location, &digest_of(TWENTY)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn put_with_a_malformed_or_missing_digest_is_400_digest_invalid() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    srv.patch_chunk(&location, 0, TWENTY).await;
+    let response = srv.commit(&location, "sha256:1234").await;
+    assert_error(response, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+    let response = srv.send(Method::PUT, &location).await;
+    assert_error(response, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+    let status = srv.get(&location).await;
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header_of(&status, "range"), "0-19");
+}
+
+#[tokio::test]
+async fn upload_delete_cancels_with_204_and_the_upload_is_then_404() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    srv.patch_chunk(&location, 0, TWENTY).await;
+    let response = srv.delete(&location).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let gone = StatusCode::NOT_FOUND;
+    assert_error(srv.get(&location).await, gone, "BLOB_UPLOAD_UNKNOWN").await;
+    let response = srv.patch_chunk(&location, 20, b"more").await;
+    assert_error(response, gone, "BLOB_UPLOAD_UNKNOWN").await;
+    let response = srv.commit(&location, &digest_of(TWENTY)).await;
+    assert_error(response, gone, "BLOB_UPLOAD_UNKNOWN").await;
+    assert_error(srv.delete(&location).await, gone, "BLOB_UPLOAD_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn invalid_or_unknown_upload_id_is_404_blob_upload_unknown() {
+    let srv = Server::start();
+    srv.start_upload("library/hello").await;
+    for id in [
+        "not-an-upload",
+        "0123456789abcdef0123456789abcdef",
+        "0123456789ABCDEF0123456789ABCDEF",
+        "%2e%2e%2fetc",
+    ] {
+        let location = format!("/v2/library/hello/blobs/uploads/{id}");
+        let unknown = StatusCode::NOT_FOUND;
+        assert_error(srv.get(&location).await, unknown, "BLOB_UPLOAD_UNKNOWN").await;
+        let response = srv.patch_chunk(&location, 0, TWENTY).await;
+        assert_error(response, unknown, "BLOB_UPLOAD_UNKNOWN").await;
+        let response = srv.commit(&location, &digest_of(TWENTY)).await;
+        assert_error(response, unknown, "BLOB_UPLOAD_UNKNOWN").await;
+        assert_error(srv.delete(&location).await, unknown, "BLOB_UPLOAD_UNKNOWN").await;
+    }
+}
+
+#[tokio::test]
+async fn upload_is_unknown_through_another_repository() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    let id = upload_id(&location);
+    let elsewhere = format!("/v2/library/other/blobs/uploads/{id}");
+    let response = srv.get(&elsewhere).await;
+    assert_error(response, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    let response = srv.patch_chunk(&elsewhere, 0, TWENTY).await;
+    assert_error(response, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
+    assert_eq!(srv.get(&location).await.status(), StatusCode::NO_CONTENT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Manifests
+
+#[tokio::test]
+async fn manifest_put_by_tag_is_201_with_location_and_digest() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"config").await;
+    srv.push_blob("library/hello", b"layer").await;
+    let manifest = oci_manifest(b"config", &[b"layer"], json!({}));
+    let digest = digest_of(&manifest);
+    let response = srv
+        .put_manifest("library/hello", "v1", OCI_MANIFEST, &manifest)
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(header_of(&response, "docker-content-digest"), digest);
+    let location = header_of(&response, "location").to_owned();
+    assert!(location.ends_with(&format!("/v2/library/hello/manifests/{digest}")));
+    let pulled = srv.get(&location).await;
+    assert_eq!(pulled.status(), StatusCode::OK);
+    assert_eq!(body_of(pulled).await, manifest);
+}
+
+#[tokio::test]
+async fn manifest_put_by_digest_is_201_with_location_and_digest() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"config").await;
+    let manifest = oci_manifest(b"config", &[], json!({}));
+    let digest = digest_of(&manifest);
+    let response = srv
+        .put_manifest("library/hello", &digest, OCI_MANIFEST, &manifest)
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(header_of(&response, "docker-content-digest"), digest);
+    let location = header_of(&response, "location");
+    assert!(location.ends_with(&format!("/v2/library/hello/manifests/{digest}")));
+}
+
+#[tokio::test]
+async fn manifest_put_by_a_digest_of_other_bytes_is_400_digest_invalid() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"config").await;
+    let manifest = oci_manifest(b"config", &[], json!({}));
+    let wrong = digest_of(b"not the manifest");
+    let response = srv
+        .put_manifest("library/hello", &wrong, OCI_MANIFEST, &manifest)
+        .await;
+    assert_error(response, StatusCode::BAD_REQUEST, "DIGEST_INVALID").await;
+    let path = format!("/v2/library/hello/manifests/{wrong}");
+    assert_eq!(srv.head(&path).await.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn manifest_put_with_missing_blobs_is_400_manifest_blob_unknown() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"config").await;
+    // The layer exists in the store, but not in this repository.
+    srv.push_blob("library/other", b"layer").await;
+    let manifest = oci_manifest(b"config", &[b"layer", b"never pushed"], json!({}));
+    let response = srv
+        .put_manifest("library/hello", "v1", OCI_MANIFEST, &manifest)
+        .await;
+    let message = assert_error(response, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN").await;
+    assert!(message.contains(&digest_of(b"never pushed")), "{message}");
+    let response = srv.head("/v2/library/hello/manifests/v1").await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn manifest_put_of_an_invalid_document_is_400_manifest_invalid() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"config").await;
+    let wrong_version = {
+        let mut m: Value =
+            serde_json::from_slice(&oci_manifest(b"config", &[], json!({}))).expect("json");
+        m["schemaVersion"] = json!(1);
+        serde_json::to_vec(&m).expect("json")
+    };
+    let no_layers =
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+    for (what, body) in [
+        ("not JSON", b"this is not json".to_vec()),
+        ("empty", Vec::new()),
+        ("schemaVersion 1", wrong_version),
+        ("no config or layers", no_layers.to_vec()),
+        (
+            "deeply nested",
+            format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+        ),
+    ] {
+        let response = srv
+            .put_manifest("library/hello", "v1", OCI_MANIFEST, &body)
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{what}");
+        assert_error(response, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+    }
+    let response = srv.head("/v2/library/hello/manifests/v1").await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn manifest_put_with_a_content_type_other_than_its_media_type_is_400_manifest_invalid() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"config").await;
+    let manifest = oci_manifest(b"config", &[], json!({}));
+    let response = srv
+        .put_manifest("library/hello", "v1", DOCKER_MANIFEST, &manifest)
+        .await;
+    assert_error(response, StatusCode::BAD_REQUEST, "MANIFEST_INVALID").await;
+}
+
+#[tokio::test]
+async fn manifest_of_exactly_4_mib_is_accepted() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"config").await;
+    let with_padding = |n: usize| {
+        oci_manifest(
+            b"config",
+            &[],
+            json!({"annotations": {"padding": "x".repeat(n)}}),
+        )
+    };
+    let limit = 4 * 1024 * 1024;
+    let manifest = with_padding(limit - with_padding(0).len());
+    assert_eq!(manifest.len(), limit);
+    let response = srv
+        .put_manifest("library/hello", "v1", OCI_MANIFEST, &manifest)
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let response = srv.get("/v2/library/hello/manifests/v1").await;
+    assert!(body_of(response).await == manifest);
+}
+
+#[tokio::test]
+async fn manifest_over_4_mib_is_refused_and_not_stored() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"config").await;
+    let padding = "x".repeat(4 * 1024 * 1024);
+    let manifest = oci_manifest(b"config", &[], json!({"annotations": {"padding": padding}}));
+    let response = srv
+        .put_manifest("library/hello", "v1", OCI_MANIFEST, &manifest)
+        .await;
+    // The spec: "If a manifest exceeds this limit, the registry SHOULD respond with 413".
+    assert_error(response, StatusCode::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID").await;
+    let response = srv.head("/v2/library/hello/manifests/v1").await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn manifest_tag_of_128_characters_is_accepted() {
+    let srv = Server::start();
+    let tag = format!("v{}", "1".repeat(127));
+    let (manifest, _) = srv.push_image("library/hello", &tag, "a").await;
+    let response = srv.get(&format!("/v2/library/hello/manifests/{tag}")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_of(response).await, manifest);
+}
+
+#[tokio::test]
+async fn manifest_with_an_invalid_tag_is_400_and_not_stored() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"config").await;
+    let manifest = oci_manifest(b"config", &[], json!({}));
+    for tag in [
+        format!("v{}", "1".repeat(128)),
+        "-lead".to_owned(),
+        ".dot".to_owned(),
+    ] {
+        let path = format!("/v2/library/hello/manifests/{tag}");
+        let response = srv
+            .put_manifest("library/hello", &tag, OCI_MANIFEST, &manifest)
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "PUT {path}");
+        let body = json_of(response).await;
+        assert!(body["errors"][0]["code"].is_string(), "PUT {path}: {body}");
+        assert_eq!(
+            srv.get(&path).await.status(),
+            StatusCode::BAD_REQUEST,
+            "GET {path}"
+        );
+    }
+    let tags = json_of(srv.get("/v2/library/hello/tags/list").await).await;
+    assert_eq!(tags["tags"], json!([]));
+}
+
+#[tokio::test]
+async fn manifest_get_by_tag_returns_the_exact_bytes_with_its_media_type() {
+    let srv = Server::start();
+    let (manifest, digest) = srv.push_image("library/hello", "v1", "a").await;
+    let response = srv.get("/v2/library/hello/manifests/v1").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "content-type"), OCI_MANIFEST);
+    assert_eq!(header_of(&response, "docker-content-digest"), digest);
+    assert_eq!(
+        header_of(&response, "content-length"),
+        manifest.len().to_string()
+    );
+    assert_eq!(body_of(response).await, manifest);
+}
+
+#[tokio::test]
+async fn manifest_get_by_digest_returns_the_exact_bytes_with_its_media_type() {
+    let srv = Server::start();
+    let (manifest, digest) = srv.push_image("library/hello", "v1", "a").await;
+    let response = srv
+        .get(&format!("/v2/library/hello/manifests/{digest}"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "content-type"), OCI_MANIFEST);
+    assert_eq!(header_of(&response, "docker-content-digest"), digest);
+    assert_eq!(body_of(response).await, manifest);
+}
+
+#[tokio::test]
+async fn manifest_head_by_tag_and_by_digest_reports_type_length_and_digest() {
+    let srv = Server::start();
+    let (manifest, digest) = srv.push_image("library/hello", "v1", "a").await;
+    for reference in ["v1", digest.as_str()] {
+        let response = srv
+            .head(&format!("/v2/library/hello/manifests/{reference}"))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{reference}");
+        assert_eq!(header_of(&response, "content-type"), OCI_MANIFEST);
+        assert_eq!(header_of(&response, "docker-content-digest"), digest);
+        assert_eq!(
+            header_of(&response, "content-length"),
+            manifest.len().to_string()
+        );
+        assert!(body_of(response).await.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn docker_schema2_manifest_comes_back_with_its_media_type() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"docker config").await;
+    srv.push_blob("library/hello", b"docker layer").await;
+    let manifest = serde_json::to_vec_pretty(&json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": DOCKER_CONFIG, "digest": digest_of(b"docker config"), "size": 13},
+        "layers": [{"mediaType": DOCKER_LAYER, "digest": digest_of(b"docker layer"), "size": 12}],
+    }))
+    .expect("json");
+    let response = srv
+        .put_manifest("library/hello", "latest", DOCKER_MANIFEST, &manifest)
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let response = srv
+        .request(Method::GET, "/v2/library/hello/manifests/latest")
+        .header(header::ACCEPT, DOCKER_MANIFEST)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "content-type"), DOCKER_MANIFEST);
+    assert_eq!(body_of(response).await, manifest);
+}
+
+#[tokio::test]
+async fn manifest_get_with_an_accept_excluding_its_type_is_404_manifest_unknown() {
+    let srv = Server::start();
+    srv.push_image("library/hello", "v1", "a").await;
+    let accept =
+        format!("{DOCKER_MANIFEST}, application/vnd.docker.distribution.manifest.list.v2+json");
+    let response = srv
+        .request(Method::GET, "/v2/library/hello/manifests/v1")
+        .header(header::ACCEPT, &accept)
+        .send()
+        .await
+        .expect("get");
+    assert_error(response, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    let response = srv
+        .request(Method::HEAD, "/v2/library/hello/manifests/v1")
+        .header(header::ACCEPT, &accept)
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn manifest_get_with_an_accept_listing_its_type_is_200() {
+    let srv = Server::start();
+    let (manifest, _) = srv.push_image("library/hello", "v1", "a").await;
+    // One header with a list and parameters, and several headers as docker sends them.
+    let one_header = srv
+        .request(Method::GET, "/v2/library/hello/manifests/v1")
+        .header(
+            header::ACCEPT,
+            format!("{DOCKER_MANIFEST}, {OCI_MANIFEST};q=0.9, {OCI_INDEX};q=0.5"),
+        );
+    let several_headers = srv
+        .request(Method::GET, "/v2/library/hello/manifests/v1")
+        .header(header::ACCEPT, DOCKER_MANIFEST)
+        .header(header::ACCEPT, OCI_INDEX)
+        .header(header::ACCEPT, OCI_MANIFEST);
+    for request in [one_header, several_headers] {
+        let response = request.send().await.expect("get");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header_of(&response, "content-type"), OCI_MANIFEST);
+        assert_eq!(body_of(response).await, manifest);
+    }
+}
+
+#[tokio::test]
+async fn manifest_get_with_a_wildcard_accept_is_200() {
+    let srv = Server::start();
+    srv.push_image("library/hello", "v1", "a").await;
+    let response = srv
+        .request(Method::GET, "/v2/library/hello/manifests/v1")
+        .header(header::ACCEPT, format!("{DOCKER_MANIFEST}, */*"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "content-type"), OCI_MANIFEST);
+}
+
+#[tokio::test]
+async fn unknown_manifest_is_404_manifest_unknown() {
+    let srv = Server::start();
+    srv.push_image("library/hello", "v1", "a").await;
+    for reference in ["v2".to_owned(), digest_of(b"never pushed")] {
+        let path = format!("/v2/library/hello/manifests/{reference}");
+        assert_error(
+            srv.get(&path).await,
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        )
+        .await;
+        assert_eq!(srv.head(&path).await.status(), StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test]
+async fn manifest_of_an_unknown_repository_is_404() {
+    let srv = Server::start();
+    let response = srv.get("/v2/library/nobody/manifests/latest").await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let code = json_of(response).await["errors"][0]["code"].clone();
+    assert!(
+        code == "NAME_UNKNOWN" || code == "MANIFEST_UNKNOWN",
+        "code {code}"
+    );
+}
+
+#[tokio::test]
+async fn manifest_put_with_a_subject_answers_with_oci_subject() {
+    let srv = Server::start();
+    let (subject, subject_digest) = srv.push_image("library/hello", "v1", "a").await;
+    let (_, response) = srv
+        .push_referrer(
+            "library/hello",
+            (&subject_digest, subject.len()),
+            json!({"artifactType": SBOM}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(header_of(&response, "oci-subject"), subject_digest);
+}
+
+#[tokio::test]
+async fn manifest_put_without_a_subject_has_no_oci_subject() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"config").await;
+    let manifest = oci_manifest(b"config", &[], json!({}));
+    let response = srv
+        .put_manifest("library/hello", "v1", OCI_MANIFEST, &manifest)
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(!has_header(&response, "oci-subject"));
+}
+
+#[tokio::test]
+async fn manifest_delete_by_digest_is_202_and_it_is_then_404_manifest_unknown() {
+    let srv = Server::start();
+    let (_, digest) = srv.push_image("library/hello", "v1", "a").await;
+    let path = format!("/v2/library/hello/manifests/{digest}");
+    assert_eq!(srv.delete(&path).await.status(), StatusCode::ACCEPTED);
+    for path in [path.as_str(), "/v2/library/hello/manifests/v1"] {
+        assert_error(
+            srv.get(path).await,
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        )
+        .await;
+    }
+    let tags = json_of(srv.get("/v2/library/hello/tags/list").await).await;
+    assert_eq!(tags["tags"], json!([]));
+    assert_error(
+        srv.delete(&path).await,
+        StatusCode::NOT_FOUND,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn manifest_delete_by_tag_is_202_and_removes_only_the_tag() {
+    let srv = Server::start();
+    let (manifest, digest) = srv.push_image("library/hello", "v1", "a").await;
+    let response = srv
+        .put_manifest("library/hello", "v2", OCI_MANIFEST, &manifest)
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let response = srv.delete("/v2/library/hello/manifests/v1").await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let response = srv.get("/v2/library/hello/manifests/v1").await;
+    assert_error(response, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    for reference in ["v2", digest.as_str()] {
+        let response = srv
+            .get(&format!("/v2/library/hello/manifests/{reference}"))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{reference}");
+    }
+    let response = srv.delete("/v2/library/hello/manifests/v1").await;
+    assert_error(response, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tags and catalog
+
+/// Tags `b`, `a`, `v10`, `v2`, `latest` on one image.
+async fn tagged(srv: &Server) {
+    let (manifest, _) = srv.push_image("library/hello", "b", "x").await;
+    for tag in ["a", "v10", "v2", "latest"] {
+        let response = srv
+            .put_manifest("library/hello", tag, OCI_MANIFEST, &manifest)
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+}
+
+/// The target of a `Link: <...>; rel="next"` header.
+fn next_link(response: &Response) -> Option<String> {
+    let link = response.headers().get("link")?.to_str().expect("ascii");
+    let target = link
+        .strip_prefix('<')
+        .and_then(|l| l.strip_suffix(r#">; rel="next""#))
+        .unwrap_or_else(|| panic!("malformed Link header {link:?}"));
+    Some(target.to_owned())
+}
+
+#[tokio::test]
+async fn tags_list_returns_every_tag_in_lexical_order() {
+    let srv = Server::start();
+    tagged(&srv).await;
+    let response = srv.get("/v2/library/hello/tags/list").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(next_link(&response).is_none());
+    let body = json_of(response).await;
+    assert_eq!(
+        body,
+        json!({"name": "library/hello", "tags": ["a", "b", "latest", "v10", "v2"]})
+    );
+}
+
+#[tokio::test]
+async fn tags_list_with_n_returns_a_page_and_a_link_to_the_next() {
+    let srv = Server::start();
+    tagged(&srv).await;
+    let response = srv.get("/v2/library/hello/tags/list?n=2").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let next = next_link(&response).expect("a Link header");
+    assert!(next.starts_with("/v2/library/hello/tags/list?"), "{next}");
+    assert_eq!(json_of(response).await["tags"], json!(["a", "b"]));
+
+    let mut all = vec!["a".to_owned(), "b".to_owned()];
+    let mut next = Some(next);
+    while let Some(link) = next {
+        let response = srv.get(&link).await;
+        assert_eq!(response.status(), StatusCode::OK, "{link}");
+        next = next_link(&response);
+        let page = json_of(response).await;
+        let page = page["tags"].as_array().expect("tags").clone();
+        assert!(!page.is_empty() && page.len() <= 2, "{link}: {page:?}");
+        all.extend(page.iter().map(|t| t.as_str().expect("tag").to_owned()));
+    }
+    assert_eq!(all, ["a", "b", "latest", "v10", "v2"]);
+}
+
+#[tokio::test]
+async fn tags_list_with_last_continues_after_it() {
+    let srv = Server::start();
+    tagged(&srv).await;
+    let response = srv.get("/v2/library/hello/tags/list?n=2&last=b").await;
+    assert!(next_link(&response).is_some());
+    assert_eq!(json_of(response).await["tags"], json!(["latest", "v10"]));
+    let response = srv.get("/v2/library/hello/tags/list?last=latest").await;
+    assert!(next_link(&response).is_none());
+    assert_eq!(json_of(response).await["tags"], json!(["v10", "v2"]));
+    let response = srv.get("/v2/library/hello/tags/list?n=2&last=v10").await;
+    assert!(next_link(&response).is_none(), "the last page has no Link");
+    assert_eq!(json_of(response).await["tags"], json!(["v2"]));
+}
+
+#[tokio::test]
+async fn tags_list_with_n_zero_is_empty_without_a_link() {
+    let srv = Server::start();
+    tagged(&srv).await;
+    let response = srv.get("/v2/library/hello/tags/list?n=0").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(next_link(&response).is_none());
+    assert_eq!(json_of(response).await["tags"], json!([]));
+}
+
+#[tokio::test]
+async fn tags_list_of_an_unknown_repository_is_404_name_unknown() {
+    let srv = Server::start();
+    srv.push_image("library/hello", "v1", "a").await;
+    let response = srv.get("/v2/library/nobody/tags/list").await;
+    assert_error(response, StatusCode::NOT_FOUND, "NAME_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn tags_list_of_a_repository_with_blobs_only_is_empty() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", TWENTY).await;
+    let response = srv.get("/v2/library/hello/tags/list").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(json_of(response).await["tags"], json!([]));
+}
+
+#[tokio::test]
+async fn catalog_lists_repositories_in_lexical_order() {
+    let srv = Server::start();
+    for repo in ["c/one", "a/two", "b", "a/one/deep"] {
+        srv.push_blob(repo, repo.as_bytes()).await;
+    }
+    let response = srv.get("/v2/_catalog").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(next_link(&response).is_none());
+    assert_eq!(
+        json_of(response).await,
+        json!({"repositories": ["a/one/deep", "a/two", "b", "c/one"]})
+    );
+}
+
+#[tokio::test]
+async fn catalog_with_n_and_last_paginates_with_a_link() {
+    let srv = Server::start();
+    for repo in ["c/one", "a/two", "b", "a/one/deep"] {
+        srv.push_blob(repo, repo.as_bytes()).await;
+    }
+    let response = srv.get("/v2/_catalog?n=3").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let next = next_link(&response).expect("a Link header");
+    assert!(next.starts_with("/v2/_catalog?"), "{next}");
+    assert_eq!(
+        json_of(response).await["repositories"],
+        json!(["a/one/deep", "a/two", "b"])
+    );
+    let response = srv.get(&next).await;
+    assert!(next_link(&response).is_none());
+    assert_eq!(json_of(response).await["repositories"], json!(["c/one"]));
+    let response = srv.get("/v2/_catalog?n=1&last=a/two").await;
+    assert!(next_link(&response).is_some());
+    assert_eq!(json_of(response).await["repositories"], json!(["b"]));
+}
+
+#[tokio::test]
+async fn pagination_with_a_non_numeric_n_is_400() {
+    let srv = Server::start();
+    tagged(&srv).await;
+    for path in ["/v2/library/hello/tags/list?n=many", "/v2/_catalog?n=-1"] {
+        let response = srv.get(path).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Referrers
+
+#[tokio::test]
+async fn referrers_of_a_subject_come_back_as_an_oci_index() {
+    let srv = Server::start();
+    let (subject, subject_digest) = srv.push_image("library/hello", "v1", "a").await;
+    let subject_ref = (subject_digest.as_str(), subject.len());
+    let annotations = json!({"org.example.sbom.format": "json"});
+    let (sbom, _) = srv
+        .push_referrer(
+            "library/hello",
+            subject_ref,
+            json!({"artifactType": SBOM, "annotations": annotations}),
+        )
+        .await;
+    let (signature, _) = srv
+        .push_referrer(
+            "library/hello",
+            subject_ref,
+            json!({"artifactType": SIGNATURE}),
+        )
+        .await;
+    let response = srv
+        .get(&format!("/v2/library/hello/referrers/{subject_digest}"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "content-type"), OCI_INDEX);
+    assert!(!has_header(&response, "oci-filters-applied"));
+    let index = json_of(response).await;
+    assert_eq!(index["schemaVersion"], 2);
+    assert_eq!(index["mediaType"], OCI_INDEX);
+    let manifests = index["manifests"].as_array().expect("manifests");
+    assert_eq!(manifests.len(), 2, "{index}");
+    let find = |digest: &str| {
+        manifests
+            .iter()
+            .find(|d| d["digest"] == digest)
+            .unwrap_or_else(|| panic!("{digest} not in {index}"))
+    };
+    let sbom = find(&sbom);
+    assert_eq!(sbom["mediaType"], OCI_MANIFEST);
+    assert_eq!(sbom["artifactType"], SBOM);
+    assert!(sbom["size"].as_u64().is_some_and(|s| s > 0));
+    assert_eq!(sbom["annotations"], annotations);
+    assert_eq!(find(&signature)["artifactType"], SIGNATURE);
+}
+
+#[tokio::test]
+async fn referrer_without_an_artifact_type_is_listed_with_its_config_media_type() {
+    let srv = Server::start();
+    let (subject, subject_digest) = srv.push_image("library/hello", "v1", "a").await;
+    let (referrer, _) = srv
+        .push_referrer("library/hello", (&subject_digest, subject.len()), json!({}))
+        .await;
+    let response = srv
+        .get(&format!("/v2/library/hello/referrers/{subject_digest}"))
+        .await;
+    let index = json_of(response).await;
+    assert_eq!(index["manifests"][0]["digest"], referrer, "{index}");
+    assert_eq!(index["manifests"][0]["artifactType"], OCI_EMPTY, "{index}");
+}
+
+#[tokio::test]
+async fn referrers_filtered_by_artifact_type_set_oci_filters_applied() {
+    let srv = Server::start();
+    let (subject, subject_digest) = srv.push_image("library/hello", "v1", "a").await;
+    let subject_ref = (subject_digest.as_str(), subject.len());
+    let (sbom, _) = srv
+        .push_referrer("library/hello", subject_ref, json!({"artifactType": SBOM}))
+        .await;
+    srv.push_referrer(
+        "library/hello",
+        subject_ref,
+        json!({"artifactType": SIGNATURE}),
+    )
+    .await;
+    let response = srv
+        .get(&format!(
+            "/v2/library/hello/referrers/{subject_digest}?artifactType={SBOM}"
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "content-type"), OCI_INDEX);
+    assert_eq!(header_of(&response, "oci-filters-applied"), "artifactType");
+    let index = json_of(response).await;
+    let manifests = index["manifests"].as_array().expect("manifests");
+    assert_eq!(manifests.len(), 1, "{index}");
+    assert_eq!(manifests[0]["digest"], sbom);
+}
+
+#[tokio::test]
+async fn referrers_of_an_unknown_subject_are_an_empty_index() {
+    let srv = Server::start();
+    srv.push_image("library/hello", "v1", "a").await;
+    let unknown = digest_of(b"no such manifest");
+    let response = srv
+        .get(&format!("/v2/library/hello/referrers/{unknown}"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header_of(&response, "content-type"), OCI_INDEX);
+    let index = json_of(response).await;
+    assert_eq!(index["schemaVersion"], 2);
+    assert_eq!(index["mediaType"], OCI_INDEX);
+    assert_eq!(index["manifests"], json!([]));
+}
+
+#[tokio::test]
+async fn referrer_pushed_before_its_subject_is_listed() {
+    let srv = Server::start();
+    let subject = digest_of(b"a manifest pushed later");
+    let (referrer, response) = srv
+        .push_referrer(
+            "library/hello",
+            (&subject, 23),
+            json!({"artifactType": SBOM}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let index = json_of(
+        srv.get(&format!("/v2/library/hello/referrers/{subject}"))
+            .await,
+    )
+    .await;
+    assert_eq!(index["manifests"][0]["digest"], referrer, "{index}");
+}
+
+#[tokio::test]
+async fn referrers_with_a_malformed_digest_is_400() {
+    let srv = Server::start();
+    let response = srv.get("/v2/library/hello/referrers/sha256:nothex").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invalid names
+
+/// Every endpoint with a name in its path, as (method, path after the name, body).
+fn named_endpoints() -> Vec<(&'static str, String, Vec<u8>)> {
+    let digest = digest_of(TWENTY);
+    let id = "0123456789abcdef0123456789abcdef";
+    vec![
+        ("GET", format!("/blobs/{digest}"), Vec::new()),
+        ("HEAD", format!("/blobs/{digest}"), Vec::new()),
+        ("DELETE", format!("/blobs/{digest}"), Vec::new()),
+        ("GET", "/manifests/latest".to_owned(), Vec::new()),
+        ("HEAD", format!("/manifests/{digest}"), Vec::new()),
+        ("PUT", "/manifests/latest".to_owned(), b"{}".to_vec()),
+        ("DELETE", "/manifests/latest".to_owned(), Vec::new()),
+        ("POST", "/blobs/uploads/".to_owned(), Vec::new()),
+        (
+            "POST",
+            format!("/blobs/uploads/?digest={digest}"),
+            TWENTY.to_vec(),
+        ),
+        (
+            "POST",
+            format!("/blobs/uploads/?mount={digest}&from=library/hello"),
+            Vec::new(),
+        ),
+        ("GET", format!("/blobs/uploads/{id}"), Vec::new()),
+        ("PATCH", format!("/blobs/uploads/{id}"), TWENTY.to_vec()),
+        (
+            "PUT",
+            format!("/blobs/uploads/{id}?digest={digest}"),
+            Vec::new(),
+        ),
+        ("DELETE", format!("/blobs/uploads/{id}"), Vec::new()),
+        ("GET", "/tags/list".to_owned(), Vec::new()),
+        ("GET", format!("/referrers/{digest}"), Vec::new()),
+    ]
+}
+
+/// Sends every named endpoint with `name` over raw HTTP (so `..` reaches the server as
+/// sent) and checks each is 400 NAME_INVALID.
+async fn assert_name_invalid_everywhere(name: &str) {
+    let srv = Server::start();
+    srv.push_blob("library/hello", TWENTY).await;
+    for (method, rest, body) in named_endpoints() {
+        let path = format!("/v2/{name}{rest}");
+        let (status, response) = raw_request(&srv.addr, method, &path, &body);
+        let context = format!("{method} {path}");
+        assert_eq!(
+            status,
+            400,
+            "{context}: {}",
+            String::from_utf8_lossy(&response)
+        );
+        if method != "HEAD" {
+            let body: Value = serde_json::from_slice(&response).unwrap_or_else(|e| {
+                panic!(
+                    "{context}: not JSON ({e}): {}",
+                    String::from_utf8_lossy(&response)
+                )
+            });
+            assert_eq!(
+                body["errors"][0]["code"], "NAME_INVALID",
+                "{context}: {body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn uppercase_name_is_400_name_invalid_on_every_endpoint() {
+    assert_name_invalid_everywhere("Library/Hello").await;
+}
+
+#[tokio::test]
+async fn dot_dot_name_is_400_name_invalid_on_every_endpoint() {
+    for name in [
+        "..",
+        "library/..",
+        "../library",
+        "library/../hello",
+        "library/./hello",
+    ] {
+        assert_name_invalid_everywhere(name).await;
+    }
+}
+
+#[tokio::test]
+async fn name_over_255_characters_is_400_name_invalid_on_every_endpoint() {
+    let name = format!("{}/{}", "a".repeat(128), "b".repeat(127));
+    assert_eq!(name.len(), 256);
+    assert_name_invalid_everywhere(&name).await;
+}
+
+#[tokio::test]
+async fn name_of_255_characters_is_accepted() {
+    let srv = Server::start();
+    let name = format!("{}/{}", "a".repeat(127), "b".repeat(127));
+    assert_eq!(name.len(), 255);
+    let digest = srv.push_blob(&name, TWENTY).await;
+    let response = srv.get(&format!("/v2/{name}/blobs/{digest}")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn names_breaking_the_grammar_are_400_name_invalid() {
+    let srv = Server::start();
+    for name in [
+        "-lead", "trail-", "a__b__", "a..b", "a//b", "a/-b", "a b", "_x",
+    ] {
+        let path = format!("/v2/{name}/tags/list");
+        let (status, body) = raw_request(&srv.addr, "GET", &path.replace(' ', "%20"), b"");
+        assert_eq!(status, 400, "{path}: {}", String::from_utf8_lossy(&body));
+        let body: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["errors"][0]["code"], "NAME_INVALID", "{path}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
+#[tokio::test]
+#[ignore = "needs YAML config (lands with the config module)"]
+async fn deletes_disabled_by_configuration_are_405_unsupported() {
+    let srv = Server::start_with_config(|dir| {
+        format!(
+            "version: 0.1\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: false\n\
+             http:\n  addr: 127.0.0.1:0\n",
+            dir.join("data").display()
+        )
+    });
+    let blob = srv.push_blob("library/hello", TWENTY).await;
+    let (_, manifest_digest) = srv.push_image("library/hello", "v1", "a").await;
+    for path in [
+        format!("/v2/library/hello/blobs/{blob}"),
+        format!("/v2/library/hello/manifests/{manifest_digest}"),
+        "/v2/library/hello/manifests/v1".to_owned(),
+    ] {
+        let response = srv.delete(&path).await;
+        assert_error(response, StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED").await;
+        assert_eq!(srv.head(&path).await.status(), StatusCode::OK, "{path}");
+    }
+    // Cancelling an upload is not a delete of content: it stays allowed.
+    let location = srv.start_upload("library/hello").await;
+    assert_eq!(srv.delete(&location).await.status(), StatusCode::NO_CONTENT);
+}
