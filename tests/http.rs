@@ -1896,7 +1896,6 @@ async fn names_breaking_the_grammar_are_400_name_invalid() {
 // Configuration
 
 #[tokio::test]
-#[ignore = "needs YAML config (lands with the config module)"]
 async fn deletes_disabled_by_configuration_are_405_unsupported() {
     let srv = Server::start_with_config(|dir| {
         format!(
