@@ -1920,3 +1920,83 @@ async fn deletes_disabled_by_configuration_are_405_unsupported() {
     let location = srv.start_upload("library/hello").await;
     assert_eq!(srv.delete(&location).await.status(), StatusCode::NO_CONTENT);
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+/// With `http.tls` set, the registry serves HTTPS with the configured certificate.
+#[test]
+fn tls_is_served_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian package openssl) makes the test certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n  tls:\n    certificate: {}\n    key: {}\n",
+            dir.path().join("data").display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_layerstore"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start layerstore");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("layerstore listening on https://")
+        .unwrap_or_else(|| panic!("unexpected announcement {line:?}"))
+        .to_owned();
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&cert)
+        .args(["-D", "-", "-o", "/dev/null", &format!("https://{addr}/v2/")])
+        .output()
+        .expect("curl");
+    let _ = child.kill();
+    let _ = child.wait();
+    let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        headers.starts_with("http/"),
+        "{headers}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(headers.contains(" 200"), "{headers}");
+    assert!(
+        headers.contains("docker-distribution-api-version: registry/2.0"),
+        "{headers}"
+    );
+}
