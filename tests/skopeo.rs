@@ -340,7 +340,7 @@ fn write_image() -> Layout {
         layout,
         "amd64",
         &[
-            shared.clone(),
+            shared,
             write_layer(layout, 9 << 20),
             write_layer(layout, 1000),
         ],
