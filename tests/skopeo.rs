@@ -7,7 +7,7 @@
 //! `LAYERSTORE_TEST_S3_*` variables of `tests/common/backends.rs`, with the same rule.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -36,7 +36,8 @@ fn available(what: &str, present: bool) -> bool {
         return true;
     }
     assert!(!in_ci(), "{what} is required when CI=true");
-    eprintln!("skipping: {what} is not available");
+    // Straight to stderr, past libtest's capture, so that a skip shows in `cargo test`.
+    let _ = writeln!(std::io::stderr(), "skipping: {what} is not available");
     false
 }
 
