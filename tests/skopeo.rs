@@ -504,19 +504,16 @@ async fn filesystem_delete_removes_the_manifest() {
 }
 
 #[test]
-#[ignore = "needs YAML config"]
 fn s3_round_trip_is_byte_identical() {
     round_trip_is_byte_identical(Storage::S3);
 }
 
 #[test]
-#[ignore = "needs YAML config"]
 fn s3_list_tags_shows_the_tag() {
     list_tags_shows_the_tag(Storage::S3);
 }
 
 #[tokio::test]
-#[ignore = "needs YAML config"]
 async fn s3_delete_removes_the_manifest() {
     delete_removes_the_manifest(Storage::S3).await;
 }
