@@ -285,7 +285,8 @@ impl Repository {
     ///
     /// # Errors
     /// [`Error::RangeInvalid`] with [`RangeError::UploadOffset`] (carrying the current offset)
-    /// if `offset` is not the current offset or another append to the session is under way;
+    /// if `offset` is not the current offset. Of racing appends at one offset exactly one is
+    /// accepted; the others get this error with the offset the accepted one left.
     /// [`Error::BlobUploadUnknown`]; [`Error::Io`] if the chunk stream fails.
     pub async fn append_upload(
         &self,
