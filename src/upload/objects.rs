@@ -14,7 +14,7 @@ use super::{
 };
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
-use crate::store::{BlobInfo, Repository, Store};
+use crate::store::{BlobInfo, BlobLocation, Repository, Store};
 
 /// Buffer of the segment writer: chunks above it are streamed as a multipart upload.
 const SEGMENT_BUFFER: usize = 10 * 1024 * 1024;
@@ -138,10 +138,18 @@ pub(super) async fn commit(
     verify(&actual, state.offset, expected, expected_size)?;
 
     let keys = store.keys();
-    if store.blob_size(expected).await?.is_some() {
-        // The store already has these bytes (dedupe): ours are not needed.
-        delete_segments(store, id, &state.segments).await?;
-        return Ok(published(expected, state.offset));
+    match store.locate_blob(expected).await? {
+        // An earlier commit of this very session published the index and failed after it:
+        // the segments are the blob's now and must stay.
+        Some(BlobLocation::Segments(index)) if index.upload == id.as_str() => {
+            return Ok(published(expected, state.offset));
+        }
+        Some(_) => {
+            // The store already has these bytes (dedupe): ours are not needed.
+            delete_segments(store, id, &state.segments).await?;
+            return Ok(published(expected, state.offset));
+        }
+        None => {}
     }
     let index = SegmentIndex {
         size: state.offset,
@@ -158,8 +166,13 @@ pub(super) async fn commit(
     {
         Ok(_) => {}
         Err(object_store::Error::AlreadyExists { .. }) => {
-            // A concurrent upload of the same content published first.
-            delete_segments(store, id, &state.segments).await?;
+            // A concurrent upload of the same content published first; unless that was a
+            // concurrent commit of this same session, whose index lists our segments.
+            let winner: Option<SegmentIndex> =
+                store.read_link(&keys.blob_segments(expected)).await?;
+            if winner.is_none_or(|w| w.upload != id.as_str()) {
+                delete_segments(store, id, &state.segments).await?;
+            }
         }
         Err(e) => return Err(e.into()),
     }
