@@ -1,4 +1,4 @@
-//! Uploads under backend faults: for every request along an append and a commit,
+//! Uploads under backend faults: for every request along an append, a commit and a cancel,
 //! that request fails once (`fail_nth`, `fail_nth_read`) or the process dies just before it
 //! (`crash_at`). A healthy store over the same backend — the retrying client's next request,
 //! or the restarted process — must then see the session at its old offset or its new one,
@@ -330,6 +330,32 @@ async fn clear(b: &TestBackend) {
     }
 }
 
+async fn cancelling_after_a_failed_commit_keeps_whatever_was_published_whole(b: TestBackend) {
+    if b.kind == BackendKind::Filesystem {
+        return; // see the module docs
+    }
+    // A client that gets an error on commit may give up and cancel the session.
+    let (head, tail, digest) = commit_content();
+    let all = [head, tail].concat();
+    for (i, fault) in commit_faults(&b).await.into_iter().enumerate() {
+        let name = repo(&format!("faults/cancel{i}"));
+        let (id, _) = commit_with_fault(&b, &name, fault).await;
+        let r = healthy(&b).repository(name);
+        match r.cancel_upload(&id).await {
+            Ok(()) => {}
+            Err(e) => assert_eq!(e.kind(), ErrorKind::BlobUploadUnknown, "{fault:?}: {e}"),
+        }
+        assert_absent_or_whole(&r, &digest, &all, fault).await;
+        let other = healthy(&b).repository(repo(&format!("faults/after{i}")));
+        other
+            .put_blob_stream(&digest, None, stream_of(&all))
+            .await
+            .unwrap();
+        assert_reads_back(&other, &digest, &all, fault).await;
+        clear(&b).await;
+    }
+}
+
 async fn purging_after_a_failed_commit_keeps_whatever_was_published_whole(b: TestBackend) {
     if b.kind == BackendKind::Filesystem {
         return; // see the module docs
@@ -361,9 +387,88 @@ async fn purging_after_a_failed_commit_keeps_whatever_was_published_whole(b: Tes
     }
 }
 
+async fn a_failed_cancel_leaves_the_session_whole_or_gone(b: TestBackend) {
+    if b.kind == BackendKind::Filesystem {
+        return; // see the module docs
+    }
+    // Three segments, so a cancel has several deletes to fail between.
+    let chunks = [pattern(20, 1000), pattern(21, 2000), pattern(22, 3000)];
+    let all = chunks.concat();
+    let digest = Digest::sha256(&all);
+    let stage = |name: RepositoryName| {
+        let chunks = chunks.clone();
+        let store = healthy(&b);
+        async move {
+            let r = store.repository(name);
+            let id = r.start_upload().await.unwrap().id;
+            let mut offset = 0;
+            for c in &chunks {
+                r.append_upload(&id, offset, stream_of(c)).await.unwrap();
+                offset += c.len() as u64;
+            }
+            id
+        }
+    };
+    let probe_id = stage(repo("faults/probe")).await;
+    let (writes, reads) = probe(&b, |store| async move {
+        store
+            .repository(repo("faults/probe"))
+            .cancel_upload(&probe_id)
+            .await
+            .unwrap();
+    })
+    .await;
+    for (i, fault) in Fault::all_along(writes, reads).into_iter().enumerate() {
+        let name = repo(&format!("faults/cancel{i}"));
+        let id = stage(name.clone()).await;
+        let faulty = b.faulty();
+        fault.arm(&faulty);
+        let cancelled = over_faulty(&faulty)
+            .repository(name.clone())
+            .cancel_upload(&id)
+            .await;
+        let r = healthy(&b).repository(name);
+        match r.upload_status(&id).await {
+            // Still there: it must still be the whole session, committable to the right bytes.
+            Ok(status) => {
+                assert!(cancelled.is_err(), "{fault:?}: session outlived its cancel");
+                assert_eq!(status.offset, all.len() as u64);
+                match r.commit_upload(&id, &digest, None).await {
+                    Ok(_) => assert_reads_back(&r, &digest, &all, fault).await,
+                    // Refusing to commit a half-cancelled session is fine too.
+                    Err(e) => assert_eq!(e.kind(), ErrorKind::BlobUploadUnknown, "{fault:?}"),
+                }
+            }
+            // Gone, or half cancelled: a retried cancel, or a purge even with the default age,
+            // deletes what is left.
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::BlobUploadUnknown, "{fault:?}");
+                if i % 2 == 0 {
+                    match r.cancel_upload(&id).await {
+                        Ok(()) => {}
+                        Err(e) => assert_eq!(e.kind(), ErrorKind::BlobUploadUnknown, "{e}"),
+                    }
+                } else {
+                    let report = healthy(&b)
+                        .purge_uploads(PurgeOptions::default())
+                        .await
+                        .unwrap();
+                    assert!(report.errors.is_empty(), "{fault:?}: {report:?}");
+                }
+                assert!(keys(&b, "uploads").await.is_empty(), "{fault:?}");
+                assert!(keys(&b, "segments").await.is_empty(), "{fault:?}");
+            }
+        }
+        assert_absent_or_whole(&r, &digest, &all, fault).await;
+        clear(&b).await;
+    }
+}
+
 backend_tests!(
     a_failed_append_leaves_the_session_at_the_old_or_the_new_offset,
     a_failed_multipart_append_leaves_the_session_at_the_old_or_the_new_offset,
     a_failed_commit_publishes_the_blob_whole_or_not_at_all_and_can_be_redone,
+    cancelling_after_a_failed_commit_keeps_whatever_was_published_whole,
     purging_after_a_failed_commit_keeps_whatever_was_published_whole,
+    a_failed_cancel_leaves_the_session_whole_or_gone,
 );

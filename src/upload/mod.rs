@@ -111,6 +111,11 @@ pub(crate) struct SessionState {
     /// Object stores: the segments appended so far, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     segments: Vec<Segment>,
+    /// Object stores: a cancel has begun. The session accepts nothing more, so a cancel that
+    /// fails midway never leaves a session that could commit with segments missing; a retried
+    /// cancel or the next purge finishes the deletion.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    cancelled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,6 +144,7 @@ impl SessionState {
             last_active: now,
             hash: HashState::of(&Sha256::new()),
             segments: Vec::new(),
+            cancelled: false,
         }
     }
 
@@ -328,12 +334,17 @@ impl Repository {
 
     /// Cancels a session and deletes what it staged.
     ///
+    /// If this fails midway, the session is either untouched or already unknown (it can no
+    /// longer be appended to or committed); calling it again, or the next purge, finishes it.
+    ///
     /// # Errors
     /// [`Error::BlobUploadUnknown`] if there is no such session in this repository.
     pub async fn cancel_upload(&self, id: &UploadId) -> Result<()> {
+        if self.store().backend().local_root().is_none() {
+            return objects::cancel(self, id).await;
+        }
         let (state, _) = load(self.store(), id).await?;
         state.check_repository(self.name(), id)?;
-        objects::delete_segments(self.store(), id, &state.segments).await?;
         remove_session(self.store(), id).await
     }
 
@@ -363,8 +374,20 @@ impl Repository {
     }
 }
 
-/// Reads a session's state and the version it was read at.
+/// Reads a live session's state and the version it was read at.
 async fn load(store: &Store, id: &UploadId) -> Result<(SessionState, object_store::UpdateVersion)> {
+    let (state, version) = load_any(store, id).await?;
+    if state.cancelled {
+        return Err(Error::BlobUploadUnknown { id: id.to_string() });
+    }
+    Ok((state, version))
+}
+
+/// Reads a session's state, also of one whose cancel has begun.
+async fn load_any(
+    store: &Store,
+    id: &UploadId,
+) -> Result<(SessionState, object_store::UpdateVersion)> {
     let key = store.keys().upload_state(id.as_str());
     let Some((bytes, version)) = store.read_versioned(&key).await? else {
         return Err(Error::BlobUploadUnknown { id: id.to_string() });

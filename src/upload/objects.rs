@@ -10,7 +10,8 @@ use sha2::Digest as _;
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    ChunkStream, HashState, Segment, SessionState, UploadId, UploadStatus, load, published, verify,
+    ChunkStream, HashState, Segment, SessionState, UploadId, UploadStatus, load, load_any,
+    published, verify,
 };
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
@@ -177,6 +178,39 @@ pub(super) async fn commit(
         Err(e) => return Err(e.into()),
     }
     Ok(published(expected, state.offset))
+}
+
+/// Cancels a session. First its state is marked cancelled, with a conditional put (an append
+/// that races it loses), so that from then on nothing can append to it or commit it; then its
+/// segments are deleted — unless a commit that failed after publishing made them a blob's —
+/// and last its state. A failure midway leaves a cancelled session, finished by a retried
+/// cancel or the next purge, never a live one with segments missing.
+pub(super) async fn cancel(repo: &Repository, id: &UploadId) -> Result<()> {
+    let store = repo.store();
+    let key = store.keys().upload_state(id.as_str());
+    let state = loop {
+        let (mut state, version) = load_any(store, id).await?;
+        state.check_repository(repo.name(), id)?;
+        if state.cancelled {
+            break state;
+        }
+        state.cancelled = true;
+        let opts = PutOptions::from(PutMode::Update(version));
+        match store
+            .objects()
+            .put_opts(&key, PutPayload::from(state.encode()), opts)
+            .await
+        {
+            Ok(_) => break state,
+            // An append got in first: mark the state it left.
+            Err(object_store::Error::Precondition { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if !store.published_segments(id, &state).await? {
+        delete_segments(store, id, &state.segments).await?;
+    }
+    store.remove(&key).await
 }
 
 /// Hashes the stored bytes of a session again.

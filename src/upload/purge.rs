@@ -140,6 +140,8 @@ impl Store {
         };
         // Without readable state (a start that crashed), the files' own times decide.
         let idle = match &state {
+            // A cancel that failed midway: nobody can use it any more.
+            Some(s) if s.cancelled => Duration::MAX,
             Some(s) => age(s.last_active, now),
             None => now.duration_since(newest_object).unwrap_or_default(),
         };
@@ -192,7 +194,11 @@ impl Store {
 
     /// Whether a session's segments already belong to a published blob (a commit that
     /// crashed before it removed the session): then they must not be deleted.
-    async fn published_segments(&self, id: &UploadId, state: &SessionState) -> Result<bool> {
+    pub(super) async fn published_segments(
+        &self,
+        id: &UploadId,
+        state: &SessionState,
+    ) -> Result<bool> {
         if state.segments.is_empty() {
             return Ok(false);
         }
