@@ -947,6 +947,46 @@ async fn purge_uses_the_last_activity_not_the_start(b: TestBackend) {
     assert_eq!(r.upload_status(&session.id).await.unwrap().offset, 6);
 }
 
+async fn a_purge_racing_an_append_leaves_the_session_whole_or_gone(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/racepurge"));
+    let (id, _) = staged_session(&r, &[1000]).await;
+    let chunk = pattern(1, 300 * KIB);
+    let (started, mid_chunk) = tokio::sync::oneshot::channel();
+    let appending = {
+        let (r, id, chunk) = (r.clone(), id.clone(), chunk.clone());
+        tokio::spawn(async move {
+            r.append_upload(&id, 1000, slow_stream(chunk, started))
+                .await
+        })
+    };
+    mid_chunk.await.unwrap();
+    let report = store.purge_uploads(purge_all()).await.unwrap();
+    let appended = appending.await.unwrap();
+    if b.kind == BackendKind::Filesystem {
+        // The append holds the session's lock: the sweep leaves it alone, whatever its age.
+        assert_eq!((report.scanned, report.purged), (1, 0), "{report:?}");
+        assert!(appended.is_ok(), "{appended:?}");
+    }
+    // Object stores: the state does not change until the chunk is in, so a sweep of sessions
+    // idle for longer than zero takes it; the append then fails. Either way nothing is half
+    // there: the session is whole and commits, or it is gone with all its objects.
+    match appended {
+        Ok(status) => {
+            assert_eq!(status.offset, 1000 + chunk.len() as u64);
+            let all = [pattern(0, 1000), chunk].concat();
+            let digest = Digest::sha256(&all);
+            r.commit_upload(&id, &digest, None).await.unwrap();
+            assert!(read_all(&r, &digest, None).await == all);
+        }
+        Err(e) => {
+            assert_kind(r.upload_status(&id).await, ErrorKind::BlobUploadUnknown);
+            assert_eq!(keys(&b, "uploads").await, Vec::<String>::new(), "{e}");
+            assert_eq!(keys(&b, "segments").await, Vec::<String>::new(), "{e}");
+        }
+    }
+}
+
 async fn the_background_purger_purges_idle_sessions_and_stops_promptly(b: TestBackend) {
     let store = store_on(&b);
     let r = store.repository(repo("up/purger"));
@@ -1123,6 +1163,7 @@ backend_tests!(
     a_dry_run_purge_reports_but_deletes_nothing,
     purge_keeps_sessions_active_within_the_age,
     purge_uses_the_last_activity_not_the_start,
+    a_purge_racing_an_append_leaves_the_session_whole_or_gone,
     the_background_purger_purges_idle_sessions_and_stops_promptly,
     a_waiting_purger_stops_at_once_and_a_disabled_one_never_starts,
     range_reads_across_chunk_boundaries_return_the_right_bytes,

@@ -69,9 +69,11 @@ impl Store {
     /// Deletes every upload session whose last activity is older than `options.older_than`,
     /// with its staged data.
     ///
-    /// A session that is receiving a chunk is never purged: on the filesystem its append lock
-    /// is held, and on object stores its state is read again right before deletion and left
-    /// alone if it changed.
+    /// On the filesystem a session that is receiving a chunk is never purged: its append lock
+    /// is held. On object stores a session's state changes only when a chunk is in: its state
+    /// is read again right before deletion and the session is left alone if a chunk came in
+    /// since, but one whose last chunk is older than the age can be purged while it receives
+    /// another; that append then fails with [`Error::BlobUploadUnknown`] and leaves nothing.
     ///
     /// # Errors
     /// Only if the sessions cannot be listed; a session that fails is reported in
