@@ -232,7 +232,7 @@ fn hex_encode(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -243,12 +243,12 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
 
 /// Checks a finished upload against what the client expects.
 fn verify(actual: &Digest, size: u64, expected: &Digest, expected_size: Option<u64>) -> Result<()> {
-    if let Some(want) = expected_size {
-        if want != size {
-            return Err(Error::SizeInvalid {
-                reason: format!("upload has {size} bytes, expected {want}"),
-            });
-        }
+    if let Some(want) = expected_size
+        && want != size
+    {
+        return Err(Error::SizeInvalid {
+            reason: format!("upload has {size} bytes, expected {want}"),
+        });
     }
     if actual != expected {
         return Err(Error::digest_invalid(format!(
