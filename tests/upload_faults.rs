@@ -17,7 +17,9 @@ use bytes::Bytes;
 use common::*;
 use futures::{StreamExt, TryStreamExt};
 use layerstore::upload::{ChunkStream, PurgeOptions};
-use layerstore::{Backend, Digest, ErrorKind, Repository, RepositoryName, Store, UploadId};
+use layerstore::{
+    Algorithm, Backend, Digest, ErrorKind, Repository, RepositoryName, Store, UploadId,
+};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -229,16 +231,17 @@ async fn a_failed_multipart_append_leaves_the_session_at_the_old_or_the_new_offs
     append_at_every_fault(b, 11 * MIB).await;
 }
 
-/// The two chunks every commit test stages, and their digest.
-fn commit_content() -> (Vec<u8>, Vec<u8>, Digest) {
+/// The two chunks every commit test stages, and their digest. Sessions hash SHA-256 as they
+/// go; a commit under another algorithm re-hashes the stored segments.
+fn commit_content(alg: Algorithm) -> (Vec<u8>, Vec<u8>, Digest) {
     let (head, tail) = (pattern(10, 1000), pattern(11, 200 * KIB));
-    let digest = Digest::sha256(&[head.clone(), tail.clone()].concat());
+    let digest = Digest::compute(alg, &[head.clone(), tail.clone()].concat());
     (head, tail, digest)
 }
 
 /// A session in `name` with both commit chunks staged, from a healthy store.
 async fn staged_for_commit(b: &TestBackend, name: &RepositoryName) -> UploadId {
-    let (head, tail, _) = commit_content();
+    let (head, tail, _) = commit_content(Algorithm::Sha256);
     let r = healthy(b).repository(name.clone());
     let id = session_with(&r, &head).await;
     r.append_upload(&id, head.len() as u64, stream_of(&tail))
@@ -253,8 +256,9 @@ async fn commit_with_fault(
     b: &TestBackend,
     name: &RepositoryName,
     fault: Fault,
+    alg: Algorithm,
 ) -> (UploadId, bool) {
-    let (_, _, digest) = commit_content();
+    let (_, _, digest) = commit_content(alg);
     let id = staged_for_commit(b, name).await;
     let faulty = b.faulty();
     fault.arm(&faulty);
@@ -265,10 +269,10 @@ async fn commit_with_fault(
     (id, result.is_ok())
 }
 
-async fn commit_faults(b: &TestBackend) -> Vec<Fault> {
+async fn commit_faults(b: &TestBackend, alg: Algorithm) -> Vec<Fault> {
     let name = repo("faults/probe");
     let id = staged_for_commit(b, &name).await;
-    let (_, _, digest) = commit_content();
+    let (_, _, digest) = commit_content(alg);
     let (writes, reads) = probe(b, |store| async move {
         store
             .repository(name)
@@ -283,15 +287,15 @@ async fn commit_faults(b: &TestBackend) -> Vec<Fault> {
     Fault::all_along(writes, reads)
 }
 
-async fn a_failed_commit_publishes_the_blob_whole_or_not_at_all_and_can_be_redone(b: TestBackend) {
+async fn redo_commit_after_every_fault(b: TestBackend, alg: Algorithm) {
     if b.kind == BackendKind::Filesystem {
         return; // see the module docs
     }
-    let (head, tail, digest) = commit_content();
+    let (head, tail, digest) = commit_content(alg);
     let all = [head, tail].concat();
-    for (i, fault) in commit_faults(&b).await.into_iter().enumerate() {
+    for (i, fault) in commit_faults(&b, alg).await.into_iter().enumerate() {
         let name = repo(&format!("faults/commit{i}"));
-        let (id, committed) = commit_with_fault(&b, &name, fault).await;
+        let (id, committed) = commit_with_fault(&b, &name, fault, alg).await;
 
         let r = healthy(&b).repository(name);
         assert_absent_or_whole(&r, &digest, &all, fault).await;
@@ -323,6 +327,34 @@ async fn a_failed_commit_publishes_the_blob_whole_or_not_at_all_and_can_be_redon
     }
 }
 
+async fn a_failed_commit_publishes_the_blob_whole_or_not_at_all_and_can_be_redone(b: TestBackend) {
+    redo_commit_after_every_fault(b, Algorithm::Sha256).await;
+}
+
+async fn a_failed_sha512_commit_publishes_the_blob_whole_or_not_at_all_and_can_be_redone(
+    b: TestBackend,
+) {
+    redo_commit_after_every_fault(b, Algorithm::Sha512).await;
+}
+
+async fn cancelling_after_a_failed_commit_keeps_whatever_was_published_whole(b: TestBackend) {
+    cancel_after_every_commit_fault(b, Algorithm::Sha256).await;
+}
+
+async fn cancelling_after_a_failed_sha512_commit_keeps_whatever_was_published_whole(
+    b: TestBackend,
+) {
+    cancel_after_every_commit_fault(b, Algorithm::Sha512).await;
+}
+
+async fn purging_after_a_failed_commit_keeps_whatever_was_published_whole(b: TestBackend) {
+    purge_after_every_commit_fault(b, Algorithm::Sha256).await;
+}
+
+async fn purging_after_a_failed_sha512_commit_keeps_whatever_was_published_whole(b: TestBackend) {
+    purge_after_every_commit_fault(b, Algorithm::Sha512).await;
+}
+
 /// Deletes everything, so that the next iteration publishes from scratch.
 async fn clear(b: &TestBackend) {
     for key in keys(b, "").await {
@@ -330,16 +362,16 @@ async fn clear(b: &TestBackend) {
     }
 }
 
-async fn cancelling_after_a_failed_commit_keeps_whatever_was_published_whole(b: TestBackend) {
+async fn cancel_after_every_commit_fault(b: TestBackend, alg: Algorithm) {
     if b.kind == BackendKind::Filesystem {
         return; // see the module docs
     }
     // A client that gets an error on commit may give up and cancel the session.
-    let (head, tail, digest) = commit_content();
+    let (head, tail, digest) = commit_content(alg);
     let all = [head, tail].concat();
-    for (i, fault) in commit_faults(&b).await.into_iter().enumerate() {
+    for (i, fault) in commit_faults(&b, alg).await.into_iter().enumerate() {
         let name = repo(&format!("faults/cancel{i}"));
-        let (id, _) = commit_with_fault(&b, &name, fault).await;
+        let (id, _) = commit_with_fault(&b, &name, fault, alg).await;
         let r = healthy(&b).repository(name);
         match r.cancel_upload(&id).await {
             Ok(()) => {}
@@ -356,15 +388,15 @@ async fn cancelling_after_a_failed_commit_keeps_whatever_was_published_whole(b: 
     }
 }
 
-async fn purging_after_a_failed_commit_keeps_whatever_was_published_whole(b: TestBackend) {
+async fn purge_after_every_commit_fault(b: TestBackend, alg: Algorithm) {
     if b.kind == BackendKind::Filesystem {
         return; // see the module docs
     }
-    let (head, tail, digest) = commit_content();
+    let (head, tail, digest) = commit_content(alg);
     let all = [head, tail].concat();
-    for (i, fault) in commit_faults(&b).await.into_iter().enumerate() {
+    for (i, fault) in commit_faults(&b, alg).await.into_iter().enumerate() {
         let name = repo(&format!("faults/purge{i}"));
-        let (_, _) = commit_with_fault(&b, &name, fault).await;
+        let (_, _) = commit_with_fault(&b, &name, fault, alg).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         let report = healthy(&b)
             .purge_uploads(PurgeOptions {
@@ -468,7 +500,10 @@ backend_tests!(
     a_failed_append_leaves_the_session_at_the_old_or_the_new_offset,
     a_failed_multipart_append_leaves_the_session_at_the_old_or_the_new_offset,
     a_failed_commit_publishes_the_blob_whole_or_not_at_all_and_can_be_redone,
+    a_failed_sha512_commit_publishes_the_blob_whole_or_not_at_all_and_can_be_redone,
     cancelling_after_a_failed_commit_keeps_whatever_was_published_whole,
+    cancelling_after_a_failed_sha512_commit_keeps_whatever_was_published_whole,
     purging_after_a_failed_commit_keeps_whatever_was_published_whole,
+    purging_after_a_failed_sha512_commit_keeps_whatever_was_published_whole,
     a_failed_cancel_leaves_the_session_whole_or_gone,
 );

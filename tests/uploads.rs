@@ -15,8 +15,8 @@ use common::*;
 use futures::{StreamExt, TryStreamExt};
 use layerstore::upload::{ChunkStream, PurgeOptions, PurgeReport, Purger, PurgerConfig};
 use layerstore::{
-    Backend, ByteRange, Digest, Error, ErrorKind, RangeError, Repository, RepositoryName, Store,
-    UploadId, UploadStatus,
+    Algorithm, Backend, ByteRange, Digest, Error, ErrorKind, RangeError, Repository,
+    RepositoryName, Store, UploadId, UploadStatus,
 };
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -136,7 +136,8 @@ fn assert_kind<T: std::fmt::Debug>(result: layerstore::Result<T>, kind: ErrorKin
 /// On object stores: the segment keys the published index of `digest` lists.
 async fn indexed_segments(b: &TestBackend, digest: &Digest) -> Vec<String> {
     let hex = digest.hex();
-    let key = Path::from(format!("blobs/sha256/{}/{hex}/segments", &hex[..2]));
+    let alg = digest.algorithm();
+    let key = Path::from(format!("blobs/{alg}/{}/{hex}/segments", &hex[..2]));
     let bytes = b.store.get(&key).await.unwrap().bytes().await.unwrap();
     let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     let upload = index["upload"].as_str().unwrap();
@@ -377,6 +378,37 @@ async fn a_commit_with_the_wrong_size_publishes_nothing_and_the_session_stays_re
         .await
         .unwrap();
     assert!(read_all(&r, &digest, None).await == all);
+}
+
+async fn an_upload_commits_under_a_sha512_digest_by_rehashing_what_is_stored(b: TestBackend) {
+    // Sessions keep a SHA-256 state; a SHA-512 digest is verified by reading the bytes back.
+    let store = store_on(&b);
+    let r = store.repository(repo("up/sha512"));
+    let session = r.start_upload().await.unwrap();
+    let chunks = [pattern(1, 70 * KIB), pattern(2, 1), pattern(3, 5000)];
+    let mut offset = 0;
+    for c in &chunks {
+        append(&r, &session.id, offset, c).await.unwrap();
+        offset += c.len() as u64;
+    }
+    let all = chunks.concat();
+    let wrong = Digest::compute(Algorithm::Sha512, &all[1..]);
+    assert_kind(
+        r.commit_upload(&session.id, &wrong, None).await,
+        ErrorKind::DigestInvalid,
+    );
+    let digest = Digest::compute(Algorithm::Sha512, &all);
+    let info = r
+        .commit_upload(&session.id, &digest, Some(offset))
+        .await
+        .unwrap();
+    assert_eq!((info.digest, info.size), (digest, offset));
+    assert!(read_all(&r, &digest, None).await == all);
+    assert_kind(
+        r.stat_blob(&Digest::sha256(&all)).await,
+        ErrorKind::BlobUnknown,
+    );
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
 }
 
 async fn a_second_store_over_the_same_backend_resumes_the_session(b: TestBackend) {
@@ -1147,6 +1179,7 @@ backend_tests!(
     a_chunk_stream_that_fails_midway_counts_for_nothing,
     a_commit_with_the_wrong_digest_publishes_nothing_and_the_session_stays_resumable,
     a_commit_with_the_wrong_size_publishes_nothing_and_the_session_stays_resumable,
+    an_upload_commits_under_a_sha512_digest_by_rehashing_what_is_stored,
     a_second_store_over_the_same_backend_resumes_the_session,
     resuming_in_a_new_store_and_committing_reads_no_uploaded_byte,
     commit_cost_does_not_grow_with_the_upload_size,

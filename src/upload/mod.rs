@@ -116,6 +116,10 @@ pub(crate) struct SessionState {
     /// cancel or the next purge finishes the deletion.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     cancelled: bool,
+    /// Object stores: a digest other than the session's SHA-256 that a commit is publishing its
+    /// segments under, so that a cancel or purge after a failed commit finds the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    publishing: Option<Digest>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,6 +149,7 @@ impl SessionState {
             hash: HashState::of(&Sha256::new()),
             segments: Vec::new(),
             cancelled: false,
+            publishing: None,
         }
     }
 

@@ -129,7 +129,7 @@ pub(super) async fn commit(
     expected_size: Option<u64>,
 ) -> Result<BlobInfo> {
     let store = repo.store();
-    let (state, _) = load(store, id).await?;
+    let (mut state, version) = load(store, id).await?;
     state.check_repository(repo.name(), id)?;
     let actual = match (expected.algorithm(), state.hash.restore()) {
         (Algorithm::Sha256, Some(hasher)) => Digest::Sha256(hasher.finalize().into()),
@@ -137,6 +137,31 @@ pub(super) async fn commit(
         (algorithm, _) => rehash(store, id, &state.segments, algorithm).await?,
     };
     verify(&actual, state.offset, expected, expected_size)?;
+
+    if expected.algorithm() != Algorithm::Sha256
+        && state.publishing != Some(*expected)
+        && !state.segments.is_empty()
+    {
+        // The session's SHA-256 state does not name this blob: record which one the segments
+        // are about to belong to, before the index makes them its, so that a cancel or purge
+        // after a failed commit keeps them.
+        state.publishing = Some(*expected);
+        let key = store.keys().upload_state(id.as_str());
+        let opts = PutOptions::from(PutMode::Update(version));
+        match store
+            .objects()
+            .put_opts(&key, PutPayload::from(state.encode()), opts)
+            .await
+        {
+            Ok(_) => {}
+            Err(object_store::Error::Precondition { .. }) => {
+                return Err(Error::BlobUploadInvalid {
+                    reason: format!("upload {id} received a chunk during the commit"),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 
     let keys = store.keys();
     match store.locate_blob(expected).await? {

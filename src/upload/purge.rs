@@ -208,10 +208,16 @@ impl Store {
             // Cannot tell which blob it would be: keep the segments, to be safe.
             return Ok(true);
         };
-        let digest = Digest::Sha256(hasher.finalize().into());
-        let index: Option<SegmentIndex> =
-            self.read_link(&self.keys().blob_segments(&digest)).await?;
-        Ok(index.is_some_and(|i| i.upload == id.as_str()))
+        // The blob is the session's SHA-256, or the other digest a commit recorded.
+        let sha256 = Digest::Sha256(hasher.finalize().into());
+        for digest in std::iter::once(sha256).chain(state.publishing) {
+            let index: Option<SegmentIndex> =
+                self.read_link(&self.keys().blob_segments(&digest)).await?;
+            if index.is_some_and(|i| i.upload == id.as_str()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
