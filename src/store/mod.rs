@@ -21,6 +21,7 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
+pub(crate) use blobs::BlobLocation;
 pub use blobs::{BLOB_MEDIA_TYPE, BlobInfo, BlobRead, ByteRange};
 pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
 

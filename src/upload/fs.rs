@@ -14,7 +14,7 @@ use super::{
     ChunkStream, HashState, SessionState, UploadId, UploadStatus, load, published, verify,
 };
 use crate::digest::{Algorithm, Digest};
-use crate::error::{Error, RangeError, Result};
+use crate::error::{Error, Result};
 use crate::store::{BlobInfo, Repository, Store};
 
 /// The local paths of one session.
@@ -112,6 +112,17 @@ fn try_lock(paths: &Paths, id: &UploadId) -> Result<Option<File>> {
     }
 }
 
+/// Takes the session's append lock, waiting while another append holds it. Polled rather than
+/// blocking, so a caller that gives up (drops the future) stops waiting at once.
+async fn lock_waiting(paths: &Paths, id: &UploadId) -> Result<File> {
+    loop {
+        if let Some(lock) = try_lock(paths, id)? {
+            return Ok(lock);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 pub(super) async fn append(
     repo: &Repository,
     id: &UploadId,
@@ -120,16 +131,12 @@ pub(super) async fn append(
 ) -> Result<UploadStatus> {
     let store = repo.store();
     let paths = paths(store, root(store)?, id);
-    let lock = try_lock(&paths, id)?;
-    let (mut state, _) = load(store, id).await?;
+    let (state, _) = load(store, id).await?;
     state.check_repository(repo.name(), id)?;
-    let Some(_lock) = lock else {
-        // Another append is under way: this one cannot start at the offset it will end at.
-        return Err(Error::RangeInvalid(RangeError::UploadOffset {
-            current: state.offset,
-            requested: offset,
-        }));
-    };
+    // Appends are serialized: one that races another waits for it, then checks its offset
+    // against the one the other left, so the refusal names the real current offset.
+    let _lock = lock_waiting(&paths, id).await?;
+    let (mut state, _) = load(store, id).await?;
     state.check_offset(offset)?;
     let Some(hasher) = state.hash.restore() else {
         return Err(Error::Corrupt {

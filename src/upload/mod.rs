@@ -111,6 +111,15 @@ pub(crate) struct SessionState {
     /// Object stores: the segments appended so far, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     segments: Vec<Segment>,
+    /// Object stores: a cancel has begun. The session accepts nothing more, so a cancel that
+    /// fails midway never leaves a session that could commit with segments missing; a retried
+    /// cancel or the next purge finishes the deletion.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    cancelled: bool,
+    /// Object stores: a digest other than the session's SHA-256 that a commit is publishing its
+    /// segments under, so that a cancel or purge after a failed commit finds the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    publishing: Option<Digest>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,6 +148,8 @@ impl SessionState {
             last_active: now,
             hash: HashState::of(&Sha256::new()),
             segments: Vec::new(),
+            cancelled: false,
+            publishing: None,
         }
     }
 
@@ -285,7 +296,8 @@ impl Repository {
     ///
     /// # Errors
     /// [`Error::RangeInvalid`] with [`RangeError::UploadOffset`] (carrying the current offset)
-    /// if `offset` is not the current offset or another append to the session is under way;
+    /// if `offset` is not the current offset. Of racing appends at one offset exactly one is
+    /// accepted; the others get this error with the offset the accepted one left.
     /// [`Error::BlobUploadUnknown`]; [`Error::Io`] if the chunk stream fails.
     pub async fn append_upload(
         &self,
@@ -327,12 +339,17 @@ impl Repository {
 
     /// Cancels a session and deletes what it staged.
     ///
+    /// If this fails midway, the session is either untouched or already unknown (it can no
+    /// longer be appended to or committed); calling it again, or the next purge, finishes it.
+    ///
     /// # Errors
     /// [`Error::BlobUploadUnknown`] if there is no such session in this repository.
     pub async fn cancel_upload(&self, id: &UploadId) -> Result<()> {
+        if self.store().backend().local_root().is_none() {
+            return objects::cancel(self, id).await;
+        }
         let (state, _) = load(self.store(), id).await?;
         state.check_repository(self.name(), id)?;
-        objects::delete_segments(self.store(), id, &state.segments).await?;
         remove_session(self.store(), id).await
     }
 
@@ -367,8 +384,20 @@ impl Repository {
     }
 }
 
-/// Reads a session's state and the version it was read at.
+/// Reads a live session's state and the version it was read at.
 async fn load(store: &Store, id: &UploadId) -> Result<(SessionState, object_store::UpdateVersion)> {
+    let (state, version) = load_any(store, id).await?;
+    if state.cancelled {
+        return Err(Error::BlobUploadUnknown { id: id.to_string() });
+    }
+    Ok((state, version))
+}
+
+/// Reads a session's state, also of one whose cancel has begun.
+async fn load_any(
+    store: &Store,
+    id: &UploadId,
+) -> Result<(SessionState, object_store::UpdateVersion)> {
     let key = store.keys().upload_state(id.as_str());
     let Some((bytes, version)) = store.read_versioned(&key).await? else {
         return Err(Error::BlobUploadUnknown { id: id.to_string() });

@@ -10,11 +10,12 @@ use sha2::Digest as _;
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    ChunkStream, HashState, Segment, SessionState, UploadId, UploadStatus, load, published, verify,
+    ChunkStream, HashState, Segment, SessionState, UploadId, UploadStatus, load, load_any,
+    published, verify,
 };
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
-use crate::store::{BlobInfo, Repository, Store};
+use crate::store::{BlobInfo, BlobLocation, Repository, Store};
 
 /// Buffer of the segment writer: chunks above it are streamed as a multipart upload.
 const SEGMENT_BUFFER: usize = 10 * 1024 * 1024;
@@ -128,7 +129,7 @@ pub(super) async fn commit(
     expected_size: Option<u64>,
 ) -> Result<BlobInfo> {
     let store = repo.store();
-    let (state, _) = load(store, id).await?;
+    let (mut state, version) = load(store, id).await?;
     state.check_repository(repo.name(), id)?;
     let actual = match (expected.algorithm(), state.hash.restore()) {
         (Algorithm::Sha256, Some(hasher)) => Digest::Sha256(hasher.finalize().into()),
@@ -137,11 +138,44 @@ pub(super) async fn commit(
     };
     verify(&actual, state.offset, expected, expected_size)?;
 
+    if expected.algorithm() != Algorithm::Sha256
+        && state.publishing != Some(*expected)
+        && !state.segments.is_empty()
+    {
+        // The session's SHA-256 state does not name this blob: record which one the segments
+        // are about to belong to, before the index makes them its, so that a cancel or purge
+        // after a failed commit keeps them.
+        state.publishing = Some(*expected);
+        let key = store.keys().upload_state(id.as_str());
+        let opts = PutOptions::from(PutMode::Update(version));
+        match store
+            .objects()
+            .put_opts(&key, PutPayload::from(state.encode()), opts)
+            .await
+        {
+            Ok(_) => {}
+            Err(object_store::Error::Precondition { .. }) => {
+                return Err(Error::BlobUploadInvalid {
+                    reason: format!("upload {id} received a chunk during the commit"),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
     let keys = store.keys();
-    if store.blob_size(expected).await?.is_some() {
-        // The store already has these bytes (dedupe): ours are not needed.
-        delete_segments(store, id, &state.segments).await?;
-        return Ok(published(expected, state.offset));
+    match store.locate_blob(expected).await? {
+        // An earlier commit of this very session published the index and failed after it:
+        // the segments are the blob's now and must stay.
+        Some(BlobLocation::Segments(index)) if index.upload == id.as_str() => {
+            return Ok(published(expected, state.offset));
+        }
+        Some(_) => {
+            // The store already has these bytes (dedupe): ours are not needed.
+            delete_segments(store, id, &state.segments).await?;
+            return Ok(published(expected, state.offset));
+        }
+        None => {}
     }
     let index = SegmentIndex {
         size: state.offset,
@@ -158,12 +192,50 @@ pub(super) async fn commit(
     {
         Ok(_) => {}
         Err(object_store::Error::AlreadyExists { .. }) => {
-            // A concurrent upload of the same content published first.
-            delete_segments(store, id, &state.segments).await?;
+            // A concurrent upload of the same content published first; unless that was a
+            // concurrent commit of this same session, whose index lists our segments.
+            let winner: Option<SegmentIndex> =
+                store.read_link(&keys.blob_segments(expected)).await?;
+            if winner.is_none_or(|w| w.upload != id.as_str()) {
+                delete_segments(store, id, &state.segments).await?;
+            }
         }
         Err(e) => return Err(e.into()),
     }
     Ok(published(expected, state.offset))
+}
+
+/// Cancels a session. First its state is marked cancelled, with a conditional put (an append
+/// that races it loses), so that from then on nothing can append to it or commit it; then its
+/// segments are deleted — unless a commit that failed after publishing made them a blob's —
+/// and last its state. A failure midway leaves a cancelled session, finished by a retried
+/// cancel or the next purge, never a live one with segments missing.
+pub(super) async fn cancel(repo: &Repository, id: &UploadId) -> Result<()> {
+    let store = repo.store();
+    let key = store.keys().upload_state(id.as_str());
+    let state = loop {
+        let (mut state, version) = load_any(store, id).await?;
+        state.check_repository(repo.name(), id)?;
+        if state.cancelled {
+            break state;
+        }
+        state.cancelled = true;
+        let opts = PutOptions::from(PutMode::Update(version));
+        match store
+            .objects()
+            .put_opts(&key, PutPayload::from(state.encode()), opts)
+            .await
+        {
+            Ok(_) => break state,
+            // An append got in first: mark the state it left.
+            Err(object_store::Error::Precondition { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if !store.published_segments(id, &state).await? {
+        delete_segments(store, id, &state.segments).await?;
+    }
+    store.remove(&key).await
 }
 
 /// Hashes the stored bytes of a session again.

@@ -69,9 +69,11 @@ impl Store {
     /// Deletes every upload session whose last activity is older than `options.older_than`,
     /// with its staged data.
     ///
-    /// A session that is receiving a chunk is never purged: on the filesystem its append lock
-    /// is held, and on object stores its state is read again right before deletion and left
-    /// alone if it changed.
+    /// On the filesystem a session that is receiving a chunk is never purged: its append lock
+    /// is held. On object stores a session's state changes only when a chunk is in: its state
+    /// is read again right before deletion and the session is left alone if a chunk came in
+    /// since, but one whose last chunk is older than the age can be purged while it receives
+    /// another; that append then fails with [`Error::BlobUploadUnknown`] and leaves nothing.
     ///
     /// # Errors
     /// Only if the sessions cannot be listed; a session that fails is reported in
@@ -140,6 +142,8 @@ impl Store {
         };
         // Without readable state (a start that crashed), the files' own times decide.
         let idle = match &state {
+            // A cancel that failed midway: nobody can use it any more.
+            Some(s) if s.cancelled => Duration::MAX,
             Some(s) => age(s.last_active, now),
             None => now.duration_since(newest_object).unwrap_or_default(),
         };
@@ -192,7 +196,11 @@ impl Store {
 
     /// Whether a session's segments already belong to a published blob (a commit that
     /// crashed before it removed the session): then they must not be deleted.
-    async fn published_segments(&self, id: &UploadId, state: &SessionState) -> Result<bool> {
+    pub(super) async fn published_segments(
+        &self,
+        id: &UploadId,
+        state: &SessionState,
+    ) -> Result<bool> {
         if state.segments.is_empty() {
             return Ok(false);
         }
@@ -200,10 +208,16 @@ impl Store {
             // Cannot tell which blob it would be: keep the segments, to be safe.
             return Ok(true);
         };
-        let digest = Digest::Sha256(hasher.finalize().into());
-        let index: Option<SegmentIndex> =
-            self.read_link(&self.keys().blob_segments(&digest)).await?;
-        Ok(index.is_some_and(|i| i.upload == id.as_str()))
+        // The blob is the session's SHA-256, or the other digest a commit recorded.
+        let sha256 = Digest::Sha256(hasher.finalize().into());
+        for digest in std::iter::once(sha256).chain(state.publishing) {
+            let index: Option<SegmentIndex> =
+                self.read_link(&self.keys().blob_segments(&digest)).await?;
+            if index.is_some_and(|i| i.upload == id.as_str()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 

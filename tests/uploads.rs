@@ -1,0 +1,1205 @@
+//! Resumable chunked uploads and upload purging, on every backend.
+//!
+//! The filesystem backend has its own upload path (a staging file renamed into place), which
+//! only a store built with `Backend::filesystem` takes: [`store_on`] builds that one. Stores
+//! over instrumented wrappers (counting, faulty) take the object-store path (segments and an
+//! index object); tests that need such a wrapper say what they cover on the filesystem.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures::{StreamExt, TryStreamExt};
+use layerstore::upload::{ChunkStream, PurgeOptions, PurgeReport, Purger, PurgerConfig};
+use layerstore::{
+    Algorithm, Backend, ByteRange, Digest, Error, ErrorKind, RangeError, Repository,
+    RepositoryName, Store, UploadId, UploadStatus,
+};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+
+// ---------------------------------------------------------------------------------------
+// Support
+
+/// The store a registry would build on this backend: for the filesystem kind, the real
+/// filesystem backend (and so the filesystem upload path) over the test directory.
+fn store_on(b: &TestBackend) -> Store {
+    match b.kind {
+        BackendKind::Filesystem => {
+            let root = b.fs_root.as_ref().expect("filesystem backend has a root");
+            Store::new(Backend::filesystem(root).expect("filesystem backend"))
+        }
+        _ => store_over(b.store.clone(), b.multipart.clone()),
+    }
+}
+
+/// A store over any object store: always the object-store upload path.
+fn store_over(
+    objects: Arc<dyn ObjectStore>,
+    multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
+) -> Store {
+    let backend = Backend::object_store(objects);
+    Store::new(match multipart {
+        Some(m) => backend.with_multipart(m),
+        None => backend,
+    })
+}
+
+/// A store over a counting wrapper of `b` (object-store path).
+fn counted_store(counting: &Arc<CountingStore>) -> Store {
+    store_over(counting.clone(), counting.multipart_store())
+}
+
+fn repo(name: &str) -> RepositoryName {
+    RepositoryName::parse(name).unwrap()
+}
+
+/// Deterministic bytes that differ at every position from those of any other seed, so a
+/// misplaced or missing byte shows up as a mismatch.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// `data` as a chunk stream delivered in pieces of at most 64 KiB, as a network body would be.
+fn stream_of(data: &[u8]) -> ChunkStream<'static> {
+    let all = Bytes::copy_from_slice(data);
+    let pieces: Vec<std::io::Result<Bytes>> = (0..all.len())
+        .step_by(64 * KIB)
+        .map(|i| Ok(all.slice(i..(i + 64 * KIB).min(all.len()))))
+        .collect();
+    futures::stream::iter(pieces).boxed()
+}
+
+async fn append(
+    r: &Repository,
+    id: &UploadId,
+    offset: u64,
+    data: &[u8],
+) -> layerstore::Result<UploadStatus> {
+    r.append_upload(id, offset, stream_of(data)).await
+}
+
+async fn read_all(r: &Repository, digest: &Digest, range: Option<ByteRange>) -> Vec<u8> {
+    let read = r.read_blob(digest, range).await.unwrap();
+    let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+    chunks.concat()
+}
+
+/// Every key under `prefix` (files, on the filesystem), sorted.
+async fn keys(b: &TestBackend, prefix: &str) -> Vec<String> {
+    let prefix = Path::from(prefix);
+    let mut keys: Vec<String> = b
+        .store
+        .list(Some(&prefix))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+/// The `(current, requested)` of an upload-offset refusal; panics on anything else.
+#[track_caller]
+fn offset_refusal<T: std::fmt::Debug>(result: layerstore::Result<T>) -> (u64, u64) {
+    match result {
+        Err(Error::RangeInvalid(RangeError::UploadOffset { current, requested })) => {
+            (current, requested)
+        }
+        other => panic!("expected an upload-offset refusal, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_kind<T: std::fmt::Debug>(result: layerstore::Result<T>, kind: ErrorKind) {
+    match result {
+        Err(e) => assert_eq!(e.kind(), kind, "{e}"),
+        Ok(v) => panic!("expected {kind:?}, got Ok({v:?})"),
+    }
+}
+
+/// On object stores: the segment keys the published index of `digest` lists.
+async fn indexed_segments(b: &TestBackend, digest: &Digest) -> Vec<String> {
+    let hex = digest.hex();
+    let alg = digest.algorithm();
+    let key = Path::from(format!("blobs/{alg}/{}/{hex}/segments", &hex[..2]));
+    let bytes = b.store.get(&key).await.unwrap().bytes().await.unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let upload = index["upload"].as_str().unwrap();
+    let mut listed: Vec<String> = index["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "segments/{upload}/{:010}-{}",
+                s["seq"].as_u64().unwrap(),
+                s["nonce"].as_str().unwrap()
+            )
+        })
+        .collect();
+    listed.sort();
+    listed
+}
+
+/// Object stores: no segment object exists that the published index of `digest` does not
+/// list (a leak), and every listed one exists.
+async fn assert_segments_are_exactly_the_indexed_ones(b: &TestBackend, digest: &Digest) {
+    if b.kind == BackendKind::Filesystem {
+        assert!(keys(b, "segments").await.is_empty());
+        return;
+    }
+    assert_eq!(keys(b, "segments").await, indexed_segments(b, digest).await);
+}
+
+/// Sessions' state is stamped with the time; purging "older than zero" needs a tick to pass.
+async fn let_time_pass() {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+fn purge_all() -> PurgeOptions {
+    PurgeOptions {
+        older_than: Duration::ZERO,
+        dry_run: false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Chunked uploads
+
+async fn chunks_of_every_size_commit_to_the_same_bytes(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/chunks"));
+    let sizes = [KIB, 0, KIB, 6 * MIB + 7, KIB, 0, 1, 3 * KIB];
+    let session = r.start_upload().await.unwrap();
+    assert_eq!(session.offset, 0);
+    assert_eq!(&session.repository, r.name());
+    let mut all = vec![];
+    for (i, size) in sizes.into_iter().enumerate() {
+        let chunk = pattern(i as u64, size);
+        let status = append(&r, &session.id, all.len() as u64, &chunk)
+            .await
+            .unwrap_or_else(|e| panic!("chunk {i} ({size} bytes): {e}"));
+        all.extend_from_slice(&chunk);
+        assert_eq!(status.offset, all.len() as u64, "after chunk {i}");
+        let seen = r.upload_status(&session.id).await.unwrap();
+        assert_eq!(seen.offset, all.len() as u64, "status after chunk {i}");
+        assert_eq!(seen.id, session.id);
+    }
+    let digest = Digest::sha256(&all);
+    let info = r
+        .commit_upload(&session.id, &digest, Some(all.len() as u64))
+        .await
+        .unwrap();
+    assert_eq!((info.digest, info.size), (digest, all.len() as u64));
+    assert_eq!(r.stat_blob(&digest).await.unwrap(), info);
+    assert!(read_all(&r, &digest, None).await == all, "bytes differ");
+    assert_kind(
+        r.upload_status(&session.id).await,
+        ErrorKind::BlobUploadUnknown,
+    );
+}
+
+async fn a_chunk_larger_than_the_segment_buffer_commits_to_the_same_bytes(b: TestBackend) {
+    // Object stores buffer 10 MiB of a chunk and stream anything larger as a multipart upload.
+    let store = store_on(&b);
+    let r = store.repository(repo("up/large"));
+    let session = r.start_upload().await.unwrap();
+    let (first, large) = (pattern(1, 100), pattern(2, 12 * MIB + 5));
+    append(&r, &session.id, 0, &first).await.unwrap();
+    let status = append(&r, &session.id, 100, &large).await.unwrap();
+    assert_eq!(status.offset, 100 + large.len() as u64);
+    let all = [first, large].concat();
+    let digest = Digest::sha256(&all);
+    r.commit_upload(&session.id, &digest, Some(all.len() as u64))
+        .await
+        .unwrap();
+    assert!(read_all(&r, &digest, None).await == all, "bytes differ");
+}
+
+async fn an_upload_of_no_bytes_commits_the_empty_blob(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/empty"));
+    let session = r.start_upload().await.unwrap();
+    append(&r, &session.id, 0, &[]).await.unwrap();
+    let digest = Digest::sha256(b"");
+    let info = r
+        .commit_upload(&session.id, &digest, Some(0))
+        .await
+        .unwrap();
+    assert_eq!(info.size, 0);
+    assert_eq!(r.stat_blob(&digest).await.unwrap().size, 0);
+    assert!(read_all(&r, &digest, None).await.is_empty());
+}
+
+async fn a_chunk_at_the_wrong_offset_is_refused_with_the_current_offset_and_changes_nothing(
+    b: TestBackend,
+) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/offset"));
+    let session = r.start_upload().await.unwrap();
+    let first = pattern(1, 3000);
+    append(&r, &session.id, 0, &first).await.unwrap();
+    let before = r.upload_status(&session.id).await.unwrap();
+    let staged = (keys(&b, "uploads").await, keys(&b, "segments").await);
+
+    for wrong in [0, 2999, 3001, 1 << 40] {
+        let refused = append(&r, &session.id, wrong, &pattern(9, 500)).await;
+        assert_eq!(offset_refusal(refused), (3000, wrong));
+        assert_eq!(r.upload_status(&session.id).await.unwrap().offset, 3000);
+    }
+    let after = r.upload_status(&session.id).await.unwrap();
+    assert_eq!(after, before, "a refused chunk changed the session");
+    // No segment written, no staging change visible as a new object.
+    assert_eq!(
+        (keys(&b, "uploads").await, keys(&b, "segments").await),
+        staged
+    );
+
+    let second = pattern(2, 700);
+    let status = append(&r, &session.id, 3000, &second).await.unwrap();
+    assert_eq!(status.offset, 3700);
+    let all = [first, second].concat();
+    let digest = Digest::sha256(&all);
+    r.commit_upload(&session.id, &digest, Some(3700))
+        .await
+        .unwrap();
+    assert!(read_all(&r, &digest, None).await == all);
+}
+
+async fn a_chunk_stream_that_fails_midway_counts_for_nothing(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/broken"));
+    let session = r.start_upload().await.unwrap();
+    let first = pattern(1, 1000);
+    append(&r, &session.id, 0, &first).await.unwrap();
+    let broken: ChunkStream<'static> = futures::stream::iter(vec![
+        Ok(Bytes::from(pattern(7, 5000))),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "client went away",
+        )),
+    ])
+    .boxed();
+    assert_kind(
+        r.append_upload(&session.id, 1000, broken).await,
+        ErrorKind::Io,
+    );
+    assert_eq!(r.upload_status(&session.id).await.unwrap().offset, 1000);
+
+    let second = pattern(2, 2000);
+    append(&r, &session.id, 1000, &second).await.unwrap();
+    let all = [first, second].concat();
+    let digest = Digest::sha256(&all);
+    r.commit_upload(&session.id, &digest, Some(3000))
+        .await
+        .unwrap();
+    assert!(
+        read_all(&r, &digest, None).await == all,
+        "bytes of the failed chunk leaked into the blob"
+    );
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Commit
+
+async fn a_commit_with_the_wrong_digest_publishes_nothing_and_the_session_stays_resumable(
+    b: TestBackend,
+) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/digest"));
+    let session = r.start_upload().await.unwrap();
+    let first = pattern(1, 5000);
+    append(&r, &session.id, 0, &first).await.unwrap();
+
+    let wrong = Digest::sha256(b"something else");
+    assert_kind(
+        r.commit_upload(&session.id, &wrong, None).await,
+        ErrorKind::DigestInvalid,
+    );
+    // The digest of what is staged so far is not published either.
+    let partial = Digest::sha256(&first);
+    for d in [wrong, partial] {
+        assert_kind(r.stat_blob(&d).await, ErrorKind::BlobUnknown);
+    }
+    assert_eq!(keys(&b, "blobs").await, Vec::<String>::new());
+    assert_eq!(r.upload_status(&session.id).await.unwrap().offset, 5000);
+
+    let second = pattern(2, 100);
+    append(&r, &session.id, 5000, &second).await.unwrap();
+    let all = [first, second].concat();
+    let digest = Digest::sha256(&all);
+    r.commit_upload(&session.id, &digest, None).await.unwrap();
+    assert!(read_all(&r, &digest, None).await == all);
+    assert_kind(r.stat_blob(&wrong).await, ErrorKind::BlobUnknown);
+}
+
+async fn a_commit_with_the_wrong_size_publishes_nothing_and_the_session_stays_resumable(
+    b: TestBackend,
+) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/size"));
+    let session = r.start_upload().await.unwrap();
+    let first = pattern(1, 5000);
+    append(&r, &session.id, 0, &first).await.unwrap();
+    let digest = Digest::sha256(&first);
+
+    for wrong in [0, 4999, 5001] {
+        assert_kind(
+            r.commit_upload(&session.id, &digest, Some(wrong)).await,
+            ErrorKind::SizeInvalid,
+        );
+    }
+    assert_kind(r.stat_blob(&digest).await, ErrorKind::BlobUnknown);
+    assert_eq!(keys(&b, "blobs").await, Vec::<String>::new());
+    assert_eq!(r.upload_status(&session.id).await.unwrap().offset, 5000);
+
+    let second = pattern(2, 100);
+    append(&r, &session.id, 5000, &second).await.unwrap();
+    let all = [first, second].concat();
+    let digest = Digest::sha256(&all);
+    r.commit_upload(&session.id, &digest, Some(5100))
+        .await
+        .unwrap();
+    assert!(read_all(&r, &digest, None).await == all);
+}
+
+async fn an_upload_commits_under_a_sha512_digest_by_rehashing_what_is_stored(b: TestBackend) {
+    // Sessions keep a SHA-256 state; a SHA-512 digest is verified by reading the bytes back.
+    let store = store_on(&b);
+    let r = store.repository(repo("up/sha512"));
+    let session = r.start_upload().await.unwrap();
+    let chunks = [pattern(1, 70 * KIB), pattern(2, 1), pattern(3, 5000)];
+    let mut offset = 0;
+    for c in &chunks {
+        append(&r, &session.id, offset, c).await.unwrap();
+        offset += c.len() as u64;
+    }
+    let all = chunks.concat();
+    let wrong = Digest::compute(Algorithm::Sha512, &all[1..]);
+    assert_kind(
+        r.commit_upload(&session.id, &wrong, None).await,
+        ErrorKind::DigestInvalid,
+    );
+    let digest = Digest::compute(Algorithm::Sha512, &all);
+    let info = r
+        .commit_upload(&session.id, &digest, Some(offset))
+        .await
+        .unwrap();
+    assert_eq!((info.digest, info.size), (digest, offset));
+    assert!(read_all(&r, &digest, None).await == all);
+    assert_kind(
+        r.stat_blob(&Digest::sha256(&all)).await,
+        ErrorKind::BlobUnknown,
+    );
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
+}
+
+async fn a_second_store_over_the_same_backend_resumes_the_session(b: TestBackend) {
+    let first_process = store_on(&b);
+    let r1 = first_process.repository(repo("up/resume"));
+    let session = r1.start_upload().await.unwrap();
+    let first = pattern(1, 2 * MIB);
+    append(&r1, &session.id, 0, &first).await.unwrap();
+    drop(r1);
+    drop(first_process);
+
+    // Another process (or replica) knows nothing but the id it got from the client.
+    let second_process = store_on(&b);
+    let r2 = second_process.repository(repo("up/resume"));
+    let id = UploadId::parse(session.id.as_str()).unwrap();
+    let status = r2.upload_status(&id).await.unwrap();
+    assert_eq!(status.offset, first.len() as u64);
+    assert_eq!(status.started_at, session.started_at);
+    assert_eq!(
+        offset_refusal(append(&r2, &id, 0, b"x").await),
+        (first.len() as u64, 0)
+    );
+    let second = pattern(2, 3000);
+    append(&r2, &id, first.len() as u64, &second).await.unwrap();
+
+    let third_process = store_on(&b);
+    let r3 = third_process.repository(repo("up/resume"));
+    let all = [first, second].concat();
+    let digest = Digest::sha256(&all);
+    r3.commit_upload(&id, &digest, Some(all.len() as u64))
+        .await
+        .unwrap();
+    assert!(read_all(&r2, &digest, None).await == all);
+}
+
+async fn resuming_in_a_new_store_and_committing_reads_no_uploaded_byte(b: TestBackend) {
+    // The counting wrapper sees object-store requests only; on the filesystem the staged bytes
+    // are local file I/O it cannot see (the filesystem commit is a rename, tested below).
+    if b.kind == BackendKind::Filesystem {
+        return;
+    }
+    let counting = b.counting();
+    let r = counted_store(&counting).repository(repo("up/noread"));
+    let session = r.start_upload().await.unwrap();
+    let mut all = vec![];
+    for i in 0..4 {
+        let chunk = pattern(i, 2 * MIB);
+        append(&r, &session.id, all.len() as u64, &chunk)
+            .await
+            .unwrap();
+        all.extend_from_slice(&chunk);
+    }
+
+    counting.reset();
+    let restarted = counted_store(&counting).repository(repo("up/noread"));
+    let last = pattern(9, MIB);
+    append(&restarted, &session.id, all.len() as u64, &last)
+        .await
+        .unwrap();
+    all.extend_from_slice(&last);
+    let digest = Digest::sha256(&all);
+    restarted
+        .commit_upload(&session.id, &digest, None)
+        .await
+        .unwrap();
+    let counts = counting.snapshot();
+    // CountingStore does not record keys, so "no segment was read" is shown by volume: every
+    // segment is at least 1 MiB and 9 MiB are staged, while the state and index objects are a
+    // few hundred bytes each. Reading any segment, even partly, would blow this bound.
+    assert!(
+        counts.bytes_read < 64 * KIB as u64,
+        "resume + commit read {} bytes of a {} byte upload: {counts:?}",
+        counts.bytes_read,
+        all.len()
+    );
+    assert!(read_all(&restarted, &digest, None).await == all);
+}
+
+/// The requests and bytes of `commit_upload` alone, for an upload of `size` bytes in 8 chunks.
+async fn cost_of_a_commit(b: &TestBackend, size: usize, name: &str) -> Counts {
+    let counting = b.counting();
+    let r = counted_store(&counting).repository(repo(name));
+    let session = r.start_upload().await.unwrap();
+    let chunk_size = size / 8;
+    let mut all = Vec::with_capacity(size);
+    for i in 0..8 {
+        let chunk = pattern(size as u64 + i, chunk_size);
+        append(&r, &session.id, all.len() as u64, &chunk)
+            .await
+            .unwrap();
+        all.extend_from_slice(&chunk);
+    }
+    let digest = Digest::sha256(&all);
+    counting.reset();
+    r.commit_upload(&session.id, &digest, Some(all.len() as u64))
+        .await
+        .unwrap();
+    let counts = counting.snapshot();
+    drop(all);
+    assert_eq!(r.stat_blob(&digest).await.unwrap().size, size as u64);
+    counts
+}
+
+async fn commit_cost_does_not_grow_with_the_upload_size(b: TestBackend) {
+    // Object-store path only: the filesystem commit is a rename, see the next test.
+    if b.kind == BackendKind::Filesystem {
+        return;
+    }
+    let small = cost_of_a_commit(&b, MIB, "up/small").await;
+    let large = cost_of_a_commit(&b, 64 * MIB, "up/large").await;
+    let requests_only = |c: Counts| Counts {
+        bytes_read: 0,
+        bytes_written: 0,
+        ..c
+    };
+    assert_eq!(
+        requests_only(small),
+        requests_only(large),
+        "commit makes different requests for 1 MiB and 64 MiB"
+    );
+    assert_eq!(small.copy + small.rename + small.multipart_part, 0);
+    // Both uploads have 8 segments, so the state and index objects differ only in the digits
+    // of the sizes they record: a few bytes, never the blob's bytes.
+    for (what, c) in [("1 MiB", small), ("64 MiB", large)] {
+        assert!(
+            c.bytes_read < 16 * KIB as u64 && c.bytes_written < 16 * KIB as u64,
+            "commit of {what} moved blob bytes: {c:?}"
+        );
+    }
+    assert!(small.bytes_read.abs_diff(large.bytes_read) < 256);
+    assert!(small.bytes_written.abs_diff(large.bytes_written) < 256);
+}
+
+async fn a_filesystem_commit_renames_the_staging_file_into_place(b: TestBackend) {
+    use std::os::unix::fs::MetadataExt;
+    let Some(root) = b.fs_root.clone() else {
+        return; // filesystem only: object stores publish an index, tested above
+    };
+    let store = store_on(&b);
+    let r = store.repository(repo("up/rename"));
+    let session = r.start_upload().await.unwrap();
+    let data = pattern(1, 3 * MIB);
+    append(&r, &session.id, 0, &data[..MIB]).await.unwrap();
+    append(&r, &session.id, MIB as u64, &data[MIB..])
+        .await
+        .unwrap();
+    let staging = root.join(format!("uploads/{}/data", session.id));
+    let staged_inode = std::fs::metadata(&staging).unwrap().ino();
+
+    let digest = Digest::sha256(&data);
+    r.commit_upload(&session.id, &digest, None).await.unwrap();
+    assert!(!staging.exists(), "staging file left behind");
+    assert!(!root.join(format!("uploads/{}", session.id)).exists());
+    let hex = digest.hex();
+    let blob = root.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let meta = std::fs::metadata(&blob).unwrap();
+    assert_eq!(
+        meta.ino(),
+        staged_inode,
+        "the blob is a copy, not the renamed file"
+    );
+    assert_eq!(meta.len(), data.len() as u64);
+    assert!(read_all(&r, &digest, None).await == data);
+}
+
+// ---------------------------------------------------------------------------------------
+// Concurrency
+
+/// A chunk stream that delivers half of `data`, tells `started`, waits a while, then delivers
+/// the rest: an append that is surely still under way when the other one starts.
+fn slow_stream(data: Vec<u8>, started: tokio::sync::oneshot::Sender<()>) -> ChunkStream<'static> {
+    let all = Bytes::from(data);
+    let half = all.len() / 2;
+    let (head, tail) = (all.slice(..half), all.slice(half..));
+    futures::stream::once(async move { Ok(head) })
+        .chain(futures::stream::once(async move {
+            let _ = started.send(());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(tail)
+        }))
+        .boxed()
+}
+
+/// Two appends at offset 1000 of one session, through `ra` and `rb`, the second started
+/// while the first is mid-chunk: exactly one is accepted, the other is told the offset the
+/// winner left, and the blob is the winner's bytes.
+async fn race_two_appends(b: &TestBackend, ra: Repository, rb: Repository) {
+    let session = ra.start_upload().await.unwrap();
+    let id = session.id.clone();
+    let head = pattern(0, 1000);
+    append(&ra, &id, 0, &head).await.unwrap();
+    let (a, bb) = (pattern(1, 300 * KIB), pattern(2, 200 * KIB));
+
+    let (started, a_is_mid_chunk) = tokio::sync::oneshot::channel();
+    let task_a = {
+        let (ra, id, a) = (ra.clone(), id.clone(), a.clone());
+        tokio::spawn(async move { ra.append_upload(&id, 1000, slow_stream(a, started)).await })
+    };
+    a_is_mid_chunk.await.unwrap();
+    let task_b = {
+        let (rb, id, bb) = (rb.clone(), id.clone(), bb.clone());
+        tokio::spawn(async move { append(&rb, &id, 1000, &bb).await })
+    };
+    let (result_a, result_b) = (task_a.await.unwrap(), task_b.await.unwrap());
+
+    let (winner, loser) = match (result_a, result_b) {
+        (Ok(_), lost) => (a, lost),
+        (lost, Ok(_)) => (bb, lost),
+        (ra, rb) => panic!("no append accepted: {ra:?} / {rb:?}"),
+    };
+    let end = 1000 + winner.len() as u64;
+    assert_eq!(
+        offset_refusal(loser),
+        (end, 1000),
+        "the refused append must be told the offset the accepted one left"
+    );
+    assert_eq!(rb.upload_status(&id).await.unwrap().offset, end);
+    let all = [head, winner].concat();
+    let digest = Digest::sha256(&all);
+    rb.commit_upload(&id, &digest, Some(end)).await.unwrap();
+    assert!(read_all(&ra, &digest, None).await == all);
+    assert_segments_are_exactly_the_indexed_ones(b, &digest).await;
+}
+
+async fn racing_appends_at_one_offset_in_one_store_accept_exactly_one(b: TestBackend) {
+    let r = store_on(&b).repository(repo("up/race"));
+    race_two_appends(&b, r.clone(), r).await;
+}
+
+async fn racing_appends_at_one_offset_from_two_stores_accept_exactly_one(b: TestBackend) {
+    let ra = store_on(&b).repository(repo("up/race"));
+    let rb = store_on(&b).repository(repo("up/race"));
+    race_two_appends(&b, ra, rb).await;
+}
+
+async fn many_racing_appends_at_one_offset_accept_exactly_one(b: TestBackend) {
+    // No pacing: several stores, all released at once, a few rounds.
+    let stores: Vec<Store> = (0..4).map(|_| store_on(&b)).collect();
+    let name = repo("up/many");
+    let session = stores[0]
+        .repository(name.clone())
+        .start_upload()
+        .await
+        .unwrap();
+    let mut offset = 0u64;
+    let mut all = vec![];
+    for round in 0..3u64 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(stores.len()));
+        let tasks: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let r = s.repository(name.clone());
+                let (id, barrier) = (session.id.clone(), barrier.clone());
+                let chunk = pattern(round * 10 + i as u64, 10 * KIB + i * 100);
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    (chunk.clone(), append(&r, &id, offset, &chunk).await)
+                })
+            })
+            .collect();
+        let mut accepted = vec![];
+        let mut refused = vec![];
+        for task in tasks {
+            let (chunk, result) = task.await.unwrap();
+            match result {
+                Ok(status) => accepted.push((chunk, status)),
+                Err(e) => refused.push(e),
+            }
+        }
+        assert_eq!(accepted.len(), 1, "round {round}: refused {refused:?}");
+        let (chunk, status) = accepted.pop().unwrap();
+        let end = offset + chunk.len() as u64;
+        assert_eq!(status.offset, end);
+        for e in refused {
+            assert_eq!(offset_refusal::<()>(Err(e)), (end, offset), "round {round}");
+        }
+        all.extend_from_slice(&chunk);
+        offset = end;
+    }
+    let r = stores[1].repository(name);
+    let digest = Digest::sha256(&all);
+    r.commit_upload(&session.id, &digest, Some(offset))
+        .await
+        .unwrap();
+    assert!(read_all(&r, &digest, None).await == all);
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
+}
+
+async fn concurrent_commits_of_the_same_content_both_succeed_and_leave_one_copy(b: TestBackend) {
+    let data = pattern(5, 3 * MIB + 1);
+    let digest = Digest::sha256(&data);
+    let (ra, rb) = (
+        store_on(&b).repository(repo("up/one")),
+        store_on(&b).repository(repo("up/two")),
+    );
+    let mut sessions = vec![];
+    for r in [&ra, &rb] {
+        let s = r.start_upload().await.unwrap();
+        append(r, &s.id, 0, &data[..MIB]).await.unwrap();
+        append(r, &s.id, MIB as u64, &data[MIB..]).await.unwrap();
+        sessions.push(s.id);
+    }
+    let (a, bb) = tokio::join!(
+        ra.commit_upload(&sessions[0], &digest, Some(data.len() as u64)),
+        rb.commit_upload(&sessions[1], &digest, Some(data.len() as u64)),
+    );
+    assert_eq!(a.unwrap().digest, digest);
+    assert_eq!(bb.unwrap().digest, digest);
+
+    let blob_objects = keys(&b, "blobs").await;
+    assert_eq!(blob_objects.len(), 1, "copies: {blob_objects:?}");
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
+    assert!(keys(&b, "uploads").await.is_empty());
+    for r in [&ra, &rb] {
+        assert!(read_all(r, &digest, None).await == data);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cancel and unknown sessions
+
+async fn cancel_deletes_the_staged_data_and_forgets_the_session(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/cancel"));
+    let session = r.start_upload().await.unwrap();
+    append(&r, &session.id, 0, &pattern(1, 100 * KIB))
+        .await
+        .unwrap();
+    append(&r, &session.id, 100 * KIB as u64, &pattern(2, KIB))
+        .await
+        .unwrap();
+    assert!(!keys(&b, "uploads").await.is_empty());
+
+    r.cancel_upload(&session.id).await.unwrap();
+    assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
+    assert_eq!(keys(&b, "segments").await, Vec::<String>::new());
+    assert_eq!(keys(&b, "blobs").await, Vec::<String>::new());
+    assert_kind(
+        r.upload_status(&session.id).await,
+        ErrorKind::BlobUploadUnknown,
+    );
+    assert_kind(
+        r.cancel_upload(&session.id).await,
+        ErrorKind::BlobUploadUnknown,
+    );
+}
+
+async fn a_cancelled_session_accepts_no_append_or_commit(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/cancel"));
+    let session = r.start_upload().await.unwrap();
+    let data = pattern(1, 1000);
+    append(&r, &session.id, 0, &data).await.unwrap();
+    r.cancel_upload(&session.id).await.unwrap();
+
+    assert_kind(
+        append(&r, &session.id, 1000, b"more").await,
+        ErrorKind::BlobUploadUnknown,
+    );
+    assert_kind(
+        r.commit_upload(&session.id, &Digest::sha256(&data), None)
+            .await,
+        ErrorKind::BlobUploadUnknown,
+    );
+    assert_kind(
+        r.stat_blob(&Digest::sha256(&data)).await,
+        ErrorKind::BlobUnknown,
+    );
+    assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
+    assert_eq!(keys(&b, "segments").await, Vec::<String>::new());
+}
+
+async fn a_session_is_unknown_through_another_repository(b: TestBackend) {
+    let store = store_on(&b);
+    let (ra, rb) = (
+        store.repository(repo("up/owner")),
+        store.repository(repo("up/other")),
+    );
+    let session = ra.start_upload().await.unwrap();
+    let data = pattern(1, 1000);
+    append(&ra, &session.id, 0, &data).await.unwrap();
+    let digest = Digest::sha256(&data);
+
+    assert_kind(
+        rb.upload_status(&session.id).await,
+        ErrorKind::BlobUploadUnknown,
+    );
+    assert_kind(
+        append(&rb, &session.id, 1000, b"intruder").await,
+        ErrorKind::BlobUploadUnknown,
+    );
+    assert_kind(
+        rb.commit_upload(&session.id, &digest, None).await,
+        ErrorKind::BlobUploadUnknown,
+    );
+    assert_kind(
+        rb.cancel_upload(&session.id).await,
+        ErrorKind::BlobUploadUnknown,
+    );
+    assert_kind(rb.stat_blob(&digest).await, ErrorKind::BlobUnknown);
+
+    // Untouched in its own repository.
+    assert_eq!(ra.upload_status(&session.id).await.unwrap().offset, 1000);
+    ra.commit_upload(&session.id, &digest, None).await.unwrap();
+    assert!(read_all(&ra, &digest, None).await == data);
+    assert_kind(rb.stat_blob(&digest).await, ErrorKind::BlobUnknown);
+}
+
+#[test]
+fn malformed_upload_ids_are_unknown_uploads() {
+    for bad in [
+        "../x",
+        "",
+        "/etc/passwd",
+        "..",
+        "0123456789abcdef0123456789abcdeF",
+        "0123456789abcdef0123456789abcde",
+        "0123456789abcdef0123456789abcdef0",
+        "0123456789abcdef/123456789abcdef",
+        "0123456789abcdef%2e%2e456789abcd",
+    ] {
+        assert_kind(UploadId::parse(bad), ErrorKind::BlobUploadUnknown);
+    }
+}
+
+async fn an_id_that_was_never_started_is_unknown(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/never"));
+    let id = UploadId::parse("0123456789abcdef0123456789abcdef").unwrap();
+    assert_kind(r.upload_status(&id).await, ErrorKind::BlobUploadUnknown);
+    assert_kind(append(&r, &id, 0, b"x").await, ErrorKind::BlobUploadUnknown);
+    assert_kind(
+        r.commit_upload(&id, &Digest::sha256(b""), None).await,
+        ErrorKind::BlobUploadUnknown,
+    );
+    assert_kind(r.cancel_upload(&id).await, ErrorKind::BlobUploadUnknown);
+    assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
+    assert_eq!(keys(&b, "blobs").await, Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------
+// Purging
+
+/// Starts a session in `r` and stages `sizes` chunks; returns its id and the bytes staged.
+async fn staged_session(r: &Repository, sizes: &[usize]) -> (UploadId, u64) {
+    let session = r.start_upload().await.unwrap();
+    let mut offset = 0;
+    for (i, &size) in sizes.iter().enumerate() {
+        append(r, &session.id, offset, &pattern(i as u64, size))
+            .await
+            .unwrap();
+        offset += size as u64;
+    }
+    (session.id, offset)
+}
+
+async fn purge_deletes_idle_sessions_with_their_data_and_reports_the_bytes(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/purge"));
+    let (one, staged_one) = staged_session(&r, &[100 * KIB, 0, KIB, 7]).await;
+    let (two, staged_two) = staged_session(&r, &[]).await;
+    let_time_pass().await;
+
+    let report = store.purge_uploads(purge_all()).await.unwrap();
+    assert_eq!(
+        report,
+        PurgeReport {
+            scanned: 2,
+            purged: 2,
+            bytes_freed: staged_one + staged_two,
+            errors: vec![],
+        }
+    );
+    for id in [&one, &two] {
+        assert_kind(r.upload_status(id).await, ErrorKind::BlobUploadUnknown);
+    }
+    assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
+    assert_eq!(keys(&b, "segments").await, Vec::<String>::new());
+
+    // Nothing left to purge.
+    let again = store.purge_uploads(purge_all()).await.unwrap();
+    assert_eq!(again, PurgeReport::default());
+}
+
+async fn a_dry_run_purge_reports_but_deletes_nothing(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/dry"));
+    let (id, staged) = staged_session(&r, &[50 * KIB, KIB]).await;
+    let_time_pass().await;
+    let before = (keys(&b, "uploads").await, keys(&b, "segments").await);
+
+    let report = store
+        .purge_uploads(PurgeOptions {
+            older_than: Duration::ZERO,
+            dry_run: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        PurgeReport {
+            scanned: 1,
+            purged: 1,
+            bytes_freed: staged,
+            errors: vec![],
+        }
+    );
+    assert_eq!(
+        (keys(&b, "uploads").await, keys(&b, "segments").await),
+        before
+    );
+    // Still whole and resumable.
+    assert_eq!(r.upload_status(&id).await.unwrap().offset, staged);
+    let all = [pattern(0, 50 * KIB), pattern(1, KIB)].concat();
+    let digest = Digest::sha256(&all);
+    r.commit_upload(&id, &digest, Some(staged)).await.unwrap();
+    assert!(read_all(&r, &digest, None).await == all);
+}
+
+async fn purge_keeps_sessions_active_within_the_age(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/keep"));
+    let (id, staged) = staged_session(&r, &[10 * KIB]).await;
+    let before = (keys(&b, "uploads").await, keys(&b, "segments").await);
+
+    let report = store
+        .purge_uploads(PurgeOptions {
+            older_than: Duration::from_secs(3600),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        PurgeReport {
+            scanned: 1,
+            purged: 0,
+            bytes_freed: 0,
+            errors: vec![],
+        }
+    );
+    assert_eq!(
+        (keys(&b, "uploads").await, keys(&b, "segments").await),
+        before
+    );
+    let status = r.upload_status(&id).await.unwrap();
+    assert_eq!(status.offset, staged);
+    append(&r, &id, staged, b"more").await.unwrap();
+}
+
+async fn purge_uses_the_last_activity_not_the_start(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/active"));
+    let session = r.start_upload().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Started 1.5 s ago, active just now: kept by a sweep of sessions idle for over a second.
+    let status = append(&r, &session.id, 0, b"recent").await.unwrap();
+    assert!(status.last_active > status.started_at);
+    let report = store
+        .purge_uploads(PurgeOptions {
+            older_than: Duration::from_secs(1),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!((report.scanned, report.purged), (1, 0), "{report:?}");
+    assert_eq!(r.upload_status(&session.id).await.unwrap().offset, 6);
+}
+
+async fn a_purge_racing_an_append_leaves_the_session_whole_or_gone(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/racepurge"));
+    let (id, _) = staged_session(&r, &[1000]).await;
+    let chunk = pattern(1, 300 * KIB);
+    let (started, mid_chunk) = tokio::sync::oneshot::channel();
+    let appending = {
+        let (r, id, chunk) = (r.clone(), id.clone(), chunk.clone());
+        tokio::spawn(async move {
+            r.append_upload(&id, 1000, slow_stream(chunk, started))
+                .await
+        })
+    };
+    mid_chunk.await.unwrap();
+    let report = store.purge_uploads(purge_all()).await.unwrap();
+    let appended = appending.await.unwrap();
+    if b.kind == BackendKind::Filesystem {
+        // The append holds the session's lock: the sweep leaves it alone, whatever its age.
+        assert_eq!((report.scanned, report.purged), (1, 0), "{report:?}");
+        assert!(appended.is_ok(), "{appended:?}");
+    }
+    // Object stores: the state does not change until the chunk is in, so a sweep of sessions
+    // idle for longer than zero takes it; the append then fails. Either way nothing is half
+    // there: the session is whole and commits, or it is gone with all its objects.
+    match appended {
+        Ok(status) => {
+            assert_eq!(status.offset, 1000 + chunk.len() as u64);
+            let all = [pattern(0, 1000), chunk].concat();
+            let digest = Digest::sha256(&all);
+            r.commit_upload(&id, &digest, None).await.unwrap();
+            assert!(read_all(&r, &digest, None).await == all);
+        }
+        Err(e) => {
+            assert_kind(r.upload_status(&id).await, ErrorKind::BlobUploadUnknown);
+            assert_eq!(keys(&b, "uploads").await, Vec::<String>::new(), "{e}");
+            assert_eq!(keys(&b, "segments").await, Vec::<String>::new(), "{e}");
+        }
+    }
+}
+
+async fn the_background_purger_purges_idle_sessions_and_stops_promptly(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/purger"));
+    let (id, _) = staged_session(&r, &[KIB]).await;
+    let purger = Purger::spawn(
+        store.clone(),
+        PurgerConfig {
+            enabled: true,
+            options: purge_all(),
+            interval: Duration::from_millis(50),
+        },
+    )
+    .expect("an enabled purger runs");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match r.upload_status(&id).await {
+            Err(e) if e.kind() == ErrorKind::BlobUploadUnknown => break,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("session not purged in time: {other:?}"),
+        }
+    }
+    assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
+    assert_eq!(keys(&b, "segments").await, Vec::<String>::new());
+    tokio::time::timeout(Duration::from_secs(5), purger.stop())
+        .await
+        .expect("stop() returns promptly");
+}
+
+async fn a_waiting_purger_stops_at_once_and_a_disabled_one_never_starts(b: TestBackend) {
+    let store = store_on(&b);
+    let config = PurgerConfig {
+        enabled: true,
+        options: purge_all(),
+        interval: Duration::from_secs(3600),
+    };
+    let purger = Purger::spawn(store.clone(), config).unwrap();
+    tokio::time::timeout(Duration::from_secs(1), purger.stop())
+        .await
+        .expect("stop() interrupts the wait between sweeps");
+    let disabled = PurgerConfig {
+        enabled: false,
+        ..config
+    };
+    assert!(Purger::spawn(store, disabled).is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Reads of uploaded blobs
+
+async fn range_reads_across_chunk_boundaries_return_the_right_bytes(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/ranges"));
+    let sizes = [1000, 1, 4096, 0, 70_000, 3, 1024];
+    let session = r.start_upload().await.unwrap();
+    let mut all = vec![];
+    let mut boundaries = vec![0u64];
+    for (i, size) in sizes.into_iter().enumerate() {
+        let chunk = pattern(100 + i as u64, size);
+        append(&r, &session.id, all.len() as u64, &chunk)
+            .await
+            .unwrap();
+        all.extend_from_slice(&chunk);
+        boundaries.push(all.len() as u64);
+    }
+    let digest = Digest::sha256(&all);
+    r.commit_upload(&session.id, &digest, None).await.unwrap();
+    let size = all.len() as u64;
+
+    let mut points: Vec<u64> = boundaries
+        .iter()
+        .flat_map(|&p| [p.saturating_sub(1), p, p + 1])
+        .filter(|&p| p < size)
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    let slice = |from: u64, to: u64| &all[from as usize..to as usize];
+    for (i, &start) in points.iter().enumerate() {
+        for &end in &points[i..] {
+            let range = ByteRange::Bounded {
+                start,
+                end_inclusive: end,
+            };
+            let got = read_all(&r, &digest, Some(range)).await;
+            assert!(got == slice(start, end + 1), "{range:?}");
+        }
+        let got = read_all(&r, &digest, Some(ByteRange::From(start))).await;
+        assert!(got == slice(start, size), "From({start})");
+        let n = size - start;
+        let got = read_all(&r, &digest, Some(ByteRange::Suffix(n))).await;
+        assert!(got == slice(start, size), "Suffix({n})");
+    }
+    let read = r
+        .read_blob(
+            &digest,
+            Some(ByteRange::Bounded {
+                start: 999,
+                end_inclusive: 5096,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.range, 999..5097);
+    assert_eq!(read.info.size, size);
+    assert_kind(
+        r.read_blob(&digest, Some(ByteRange::From(size))).await,
+        ErrorKind::RangeInvalid,
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Monolithic streamed puts
+
+async fn put_blob_stream_stores_a_blob_in_one_step(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/stream"));
+    let data = pattern(3, 2 * MIB + 3);
+    let digest = Digest::sha256(&data);
+    let info = r
+        .put_blob_stream(&digest, Some(data.len() as u64), stream_of(&data))
+        .await
+        .unwrap();
+    assert_eq!((info.digest, info.size), (digest, data.len() as u64));
+    assert!(read_all(&r, &digest, None).await == data);
+    assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
+}
+
+async fn put_blob_stream_with_a_wrong_digest_leaves_no_session_and_no_blob(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/stream"));
+    let data = pattern(3, 300 * KIB);
+    let claimed = Digest::sha256(b"not these bytes");
+    assert_kind(
+        r.put_blob_stream(&claimed, None, stream_of(&data)).await,
+        ErrorKind::DigestInvalid,
+    );
+    assert_kind(
+        r.put_blob_stream(&Digest::sha256(&data), Some(1), stream_of(&data))
+            .await,
+        ErrorKind::SizeInvalid,
+    );
+    for d in [claimed, Digest::sha256(&data)] {
+        assert_kind(r.stat_blob(&d).await, ErrorKind::BlobUnknown);
+    }
+    assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
+    assert_eq!(keys(&b, "segments").await, Vec::<String>::new());
+    assert_eq!(keys(&b, "blobs").await, Vec::<String>::new());
+}
+
+backend_tests!(
+    chunks_of_every_size_commit_to_the_same_bytes,
+    a_chunk_larger_than_the_segment_buffer_commits_to_the_same_bytes,
+    an_upload_of_no_bytes_commits_the_empty_blob,
+    a_chunk_at_the_wrong_offset_is_refused_with_the_current_offset_and_changes_nothing,
+    a_chunk_stream_that_fails_midway_counts_for_nothing,
+    a_commit_with_the_wrong_digest_publishes_nothing_and_the_session_stays_resumable,
+    a_commit_with_the_wrong_size_publishes_nothing_and_the_session_stays_resumable,
+    an_upload_commits_under_a_sha512_digest_by_rehashing_what_is_stored,
+    a_second_store_over_the_same_backend_resumes_the_session,
+    resuming_in_a_new_store_and_committing_reads_no_uploaded_byte,
+    commit_cost_does_not_grow_with_the_upload_size,
+    a_filesystem_commit_renames_the_staging_file_into_place,
+    racing_appends_at_one_offset_in_one_store_accept_exactly_one,
+    racing_appends_at_one_offset_from_two_stores_accept_exactly_one,
+    many_racing_appends_at_one_offset_accept_exactly_one,
+    concurrent_commits_of_the_same_content_both_succeed_and_leave_one_copy,
+    cancel_deletes_the_staged_data_and_forgets_the_session,
+    a_cancelled_session_accepts_no_append_or_commit,
+    a_session_is_unknown_through_another_repository,
+    an_id_that_was_never_started_is_unknown,
+    purge_deletes_idle_sessions_with_their_data_and_reports_the_bytes,
+    a_dry_run_purge_reports_but_deletes_nothing,
+    purge_keeps_sessions_active_within_the_age,
+    purge_uses_the_last_activity_not_the_start,
+    a_purge_racing_an_append_leaves_the_session_whole_or_gone,
+    the_background_purger_purges_idle_sessions_and_stops_promptly,
+    a_waiting_purger_stops_at_once_and_a_disabled_one_never_starts,
+    range_reads_across_chunk_boundaries_return_the_right_bytes,
+    put_blob_stream_stores_a_blob_in_one_step,
+    put_blob_stream_with_a_wrong_digest_leaves_no_session_and_no_blob,
+);
