@@ -74,19 +74,16 @@ fn write_state(paths: &Paths, state: &SessionState) -> Result<()> {
     fsync_dir(&paths.dir)
 }
 
+/// Creates the session without fsyncing anything: a session that holds no acknowledged byte
+/// loses nothing if a crash forgets it (the client's next request gets `BLOB_UPLOAD_UNKNOWN`
+/// and starts over). The first append makes it durable. This saves four fsyncs per upload.
 pub(super) async fn start(store: &Store, id: &UploadId, state: &SessionState) -> Result<()> {
     let paths = paths(store, root(store)?, id);
     let state = state.clone();
     blocking(move || {
         std::fs::create_dir_all(&paths.dir).map_err(io("creating", &paths.dir))?;
-        File::create(&paths.data)
-            .and_then(|f| f.sync_all())
-            .map_err(io("creating", &paths.data))?;
-        write_state(&paths, &state)?;
-        if let Some(parent) = paths.dir.parent() {
-            fsync_dir(parent)?;
-        }
-        Ok(())
+        File::create(&paths.data).map_err(io("creating", &paths.data))?;
+        std::fs::write(&paths.state, state.encode()).map_err(io("writing", &paths.state))
     })
     .await
 }
@@ -169,7 +166,16 @@ pub(super) async fn append(
     state.last_active = Utc::now();
     state.hash = HashState::of(&hasher);
     let status = state.status(id);
-    blocking(move || write_state(&paths, &state)).await?;
+    let first = offset == 0;
+    blocking(move || {
+        write_state(&paths, &state)?;
+        // The session was created without fsyncs; make its directory entry durable now.
+        match paths.dir.parent() {
+            Some(uploads) if first => fsync_dir(uploads),
+            _ => Ok(()),
+        }
+    })
+    .await?;
     Ok(status)
 }
 
