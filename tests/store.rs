@@ -2,33 +2,14 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use common::*;
 use futures::TryStreamExt;
 use layerstore::manifest::media_type;
-use layerstore::{Backend, ByteRange, Digest, ErrorKind, Reference, RepositoryName, Store, Tag};
+use layerstore::{ByteRange, Digest, ErrorKind, Reference, RepositoryName, Store, Tag};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use serde_json::json;
-
-/// The store as a deployment would build it: the filesystem kind through
-/// `Backend::filesystem` (its own upload and publish path), the others through object_store.
-fn store_on(b: &TestBackend) -> Store {
-    match (&b.kind, &b.fs_root) {
-        (BackendKind::Filesystem, Some(root)) => Store::new(Backend::filesystem(root).unwrap()),
-        _ => Store::new(backend_of(b.store.clone(), b)),
-    }
-}
-
-fn backend_of(objects: Arc<dyn ObjectStore>, b: &TestBackend) -> Backend {
-    let backend = Backend::object_store(objects);
-    match &b.multipart {
-        Some(m) => backend.with_multipart(m.clone()),
-        None => backend,
-    }
-}
 
 fn repo(name: &str) -> RepositoryName {
     RepositoryName::parse(name).unwrap()

@@ -11,36 +11,16 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use common::*;
 use futures::{StreamExt, TryStreamExt};
 use layerstore::upload::{ChunkStream, PurgeOptions};
-use layerstore::{
-    Algorithm, Backend, Digest, ErrorKind, Repository, RepositoryName, Store, UploadId,
-};
+use layerstore::{Algorithm, Digest, ErrorKind, Repository, RepositoryName, Store, UploadId};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
-
-fn healthy(b: &TestBackend) -> Store {
-    let backend = Backend::object_store(b.store.clone());
-    Store::new(match &b.multipart {
-        Some(m) => backend.with_multipart(m.clone()),
-        None => backend,
-    })
-}
-
-fn over_faulty(faulty: &Arc<FaultyStore>) -> Store {
-    let backend = Backend::object_store(faulty.clone());
-    Store::new(match faulty.multipart_store() {
-        Some(m) => backend.with_multipart(m),
-        None => backend,
-    })
-}
 
 fn repo(name: &str) -> RepositoryName {
     RepositoryName::parse(name).unwrap()
@@ -107,7 +87,7 @@ where
     Fut: Future<Output = ()>,
 {
     let faulty = b.faulty();
-    op(over_faulty(&faulty)).await;
+    op(store_over(faulty.clone(), faulty.multipart_store())).await;
     (faulty.writes_seen(), faulty.reads_seen())
 }
 
@@ -175,7 +155,7 @@ async fn append_at_every_fault(b: TestBackend, chunk_len: usize) {
     let chunk = pattern(1, chunk_len);
     let all = [head.clone(), chunk.clone()].concat();
     let digest = Digest::sha256(&all);
-    let setup = healthy(&b);
+    let setup = store_over(b.store.clone(), b.multipart.clone());
     let probe_id = session_with(&setup.repository(repo("faults/probe")), &head).await;
     let (writes, reads) = probe(&b, |store| async move {
         let r = store.repository(repo("faults/probe"));
@@ -191,12 +171,12 @@ async fn append_at_every_fault(b: TestBackend, chunk_len: usize) {
         let id = session_with(&setup.repository(name.clone()), &head).await;
         let faulty = b.faulty();
         fault.arm(&faulty);
-        let result = over_faulty(&faulty)
+        let result = store_over(faulty.clone(), faulty.multipart_store())
             .repository(name.clone())
             .append_upload(&id, 1000, stream_of(&chunk))
             .await;
 
-        let r = healthy(&b).repository(name);
+        let r = store_over(b.store.clone(), b.multipart.clone()).repository(name);
         let offset = r.upload_status(&id).await.unwrap().offset;
         match &result {
             Ok(status) => assert_eq!(
@@ -242,7 +222,7 @@ fn commit_content(alg: Algorithm) -> (Vec<u8>, Vec<u8>, Digest) {
 /// A session in `name` with both commit chunks staged, from a healthy store.
 async fn staged_for_commit(b: &TestBackend, name: &RepositoryName) -> UploadId {
     let (head, tail, _) = commit_content(Algorithm::Sha256);
-    let r = healthy(b).repository(name.clone());
+    let r = store_over(b.store.clone(), b.multipart.clone()).repository(name.clone());
     let id = session_with(&r, &head).await;
     r.append_upload(&id, head.len() as u64, stream_of(&tail))
         .await
@@ -262,7 +242,7 @@ async fn commit_with_fault(
     let id = staged_for_commit(b, name).await;
     let faulty = b.faulty();
     fault.arm(&faulty);
-    let result = over_faulty(&faulty)
+    let result = store_over(faulty.clone(), faulty.multipart_store())
         .repository(name.clone())
         .commit_upload(&id, &digest, None)
         .await;
@@ -297,7 +277,7 @@ async fn redo_commit_after_every_fault(b: TestBackend, alg: Algorithm) {
         let name = repo(&format!("faults/commit{i}"));
         let (id, committed) = commit_with_fault(&b, &name, fault, alg).await;
 
-        let r = healthy(&b).repository(name);
+        let r = store_over(b.store.clone(), b.multipart.clone()).repository(name);
         assert_absent_or_whole(&r, &digest, &all, fault).await;
         match r.upload_status(&id).await {
             Ok(status) => {
@@ -317,7 +297,8 @@ async fn redo_commit_after_every_fault(b: TestBackend, alg: Algorithm) {
         }
         assert_reads_back(&r, &digest, &all, fault).await;
         // Every later push of the same content finds it whole.
-        let other = healthy(&b).repository(repo(&format!("faults/again{i}")));
+        let other = store_over(b.store.clone(), b.multipart.clone())
+            .repository(repo(&format!("faults/again{i}")));
         other
             .put_blob_stream(&digest, None, stream_of(&all))
             .await
@@ -372,13 +353,14 @@ async fn cancel_after_every_commit_fault(b: TestBackend, alg: Algorithm) {
     for (i, fault) in commit_faults(&b, alg).await.into_iter().enumerate() {
         let name = repo(&format!("faults/cancel{i}"));
         let (id, _) = commit_with_fault(&b, &name, fault, alg).await;
-        let r = healthy(&b).repository(name);
+        let r = store_over(b.store.clone(), b.multipart.clone()).repository(name);
         match r.cancel_upload(&id).await {
             Ok(()) => {}
             Err(e) => assert_eq!(e.kind(), ErrorKind::BlobUploadUnknown, "{fault:?}: {e}"),
         }
         assert_absent_or_whole(&r, &digest, &all, fault).await;
-        let other = healthy(&b).repository(repo(&format!("faults/after{i}")));
+        let other = store_over(b.store.clone(), b.multipart.clone())
+            .repository(repo(&format!("faults/after{i}")));
         other
             .put_blob_stream(&digest, None, stream_of(&all))
             .await
@@ -398,7 +380,7 @@ async fn purge_after_every_commit_fault(b: TestBackend, alg: Algorithm) {
         let name = repo(&format!("faults/purge{i}"));
         let (_, _) = commit_with_fault(&b, &name, fault, alg).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let report = healthy(&b)
+        let report = store_over(b.store.clone(), b.multipart.clone())
             .purge_uploads(PurgeOptions {
                 older_than: std::time::Duration::ZERO,
                 dry_run: false,
@@ -407,9 +389,10 @@ async fn purge_after_every_commit_fault(b: TestBackend, alg: Algorithm) {
             .unwrap();
         assert!(report.errors.is_empty(), "{fault:?}: {report:?}");
         assert!(keys(&b, "uploads").await.is_empty(), "{fault:?}");
-        let r = healthy(&b).repository(name);
+        let r = store_over(b.store.clone(), b.multipart.clone()).repository(name);
         assert_absent_or_whole(&r, &digest, &all, fault).await;
-        let other = healthy(&b).repository(repo(&format!("faults/after{i}")));
+        let other = store_over(b.store.clone(), b.multipart.clone())
+            .repository(repo(&format!("faults/after{i}")));
         other
             .put_blob_stream(&digest, None, stream_of(&all))
             .await
@@ -429,7 +412,7 @@ async fn a_failed_cancel_leaves_the_session_whole_or_gone(b: TestBackend) {
     let digest = Digest::sha256(&all);
     let stage = |name: RepositoryName| {
         let chunks = chunks.clone();
-        let store = healthy(&b);
+        let store = store_over(b.store.clone(), b.multipart.clone());
         async move {
             let r = store.repository(name);
             let id = r.start_upload().await.unwrap().id;
@@ -455,11 +438,11 @@ async fn a_failed_cancel_leaves_the_session_whole_or_gone(b: TestBackend) {
         let id = stage(name.clone()).await;
         let faulty = b.faulty();
         fault.arm(&faulty);
-        let cancelled = over_faulty(&faulty)
+        let cancelled = store_over(faulty.clone(), faulty.multipart_store())
             .repository(name.clone())
             .cancel_upload(&id)
             .await;
-        let r = healthy(&b).repository(name);
+        let r = store_over(b.store.clone(), b.multipart.clone()).repository(name);
         match r.upload_status(&id).await {
             // Still there: it must still be the whole session, committable to the right bytes.
             Ok(status) => {
@@ -481,7 +464,7 @@ async fn a_failed_cancel_leaves_the_session_whole_or_gone(b: TestBackend) {
                         Err(e) => assert_eq!(e.kind(), ErrorKind::BlobUploadUnknown, "{e}"),
                     }
                 } else {
-                    let report = healthy(&b)
+                    let report = store_over(b.store.clone(), b.multipart.clone())
                         .purge_uploads(PurgeOptions::default())
                         .await
                         .unwrap();

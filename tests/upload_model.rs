@@ -15,7 +15,7 @@ use bytes::Bytes;
 use common::*;
 use futures::{StreamExt, TryStreamExt};
 use layerstore::upload::{ChunkStream, PurgeOptions, PurgeReport};
-use layerstore::{Backend, Digest, Error, ErrorKind, RangeError, RepositoryName, Store, UploadId};
+use layerstore::{Digest, Error, ErrorKind, RangeError, RepositoryName, UploadId};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use proptest::prelude::*;
@@ -98,21 +98,6 @@ fn config(default_cases: u32) -> ProptestConfig {
         // Every case builds a backend and moves real bytes; shrinking is bounded accordingly.
         max_shrink_iters: 256,
         ..ProptestConfig::default()
-    }
-}
-
-fn store_on(b: &TestBackend) -> Store {
-    match b.kind {
-        BackendKind::Filesystem => {
-            Store::new(Backend::filesystem(b.fs_root.as_ref().unwrap()).unwrap())
-        }
-        _ => {
-            let backend = Backend::object_store(b.store.clone());
-            Store::new(match &b.multipart {
-                Some(m) => backend.with_multipart(m.clone()),
-                None => backend,
-            })
-        }
     }
 }
 

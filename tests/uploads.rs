@@ -15,8 +15,8 @@ use common::*;
 use futures::{StreamExt, TryStreamExt};
 use layerstore::upload::{ChunkStream, PurgeOptions, PurgeReport, Purger, PurgerConfig};
 use layerstore::{
-    Algorithm, Backend, ByteRange, Digest, Error, ErrorKind, RangeError, Repository,
-    RepositoryName, Store, UploadId, UploadStatus,
+    Algorithm, ByteRange, Digest, Error, ErrorKind, RangeError, Repository, RepositoryName, Store,
+    UploadId, UploadStatus,
 };
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -26,30 +26,6 @@ const MIB: usize = 1024 * KIB;
 
 // ---------------------------------------------------------------------------------------
 // Support
-
-/// The store a registry would build on this backend: for the filesystem kind, the real
-/// filesystem backend (and so the filesystem upload path) over the test directory.
-fn store_on(b: &TestBackend) -> Store {
-    match b.kind {
-        BackendKind::Filesystem => {
-            let root = b.fs_root.as_ref().expect("filesystem backend has a root");
-            Store::new(Backend::filesystem(root).expect("filesystem backend"))
-        }
-        _ => store_over(b.store.clone(), b.multipart.clone()),
-    }
-}
-
-/// A store over any object store: always the object-store upload path.
-fn store_over(
-    objects: Arc<dyn ObjectStore>,
-    multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
-) -> Store {
-    let backend = Backend::object_store(objects);
-    Store::new(match multipart {
-        Some(m) => backend.with_multipart(m),
-        None => backend,
-    })
-}
 
 /// A store over a counting wrapper of `b` (object-store path).
 fn counted_store(counting: &Arc<CountingStore>) -> Store {

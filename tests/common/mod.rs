@@ -22,10 +22,12 @@
 pub mod backends;
 pub mod counting;
 pub mod faulty;
+pub mod stores;
 
 pub use backends::{BackendKind, TestBackend, make, run_backend_test};
 pub use counting::{CountingStore, Counts};
 pub use faulty::FaultyStore;
+pub use stores::{store_on, store_over};
 
 /// For each `async fn name(b: TestBackend)` listed, generates one test per backend kind:
 /// `memory::name`, `filesystem::name`, `s3::name` and `azure::name`, each on a two-worker
