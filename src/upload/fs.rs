@@ -206,6 +206,10 @@ impl HashingWriter {
     }
 
     async fn push(&mut self, bytes: Bytes) -> Result<()> {
+        if self.block.is_empty() && bytes.len() >= BLOCK {
+            // Large enough on its own: hash and write it where it is, without a copy.
+            return self.write_block(bytes).await;
+        }
         self.block.extend_from_slice(&bytes);
         if self.block.len() >= BLOCK {
             self.flush().await?;
@@ -218,6 +222,10 @@ impl HashingWriter {
             return Ok(());
         }
         let block = self.block.split().freeze();
+        self.write_block(block).await
+    }
+
+    async fn write_block(&mut self, block: Bytes) -> Result<()> {
         let (Some(file), Some(mut hasher)) = (self.file.take(), self.hasher.take()) else {
             return Err(Error::io(
                 "writing",
