@@ -13,7 +13,7 @@ use sha2::Sha256;
 use super::{
     ChunkStream, HashState, SessionState, UploadId, UploadStatus, load, published, verify,
 };
-use crate::digest::{Algorithm, Digest};
+use crate::digest::{Algorithm, Digest, DigestHasher};
 use crate::error::{Error, Result};
 use crate::store::{BlobInfo, Repository, Store};
 
@@ -396,20 +396,13 @@ fn rehash(data: &Path, size: u64, algorithm: Algorithm) -> Result<Digest> {
     let file = File::open(data).map_err(io("opening", data))?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file.take(size));
     let mut buf = vec![0u8; 1 << 20];
-    let mut sha256 = sha2::Sha256::new();
-    let mut sha512 = sha2::Sha512::new();
+    let mut hasher = DigestHasher::new(algorithm);
     loop {
         let n = reader.read(&mut buf).map_err(io("reading", data))?;
         if n == 0 {
             break;
         }
-        match algorithm {
-            Algorithm::Sha256 => sha256.update(&buf[..n]),
-            Algorithm::Sha512 => sha512.update(&buf[..n]),
-        }
+        hasher.update(&buf[..n]);
     }
-    Ok(match algorithm {
-        Algorithm::Sha256 => Digest::Sha256(sha256.finalize().into()),
-        Algorithm::Sha512 => Digest::Sha512(sha512.finalize().into()),
-    })
+    Ok(hasher.finish())
 }

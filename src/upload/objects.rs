@@ -13,7 +13,7 @@ use super::{
     ChunkStream, HashState, Segment, SessionState, UploadId, UploadStatus, load, load_any,
     published, verify,
 };
-use crate::digest::{Algorithm, Digest};
+use crate::digest::{Algorithm, Digest, DigestHasher};
 use crate::error::{Error, Result};
 use crate::store::{BlobInfo, BlobLocation, Repository, Store};
 
@@ -245,25 +245,17 @@ async fn rehash(
     segments: &[Segment],
     algorithm: Algorithm,
 ) -> Result<Digest> {
-    let mut sha256 = sha2::Sha256::new();
-    let mut sha512 = sha2::Sha512::new();
+    let mut hasher = DigestHasher::new(algorithm);
     for segment in segments {
         let key = store
             .keys()
             .segment(id.as_str(), segment.seq, &segment.nonce);
         let mut stream = store.objects().get(&key).await?.into_stream();
         while let Some(bytes) = stream.next().await {
-            let bytes = bytes?;
-            match algorithm {
-                Algorithm::Sha256 => sha256.update(&bytes),
-                Algorithm::Sha512 => sha512.update(&bytes),
-            }
+            hasher.update(&bytes?);
         }
     }
-    Ok(match algorithm {
-        Algorithm::Sha256 => Digest::Sha256(sha256.finalize().into()),
-        Algorithm::Sha512 => Digest::Sha512(sha512.finalize().into()),
-    })
+    Ok(hasher.finish())
 }
 
 /// Deletes the segments of a session (including any left by a failed append).
