@@ -122,6 +122,11 @@ pub struct AzureConfig {
     /// Key prefix inside the container.
     #[serde(default, alias = "rootdirectory")]
     pub prefix: Option<String>,
+    /// Use the local Azurite emulator (its well-known account and key, plain HTTP, at
+    /// `AZURITE_BLOB_STORAGE_URL` or `http://127.0.0.1:10000`); the account and key above are
+    /// then ignored.
+    #[serde(default)]
+    pub use_emulator: bool,
 }
 
 impl fmt::Debug for AzureConfig {
@@ -136,6 +141,7 @@ impl fmt::Debug for AzureConfig {
             .field("endpoint", &self.endpoint)
             .field("allow_http", &self.allow_http)
             .field("prefix", &self.prefix)
+            .field("use_emulator", &self.use_emulator)
             .finish()
     }
 }
@@ -273,11 +279,15 @@ impl Backend {
 
     fn azure(config: &AzureConfig) -> Result<Self> {
         let mut builder = MicrosoftAzureBuilder::new()
-            .with_account(&config.account)
             .with_container_name(&config.container)
-            .with_allow_http(config.allow_http);
-        if let Some(key) = &config.access_key {
-            builder = builder.with_access_key(key);
+            .with_allow_http(config.allow_http)
+            .with_use_emulator(config.use_emulator);
+        if !config.use_emulator {
+            // The emulator brings its own well-known account and key.
+            builder = builder.with_account(&config.account);
+            if let Some(key) = &config.access_key {
+                builder = builder.with_access_key(key);
+            }
         }
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint.clone());
@@ -391,6 +401,7 @@ mod tests {
             endpoint: None,
             allow_http: false,
             prefix: None,
+            use_emulator: false,
         };
         assert!(!format!("{config:?}").contains("very-secret"));
     }

@@ -1202,6 +1202,7 @@ fn parse_azure(report: &mut Report, field: &Field<'_>) -> Option<BackendConfig> 
             endpoint,
             allow_http,
             prefix: prefix(root),
+            use_emulator: false,
         })
     })
 }
