@@ -11,12 +11,8 @@ use common::*;
 use futures::TryStreamExt;
 use layerstore::cache::{MemoryCache, MemoryCacheConfig};
 use layerstore::layout::KeyLayout;
-use layerstore::{Backend, Digest, ErrorKind, RepositoryName, Store};
+use layerstore::{Backend, Digest, ErrorKind, Store};
 use object_store::{ObjectStore, ObjectStoreExt};
-
-fn repo(name: &str) -> RepositoryName {
-    RepositoryName::parse(name).unwrap()
-}
 
 fn cached_store(objects: Arc<dyn ObjectStore>, ttl: Duration) -> Store {
     let cache = MemoryCache::new(MemoryCacheConfig {

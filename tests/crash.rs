@@ -11,16 +11,12 @@ use bytes::Bytes;
 use common::*;
 use futures::TryStreamExt;
 use layerstore::manifest::media_type;
-use layerstore::{Backend, Digest, ErrorKind, Reference, RepositoryName, Store, Tag};
+use layerstore::{Backend, Digest, ErrorKind, Reference, Store, Tag};
 use object_store::ObjectStore;
 use serde_json::json;
 
 fn store_over(objects: Arc<dyn ObjectStore>) -> Store {
     Store::new(Backend::object_store(objects))
-}
-
-fn repo(name: &str) -> RepositoryName {
-    RepositoryName::parse(name).unwrap()
 }
 
 /// Runs `op` against a store whose backend crashes at each write in turn, and `check` against

@@ -11,10 +11,6 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use serde_json::json;
 
-fn repo(name: &str) -> RepositoryName {
-    RepositoryName::parse(name).unwrap()
-}
-
 fn tag(t: &str) -> Reference {
     Reference::Tag(Tag::parse(t).unwrap())
 }

@@ -13,7 +13,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use layerstore::upload::{ChunkStream, PurgeOptions};
 use layerstore::{Algorithm, Digest, ErrorKind, Repository, RepositoryName, Store, UploadId};
 use object_store::path::Path;
@@ -21,32 +21,6 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
-
-fn repo(name: &str) -> RepositoryName {
-    RepositoryName::parse(name).unwrap()
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn stream_of(data: &[u8]) -> ChunkStream<'static> {
-    let all = Bytes::copy_from_slice(data);
-    let pieces: Vec<std::io::Result<Bytes>> = (0..all.len())
-        .step_by(256 * KIB)
-        .map(|i| Ok(all.slice(i..(i + 256 * KIB).min(all.len()))))
-        .collect();
-    futures::stream::iter(pieces).boxed()
-}
 
 /// One injected fault.
 #[derive(Debug, Clone, Copy)]
@@ -490,3 +464,7 @@ backend_tests!(
     purging_after_a_failed_sha512_commit_keeps_whatever_was_published_whole,
     a_failed_cancel_leaves_the_session_whole_or_gone,
 );
+
+fn stream_of(data: &[u8]) -> ChunkStream<'static> {
+    in_pieces(data, 256 * KIB)
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use layerstore::upload::{ChunkStream, PurgeOptions, PurgeReport};
 use layerstore::{Digest, Error, ErrorKind, RangeError, RepositoryName, UploadId};
 use object_store::path::Path;
@@ -99,28 +99,6 @@ fn config(default_cases: u32) -> ProptestConfig {
         max_shrink_iters: 256,
         ..ProptestConfig::default()
     }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn stream_of(data: &[u8]) -> ChunkStream<'static> {
-    let all = Bytes::copy_from_slice(data);
-    let pieces: Vec<std::io::Result<Bytes>> = (0..all.len())
-        .step_by(256 * 1024)
-        .map(|i| Ok(all.slice(i..(i + 256 * 1024).min(all.len()))))
-        .collect();
-    futures::stream::iter(pieces).boxed()
 }
 
 #[track_caller]
@@ -456,4 +434,8 @@ proptest! {
             check(BackendKind::Azure, ops);
         }
     }
+}
+
+fn stream_of(data: &[u8]) -> ChunkStream<'static> {
+    in_pieces(data, 256 * 1024)
 }

@@ -15,8 +15,8 @@ use common::*;
 use futures::{StreamExt, TryStreamExt};
 use layerstore::upload::{ChunkStream, PurgeOptions, PurgeReport, Purger, PurgerConfig};
 use layerstore::{
-    Algorithm, ByteRange, Digest, Error, ErrorKind, RangeError, Repository, RepositoryName, Store,
-    UploadId, UploadStatus,
+    Algorithm, ByteRange, Digest, Error, ErrorKind, RangeError, Repository, Store, UploadId,
+    UploadStatus,
 };
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -30,35 +30,6 @@ const MIB: usize = 1024 * KIB;
 /// A store over a counting wrapper of `b` (object-store path).
 fn counted_store(counting: &Arc<CountingStore>) -> Store {
     store_over(counting.clone(), counting.multipart_store())
-}
-
-fn repo(name: &str) -> RepositoryName {
-    RepositoryName::parse(name).unwrap()
-}
-
-/// Deterministic bytes that differ at every position from those of any other seed, so a
-/// misplaced or missing byte shows up as a mismatch.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// `data` as a chunk stream delivered in pieces of at most 64 KiB, as a network body would be.
-fn stream_of(data: &[u8]) -> ChunkStream<'static> {
-    let all = Bytes::copy_from_slice(data);
-    let pieces: Vec<std::io::Result<Bytes>> = (0..all.len())
-        .step_by(64 * KIB)
-        .map(|i| Ok(all.slice(i..(i + 64 * KIB).min(all.len()))))
-        .collect();
-    futures::stream::iter(pieces).boxed()
 }
 
 async fn append(
@@ -1179,3 +1150,7 @@ backend_tests!(
     put_blob_stream_stores_a_blob_in_one_step,
     put_blob_stream_with_a_wrong_digest_leaves_no_session_and_no_blob,
 );
+
+fn stream_of(data: &[u8]) -> ChunkStream<'static> {
+    in_pieces(data, 64 * KIB)
+}

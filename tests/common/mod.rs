@@ -21,11 +21,13 @@
 
 pub mod backends;
 pub mod counting;
+pub mod data;
 pub mod faulty;
 pub mod stores;
 
 pub use backends::{BackendKind, TestBackend, make, run_backend_test};
 pub use counting::{CountingStore, Counts};
+pub use data::{in_pieces, pattern, repo};
 pub use faulty::FaultyStore;
 pub use stores::{store_on, store_over};
 
