@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
             let printed = d.to_string();
             assert_eq!(printed, s, "printing does not give the input back");
             assert_eq!(Digest::parse(&printed).unwrap(), d, "re-parse differs");
-            assert_eq!(d.hex().len(), d.algorithm().len() * 2);
+            assert_eq!(d.hex().len(), d.algorithm().hash_len() * 2);
         }
         Err(e) => {
             let kind = match expected {
