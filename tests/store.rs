@@ -7,24 +7,10 @@ use common::*;
 use futures::TryStreamExt;
 use layerstore::manifest::media_type;
 use layerstore::{ByteRange, Digest, ErrorKind, Reference, RepositoryName, Store, Tag};
-use object_store::ObjectStore;
-use object_store::path::Path;
 use serde_json::json;
 
 fn tag(t: &str) -> Reference {
     Reference::Tag(Tag::parse(t).unwrap())
-}
-
-async fn all_keys(objects: &dyn ObjectStore, prefix: &str) -> Vec<String> {
-    let prefix = Path::from(prefix);
-    let mut keys: Vec<String> = objects
-        .list(Some(&prefix))
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
-    keys.sort();
-    keys
 }
 
 async fn read_all(store: &Store, name: &str, digest: &Digest, range: Option<ByteRange>) -> Vec<u8> {
@@ -132,7 +118,7 @@ async fn blob_put_with_wrong_digest_is_refused_and_writes_nothing(b: TestBackend
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DigestInvalid);
-    assert_eq!(all_keys(b.store.as_ref(), "").await, Vec::<String>::new());
+    assert_eq!(keys_of(b.store.as_ref(), "").await, Vec::<String>::new());
 }
 
 async fn blob_bytes_are_stored_once_across_repositories_and_pushes(b: TestBackend) {
@@ -146,7 +132,7 @@ async fn blob_bytes_are_stored_once_across_repositories_and_pushes(b: TestBacken
             .await
             .unwrap();
     }
-    assert_eq!(all_keys(b.store.as_ref(), "blobs").await.len(), 1);
+    assert_eq!(keys_of(b.store.as_ref(), "blobs").await.len(), 1);
     for name in ["one", "two", "three/x"] {
         assert!(store.repository(repo(name)).blob_exists(&d).await.unwrap());
     }
@@ -241,7 +227,7 @@ async fn blob_mount_links_from_another_repository_without_copying_bytes(b: TestB
     let dst = store.repository(repo("dst"));
     assert!(dst.mount_blob(&repo("src"), &d).await.unwrap());
     assert_eq!(read_all(&store, "dst", &d, None).await, data);
-    assert_eq!(all_keys(b.store.as_ref(), "blobs").await.len(), 1);
+    assert_eq!(keys_of(b.store.as_ref(), "blobs").await.len(), 1);
 }
 
 async fn blob_mount_from_a_repository_without_the_blob_mounts_nothing(b: TestBackend) {
@@ -292,7 +278,7 @@ async fn concurrent_puts_of_the_same_blob_both_succeed_and_leave_one_copy(b: Tes
     for result in futures::future::join_all(puts).await {
         result.unwrap();
     }
-    assert_eq!(all_keys(b.store.as_ref(), "blobs").await.len(), 1);
+    assert_eq!(keys_of(b.store.as_ref(), "blobs").await.len(), 1);
     assert_eq!(read_all(&store, "c1", &d, None).await, data);
 }
 
@@ -349,7 +335,7 @@ async fn manifest_put_by_tag_is_readable_by_tag_and_digest_as_the_exact_bytes(b:
 async fn manifest_put_with_unlinked_blobs_names_each_one_and_writes_nothing(b: TestBackend) {
     let store = store_on(&b);
     let (bytes, digests) = push_image(&store, "has", "m2", 2).await;
-    let before = all_keys(b.store.as_ref(), "").await;
+    let before = keys_of(b.store.as_ref(), "").await;
     let err = store
         .repository(repo("lacks"))
         .put_manifest(&tag("v1"), bytes, Some(media_type::OCI_MANIFEST))
@@ -360,7 +346,7 @@ async fn manifest_put_with_unlinked_blobs_names_each_one_and_writes_nothing(b: T
         layerstore::Error::ManifestBlobUnknown { digests: missing } => assert_eq!(missing, digests),
         other => panic!("{other}"),
     }
-    assert_eq!(all_keys(b.store.as_ref(), "").await, before);
+    assert_eq!(keys_of(b.store.as_ref(), "").await, before);
 }
 
 async fn index_put_requires_every_child_manifest_in_the_repository(b: TestBackend) {
@@ -443,7 +429,7 @@ async fn invalid_manifest_is_refused_and_writes_nothing(b: TestBackend) {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ManifestInvalid);
-    assert_eq!(all_keys(b.store.as_ref(), "").await, Vec::<String>::new());
+    assert_eq!(keys_of(b.store.as_ref(), "").await, Vec::<String>::new());
 }
 
 async fn retagging_points_the_tag_at_the_new_manifest(b: TestBackend) {

@@ -16,8 +16,8 @@ use common::*;
 use futures::TryStreamExt;
 use layerstore::upload::{ChunkStream, PurgeOptions};
 use layerstore::{Algorithm, Digest, ErrorKind, Repository, RepositoryName, Store, UploadId};
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -104,19 +104,6 @@ async fn assert_reads_back(r: &Repository, digest: &Digest, want: &[u8], fault: 
         got.concat() == want,
         "{fault:?}: wrong bytes under {digest}"
     );
-}
-
-async fn keys(b: &TestBackend, prefix: &str) -> Vec<String> {
-    let prefix = Path::from(prefix);
-    let mut keys: Vec<String> = b
-        .store
-        .list(Some(&prefix))
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
-    keys.sort();
-    keys
 }
 
 /// Runs an append of `chunk` after a 1000-byte head, failed at every point, then checks the

@@ -16,8 +16,8 @@ use common::*;
 use futures::TryStreamExt;
 use layerstore::upload::{ChunkStream, PurgeOptions, PurgeReport};
 use layerstore::{Digest, Error, ErrorKind, RangeError, RepositoryName, UploadId};
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -117,19 +117,6 @@ struct Session {
     data: Option<Vec<u8>>,
     /// What it received, kept after it ended.
     received: Vec<u8>,
-}
-
-async fn keys(b: &TestBackend, prefix: &str) -> Vec<String> {
-    let prefix = Path::from(prefix);
-    let mut keys: Vec<String> = b
-        .store
-        .list(Some(&prefix))
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
-    keys.sort();
-    keys
 }
 
 async fn json_at(b: &TestBackend, key: &str) -> serde_json::Value {

@@ -18,8 +18,8 @@ use layerstore::{
     Algorithm, ByteRange, Digest, Error, ErrorKind, RangeError, Repository, Store, UploadId,
     UploadStatus,
 };
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -45,20 +45,6 @@ async fn read_all(r: &Repository, digest: &Digest, range: Option<ByteRange>) -> 
     let read = r.read_blob(digest, range).await.unwrap();
     let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
     chunks.concat()
-}
-
-/// Every key under `prefix` (files, on the filesystem), sorted.
-async fn keys(b: &TestBackend, prefix: &str) -> Vec<String> {
-    let prefix = Path::from(prefix);
-    let mut keys: Vec<String> = b
-        .store
-        .list(Some(&prefix))
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
-    keys.sort();
-    keys
 }
 
 /// The `(current, requested)` of an upload-offset refusal; panics on anything else.

@@ -35,3 +35,22 @@ pub fn in_pieces(data: &[u8], piece: usize) -> ChunkStream<'static> {
         .collect();
     futures::stream::iter(pieces).boxed()
 }
+
+/// Every key under `prefix` in `objects`, sorted.
+pub async fn keys_of(objects: &dyn object_store::ObjectStore, prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let prefix = object_store::path::Path::from(prefix);
+    let mut keys: Vec<String> = objects
+        .list(Some(&prefix))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+/// Every key under `prefix` in the test backend (files, on the filesystem), sorted.
+pub async fn keys(b: &super::TestBackend, prefix: &str) -> Vec<String> {
+    keys_of(b.store.as_ref(), prefix).await
+}

@@ -27,7 +27,7 @@ pub mod stores;
 
 pub use backends::{BackendKind, TestBackend, make, run_backend_test};
 pub use counting::{CountingStore, Counts};
-pub use data::{in_pieces, pattern, repo};
+pub use data::{in_pieces, keys, keys_of, pattern, repo};
 pub use faulty::FaultyStore;
 pub use stores::{store_on, store_over};
 
