@@ -183,7 +183,7 @@ impl Backend {
         let store = Arc::new(InMemory::new());
         Self {
             objects: store.clone(),
-            multipart: Some(store),
+            multipart: Some(Arc::new(MemoryMultipart::new(store))),
             local_root: None,
             description: "memory".to_owned(),
         }
@@ -337,6 +337,122 @@ impl Backend {
     #[must_use]
     pub fn supports_multipart(&self) -> bool {
         self.multipart.is_some()
+    }
+}
+
+/// Multipart uploads for the in-memory backend that complete with exactly the listed parts.
+///
+/// Written here because `object_store`'s `InMemory` completes an upload with every part it
+/// received, ignoring the list it is given, while S3 and Azure use only the listed parts —
+/// which the upload path relies on: parts an abandoned append sent but never recorded must
+/// not become part of a blob.
+pub struct MemoryMultipart {
+    store: Arc<InMemory>,
+    /// Open uploads: upload id → part content id → bytes.
+    uploads: std::sync::Mutex<
+        std::collections::HashMap<String, std::collections::HashMap<String, bytes::Bytes>>,
+    >,
+}
+
+impl MemoryMultipart {
+    /// Multipart uploads whose completed objects land in `store`.
+    #[must_use]
+    pub fn new(store: Arc<InMemory>) -> Self {
+        Self {
+            store,
+            uploads: std::sync::Mutex::default(),
+        }
+    }
+
+    fn unknown(path: &object_store::path::Path, id: &str) -> object_store::Error {
+        object_store::Error::NotFound {
+            path: path.to_string(),
+            source: format!("no multipart upload {id}").into(),
+        }
+    }
+
+    fn uploads(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, std::collections::HashMap<String, bytes::Bytes>>,
+    > {
+        // A panic while holding the lock cannot leave the map half-updated: use it anyway.
+        self.uploads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for MemoryMultipart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MemoryMultipart")
+    }
+}
+
+#[async_trait::async_trait]
+impl MultipartStore for MemoryMultipart {
+    async fn create_multipart(
+        &self,
+        _path: &object_store::path::Path,
+    ) -> object_store::Result<object_store::MultipartId> {
+        let id = format!("{:032x}", rand::random::<u128>());
+        self.uploads().insert(id.clone(), Default::default());
+        Ok(id)
+    }
+
+    async fn put_part(
+        &self,
+        path: &object_store::path::Path,
+        id: &object_store::MultipartId,
+        part_idx: usize,
+        data: object_store::PutPayload,
+    ) -> object_store::Result<object_store::multipart::PartId> {
+        let content_id = format!("{part_idx}-{:016x}", rand::random::<u64>());
+        self.uploads()
+            .get_mut(id)
+            .ok_or_else(|| Self::unknown(path, id))?
+            .insert(content_id.clone(), data.into());
+        Ok(object_store::multipart::PartId { content_id })
+    }
+
+    async fn complete_multipart(
+        &self,
+        path: &object_store::path::Path,
+        id: &object_store::MultipartId,
+        parts: Vec<object_store::multipart::PartId>,
+    ) -> object_store::Result<object_store::PutResult> {
+        let body = {
+            let mut uploads = self.uploads();
+            let upload = uploads.get(id).ok_or_else(|| Self::unknown(path, id))?;
+            let mut body = Vec::new();
+            for part in &parts {
+                let bytes =
+                    upload
+                        .get(&part.content_id)
+                        .ok_or_else(|| object_store::Error::Generic {
+                            store: "MemoryMultipart",
+                            source: format!("upload {id} has no part {}", part.content_id).into(),
+                        })?;
+                body.extend_from_slice(bytes);
+            }
+            uploads.remove(id);
+            body
+        };
+        self.store
+            .put_opts(path, body.into(), object_store::PutOptions::default())
+            .await
+    }
+
+    async fn abort_multipart(
+        &self,
+        path: &object_store::path::Path,
+        id: &object_store::MultipartId,
+    ) -> object_store::Result<()> {
+        match self.uploads().remove(id) {
+            Some(_) => Ok(()),
+            None => Err(Self::unknown(path, id)),
+        }
     }
 }
 

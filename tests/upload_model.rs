@@ -137,6 +137,8 @@ fn segment_keys(upload: &str, segments: &serde_json::Value) -> Vec<String> {
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
+        // An open multipart upload is no object yet.
+        .filter(|s| s.get("multipart").is_none())
         .map(|s| {
             format!(
                 "segments/{upload}/{:010}-{}",

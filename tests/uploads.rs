@@ -450,7 +450,9 @@ async fn commit_cost_does_not_grow_with_the_upload_size(b: TestBackend) {
     if b.kind == BackendKind::Filesystem {
         return;
     }
-    let small = cost_of_a_commit(&b, MIB, "up/small").await;
+    // 16 MiB and 64 MiB: both commit one multipart upload (of 2 and 8 parts), the larger
+    // with four times the bytes.
+    let medium = cost_of_a_commit(&b, 16 * MIB, "up/medium").await;
     let large = cost_of_a_commit(&b, 64 * MIB, "up/large").await;
     let requests_only = |c: Counts| Counts {
         bytes_read: 0,
@@ -458,21 +460,211 @@ async fn commit_cost_does_not_grow_with_the_upload_size(b: TestBackend) {
         ..c
     };
     assert_eq!(
-        requests_only(small),
+        requests_only(medium),
         requests_only(large),
-        "commit makes different requests for 1 MiB and 64 MiB"
+        "commit makes different requests for 16 MiB and 64 MiB"
     );
-    assert_eq!(small.copy + small.rename + small.multipart_part, 0);
-    // Both uploads have 8 segments, so the state and index objects differ only in the digits
-    // of the sizes they record: a few bytes, never the blob's bytes.
-    for (what, c) in [("1 MiB", small), ("64 MiB", large)] {
+    assert_eq!(large.multipart_complete, 1, "{large:?}");
+    // 1 MiB in 128 KiB chunks never fills a part (S3's minimum is 5 MiB): its staged
+    // segments are the blob, and the commit completes nothing.
+    let small = cost_of_a_commit(&b, MIB, "up/small").await;
+    assert_eq!(small.multipart_complete, 0, "{small:?}");
+    assert!(
+        small.requests() <= large.requests(),
+        "1 MiB: {small:?}\n64 MiB: {large:?}"
+    );
+    for (what, c) in [("1 MiB", small), ("16 MiB", medium), ("64 MiB", large)] {
+        assert_eq!(c.copy + c.rename + c.multipart_part, 0, "{what}: {c:?}");
+        // The state and index objects differ only in the pieces and sizes they record: a
+        // few bytes, never the blob's bytes.
         assert!(
             c.bytes_read < 16 * KIB as u64 && c.bytes_written < 16 * KIB as u64,
             "commit of {what} moved blob bytes: {c:?}"
         );
     }
-    assert!(small.bytes_read.abs_diff(large.bytes_read) < 256);
-    assert!(small.bytes_written.abs_diff(large.bytes_written) < 256);
+    // What does differ: the state lists each recorded part (its ETag or block id and size,
+    // under 128 bytes), and 64 MiB has 6 parts more; the index lists objects, not parts.
+    let per_part = 128 * 6;
+    assert!(
+        medium.bytes_read.abs_diff(large.bytes_read) < per_part,
+        "16 MiB: {medium:?}\n64 MiB: {large:?}"
+    );
+    assert!(
+        medium.bytes_written.abs_diff(large.bytes_written) < 256,
+        "16 MiB: {medium:?}\n64 MiB: {large:?}"
+    );
+}
+
+/// The session state object, as JSON (object stores).
+async fn state_json(b: &TestBackend, id: &UploadId) -> serde_json::Value {
+    let key = Path::from(format!("uploads/{id}/state"));
+    let bytes = b.store.get(&key).await.unwrap().bytes().await.unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The sizes of the parts the session records, per multipart upload.
+fn recorded_parts(state: &serde_json::Value) -> Vec<Vec<u64>> {
+    state["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.get("multipart"))
+        .map(|m| {
+            m["parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|part| part["size"].as_u64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// The sizes of the staged segments the session records (pieces that are objects already).
+fn staged_segments(state: &serde_json::Value) -> Vec<u64> {
+    state["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p.get("multipart").is_none())
+        .map(|p| p["size"].as_u64().unwrap())
+        .collect()
+}
+
+async fn chunks_smaller_than_a_part_are_staged_then_read_back_into_one(b: TestBackend) {
+    if b.kind == BackendKind::Filesystem {
+        return; // one staging file, no parts
+    }
+    let counting = b.counting();
+    let r = counted_store(&counting).repository(repo("up/staged"));
+    let session = r.start_upload().await.unwrap();
+    let mut all = vec![];
+    for i in 0..4 {
+        let chunk = pattern(i, MIB);
+        append(&r, &session.id, all.len() as u64, &chunk)
+            .await
+            .unwrap();
+        all.extend_from_slice(&chunk);
+    }
+    let state = state_json(&b, &session.id).await;
+    assert_eq!(staged_segments(&state), vec![MIB as u64; 4]);
+    assert!(recorded_parts(&state).is_empty(), "{state}");
+    assert_eq!(counting.snapshot().multipart_part, 0);
+
+    // The fifth brings 5 MiB: S3's smallest part. The staged 4 MiB are read back and lead it.
+    counting.reset();
+    let fifth = pattern(4, MIB);
+    append(&r, &session.id, all.len() as u64, &fifth)
+        .await
+        .unwrap();
+    all.extend_from_slice(&fifth);
+    let counts = counting.snapshot();
+    assert_eq!(counts.multipart_part, 1, "{counts:?}");
+    // The staged 4 MiB, and the state object (under 16 KiB).
+    assert!(
+        (4 * MIB..4 * MIB + 16 * KIB).contains(&(counts.bytes_read as usize)),
+        "{counts:?}"
+    );
+    assert_eq!(counts.delete, 4, "the staged segments are gone: {counts:?}");
+    let state = state_json(&b, &session.id).await;
+    assert_eq!(recorded_parts(&state), vec![vec![5 * MIB as u64]]);
+    assert!(staged_segments(&state).is_empty(), "{state}");
+
+    let digest = Digest::sha256(&all);
+    r.commit_upload(&session.id, &digest, Some(all.len() as u64))
+        .await
+        .unwrap();
+    assert!(read_all(&r, &digest, None).await == all);
+    let indexed = indexed_segments(&b, &digest).await;
+    assert_eq!(
+        indexed.len(),
+        1,
+        "one object, the completed upload: {indexed:?}"
+    );
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
+}
+
+async fn a_client_sending_1_kib_chunks_commits_with_parts_of_at_least_5_mib(b: TestBackend) {
+    let r = store_on(&b).repository(repo("up/kib"));
+    let session = r.start_upload().await.unwrap();
+    // Most of a part in one chunk, then 1 KiB chunks across the 5 MiB line and past it.
+    let mut all = pattern(1, 5 * MIB - 3 * KIB);
+    append(&r, &session.id, 0, &all).await.unwrap();
+    for i in 0..8 {
+        let chunk = pattern(10 + i, KIB);
+        append(&r, &session.id, all.len() as u64, &chunk)
+            .await
+            .unwrap();
+        all.extend_from_slice(&chunk);
+    }
+    if b.kind != BackendKind::Filesystem {
+        let state = state_json(&b, &session.id).await;
+        let parts: Vec<u64> = recorded_parts(&state).concat();
+        assert_eq!(parts, vec![5 * MIB as u64], "{state}");
+        assert_eq!(staged_segments(&state), vec![KIB as u64; 5]);
+    }
+    let digest = Digest::sha256(&all);
+    r.commit_upload(&session.id, &digest, Some(all.len() as u64))
+        .await
+        .unwrap();
+    assert!(read_all(&r, &digest, None).await == all);
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
+}
+
+async fn an_append_that_failed_after_sending_parts_leaves_none_of_them_in_the_blob(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("up/partfail"));
+    let session = r.start_upload().await.unwrap();
+    let first = pattern(1, 9 * MIB);
+    append(&r, &session.id, 0, &first).await.unwrap();
+    // 20 MiB arrive (two parts' worth are sent), then the client goes away.
+    let broken: ChunkStream<'static> = futures::stream::iter(vec![
+        Ok(Bytes::from(pattern(7, 20 * MIB))),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "client went away",
+        )),
+    ])
+    .boxed();
+    assert_kind(
+        r.append_upload(&session.id, 9 * MIB as u64, broken).await,
+        ErrorKind::Io,
+    );
+    assert_eq!(
+        r.upload_status(&session.id).await.unwrap().offset,
+        9 * MIB as u64
+    );
+    if b.kind != BackendKind::Filesystem {
+        // The failed append's claim stays; the next append opens a new upload.
+        let state = state_json(&b, &session.id).await;
+        assert!(state.get("appending").is_some(), "{state}");
+        assert_eq!(recorded_parts(&state), vec![vec![8 * MIB as u64]]);
+    }
+
+    let second = pattern(2, 10 * MIB);
+    append(&r, &session.id, 9 * MIB as u64, &second)
+        .await
+        .unwrap();
+    if b.kind != BackendKind::Filesystem {
+        let state = state_json(&b, &session.id).await;
+        assert!(state.get("appending").is_none(), "{state}");
+        // The staged 1 MiB and 7 MiB of the chunk are a part of the new upload; 3 MiB wait.
+        assert_eq!(
+            recorded_parts(&state),
+            vec![vec![8 * MIB as u64], vec![8 * MIB as u64]]
+        );
+        assert_eq!(staged_segments(&state), vec![3 * MIB as u64]);
+    }
+    let all = [first, second].concat();
+    let digest = Digest::sha256(&all);
+    r.commit_upload(&session.id, &digest, Some(all.len() as u64))
+        .await
+        .unwrap();
+    assert!(
+        read_all(&r, &digest, None).await == all,
+        "parts of the failed append reached the blob"
+    );
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
 }
 
 async fn a_filesystem_commit_renames_the_staging_file_into_place(b: TestBackend) {
@@ -529,21 +721,28 @@ fn slow_stream(data: Vec<u8>, started: tokio::sync::oneshot::Sender<()>) -> Chun
 /// while the first is mid-chunk: exactly one is accepted, the other is told the offset the
 /// winner left, and the blob is the winner's bytes.
 async fn race_two_appends(b: &TestBackend, ra: Repository, rb: Repository) {
+    race_two_appends_of(b, ra, rb, [1000, 300 * KIB, 200 * KIB]).await;
+}
+
+/// As [`race_two_appends`], with a first chunk (`head`) and racing chunks of the given sizes.
+async fn race_two_appends_of(b: &TestBackend, ra: Repository, rb: Repository, sizes: [usize; 3]) {
+    let [head_len, a_len, b_len] = sizes;
     let session = ra.start_upload().await.unwrap();
     let id = session.id.clone();
-    let head = pattern(0, 1000);
+    let head = pattern(0, head_len);
     append(&ra, &id, 0, &head).await.unwrap();
-    let (a, bb) = (pattern(1, 300 * KIB), pattern(2, 200 * KIB));
+    let at = head_len as u64;
+    let (a, bb) = (pattern(1, a_len), pattern(2, b_len));
 
     let (started, a_is_mid_chunk) = tokio::sync::oneshot::channel();
     let task_a = {
         let (ra, id, a) = (ra.clone(), id.clone(), a.clone());
-        tokio::spawn(async move { ra.append_upload(&id, 1000, slow_stream(a, started)).await })
+        tokio::spawn(async move { ra.append_upload(&id, at, slow_stream(a, started)).await })
     };
     a_is_mid_chunk.await.unwrap();
     let task_b = {
         let (rb, id, bb) = (rb.clone(), id.clone(), bb.clone());
-        tokio::spawn(async move { append(&rb, &id, 1000, &bb).await })
+        tokio::spawn(async move { append(&rb, &id, at, &bb).await })
     };
     let (result_a, result_b) = (task_a.await.unwrap(), task_b.await.unwrap());
 
@@ -552,10 +751,10 @@ async fn race_two_appends(b: &TestBackend, ra: Repository, rb: Repository) {
         (lost, Ok(_)) => (bb, lost),
         (ra, rb) => panic!("no append accepted: {ra:?} / {rb:?}"),
     };
-    let end = 1000 + winner.len() as u64;
+    let end = at + winner.len() as u64;
     assert_eq!(
         offset_refusal(loser),
-        (end, 1000),
+        (end, at),
         "the refused append must be told the offset the accepted one left"
     );
     assert_eq!(rb.upload_status(&id).await.unwrap().offset, end);
@@ -575,6 +774,17 @@ async fn racing_appends_at_one_offset_from_two_stores_accept_exactly_one(b: Test
     let ra = store_on(&b).repository(repo("up/race"));
     let rb = store_on(&b).repository(repo("up/race"));
     race_two_appends(&b, ra, rb).await;
+}
+
+async fn racing_appends_that_send_parts_accept_exactly_one_and_the_blob_is_the_winners(
+    b: TestBackend,
+) {
+    // The session already holds a recorded 8 MiB part and a staged tail, and each racing
+    // chunk fills parts: on object stores the loser's parts go to an upload the session
+    // records differently (or not at all), and must not reach the blob.
+    let ra = store_on(&b).repository(repo("up/raceparts"));
+    let rb = store_on(&b).repository(repo("up/raceparts"));
+    race_two_appends_of(&b, ra, rb, [8 * MIB + 1000, 18 * MIB, 12 * MIB]).await;
 }
 
 async fn many_racing_appends_at_one_offset_accept_exactly_one(b: TestBackend) {
@@ -1116,9 +1326,13 @@ backend_tests!(
     a_second_store_over_the_same_backend_resumes_the_session,
     resuming_in_a_new_store_and_committing_reads_no_uploaded_byte,
     commit_cost_does_not_grow_with_the_upload_size,
+    chunks_smaller_than_a_part_are_staged_then_read_back_into_one,
+    a_client_sending_1_kib_chunks_commits_with_parts_of_at_least_5_mib,
+    an_append_that_failed_after_sending_parts_leaves_none_of_them_in_the_blob,
     a_filesystem_commit_renames_the_staging_file_into_place,
     racing_appends_at_one_offset_in_one_store_accept_exactly_one,
     racing_appends_at_one_offset_from_two_stores_accept_exactly_one,
+    racing_appends_that_send_parts_accept_exactly_one_and_the_blob_is_the_winners,
     many_racing_appends_at_one_offset_accept_exactly_one,
     concurrent_commits_of_the_same_content_both_succeed_and_leave_one_copy,
     cancel_deletes_the_staged_data_and_forgets_the_session,

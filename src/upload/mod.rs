@@ -120,6 +120,12 @@ pub(crate) struct SessionState {
     /// segments under, so that a cancel or purge after a failed commit finds the index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     publishing: Option<Digest>,
+    /// Object stores: an append has claimed the right to send parts to the open multipart
+    /// upload (its random tag). An append that finds a claim takes over: it seals that upload
+    /// and opens a new one, so a claimant that is still alive can never overwrite a part the
+    /// session records; its own final state write then fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    appending: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,11 +135,39 @@ struct HashState {
     state: String,
 }
 
-/// One appended chunk stored as its own object.
+/// One piece of an upload's bytes, in order: an object of its own (a staged chunk, or a
+/// completed multipart upload), or a multipart upload still open, which becomes that object
+/// when the commit completes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Segment {
     pub(crate) seq: u64,
     pub(crate) nonce: String,
+    /// Bytes of the object; of an open multipart upload, of its recorded parts.
+    pub(crate) size: u64,
+    /// Set while this piece is an open multipart upload (never in a published index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) multipart: Option<OpenMultipart>,
+}
+
+/// A multipart upload of the session, with what the backend needs to complete it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct OpenMultipart {
+    /// The backend's id of the upload (`MultipartId`).
+    pub(crate) id: String,
+    /// The recorded parts, in order: each one's `PartId` content id (the ETag on S3, the
+    /// block id on Azure) and size. Parts the backend holds beyond these are not the
+    /// session's and are dropped by the completion.
+    pub(crate) parts: Vec<Part>,
+    /// No more parts go to this upload (an append took over from one that may still be
+    /// sending parts to it, or it reached the part limit).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) sealed: bool,
+}
+
+/// One recorded part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Part {
+    pub(crate) content_id: String,
     pub(crate) size: u64,
 }
 
@@ -150,6 +184,7 @@ impl SessionState {
             segments: Vec::new(),
             cancelled: false,
             publishing: None,
+            appending: None,
         }
     }
 

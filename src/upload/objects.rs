@@ -1,24 +1,69 @@
-//! Uploads on object stores: one segment object per chunk, an index object on commit.
+//! Uploads on object stores.
+//!
+//! With a `MultipartStore` (S3, Azure, memory) a session owns multipart uploads whose ids and
+//! recorded parts live in its state. Chunk bytes are sent as parts of 8 MiB or more; bytes
+//! that cannot fill a part yet (S3 refuses parts under 5 MiB but for the last) are staged as
+//! small *segment* objects and read back to lead the next part once enough has arrived, so a
+//! client sending 1 KiB chunks works. The session's bytes are always, in order, its pieces:
+//! multipart uploads and staged segments. The commit completes each multipart upload where
+//! it is — the object appears under the session's segment prefix — and writes one small
+//! index object listing the pieces: no byte is copied, read or moved.
+//!
+//! Concurrency: every state change is a conditional put on the version that was read, so of
+//! two racing appends one wins. Part numbers are positions, so two appends must never send
+//! parts to one upload at once: an append claims the upload with a state write before its
+//! first part, and an append that finds a claim (a racing or crashed one) seals that upload
+//! and opens a new one. Parts a loser sent are never recorded, and the completion, which
+//! lists the recorded parts only, drops them.
+//!
+//! Without a `MultipartStore`, every chunk is its own segment object.
 
-use bytes::Bytes;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use chrono::Utc;
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::multipart::MultipartStore;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
+use sha2::Sha256;
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    ChunkStream, HashState, Segment, SessionState, UploadId, UploadStatus, load, load_any,
-    published, verify,
+    ChunkStream, HashState, OpenMultipart, Part, Segment, SessionState, UploadId, UploadStatus,
+    load, load_any, published, verify,
 };
 use crate::digest::{Algorithm, Digest, DigestHasher};
-use crate::error::{Error, Result};
+use crate::error::{Error, RangeError, Result};
 use crate::store::{BlobInfo, BlobLocation, Repository, Store};
 
-/// Buffer of the segment writer: chunks above it are streamed as a multipart upload.
-const SEGMENT_BUFFER: usize = 10 * 1024 * 1024;
+const MIB: usize = 1024 * 1024;
+/// Bytes of the first thousand parts of an upload; later parts are larger (see `part_size`).
+const PART_SIZE: usize = 8 * MIB;
+/// The smallest part S3 accepts but for the last; smaller remainders are staged as segments.
+const MIN_PART: usize = 5 * MIB;
+/// Parts of one append in flight at once: the append's memory is about this many parts.
+const PARTS_IN_FLIGHT: usize = 2;
+/// Parts an upload takes before the next append opens a new one (S3's limit is 10,000).
+const MAX_PARTS: usize = 9_000;
+/// The most parts one upload can hold.
+const PART_LIMIT: usize = 10_000;
+/// Staged segments read back at once when they lead a part.
+const READS_IN_FLIGHT: usize = 8;
+/// Buffer of the segment writer (no `MultipartStore`): larger chunks stream as a multipart.
+const SEGMENT_BUFFER: usize = 10 * MIB;
+
+/// The size of part `index` of an upload: 8 MiB, growing by 8 MiB every thousand parts, so
+/// that one upload holds up to 360 GiB before it reaches S3's limit of 10,000 parts.
+fn part_size(index: usize) -> usize {
+    PART_SIZE * (1 + index / 1000)
+}
 
 /// What `blobs/…/segments` holds: the blob is these objects, concatenated in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,27 +83,430 @@ pub(super) async fn start(store: &Store, id: &UploadId, state: &SessionState) ->
     Ok(())
 }
 
+/// The key of a piece's object (of an open multipart upload: the key it completes to).
+fn piece_key(store: &Store, id: &UploadId, piece: &Segment) -> Path {
+    store.keys().segment(id.as_str(), piece.seq, &piece.nonce)
+}
+
+/// A sequence number no piece of the session has.
+fn next_seq(pieces: &[Segment]) -> u64 {
+    pieces.iter().map(|p| p.seq + 1).max().unwrap_or(0)
+}
+
+/// The staged segments: the pieces after the last multipart upload, which the next part
+/// takes in. (Segments of a session an earlier version started can hold more than a part;
+/// those stay pieces of their own.)
+fn staged_range(pieces: &[Segment]) -> Range<usize> {
+    let start = pieces
+        .iter()
+        .rposition(|p| p.multipart.is_some())
+        .map_or(0, |i| i + 1);
+    let staged: u64 = pieces[start..].iter().map(|p| p.size).sum();
+    if staged < MIN_PART as u64 {
+        start..pieces.len()
+    } else {
+        pieces.len()..pieces.len()
+    }
+}
+
+fn random_tag() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn version_of(result: &object_store::PutResult) -> Option<UpdateVersion> {
+    (result.e_tag.is_some() || result.version.is_some()).then(|| UpdateVersion {
+        e_tag: result.e_tag.clone(),
+        version: result.version.clone(),
+    })
+}
+
+/// Why an append stopped early.
+enum Stop {
+    /// Another append or a cancel changed the session first.
+    Lost,
+    Failed(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<object_store::Error> for Stop {
+    fn from(e: object_store::Error) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+/// The refusal a losing append gets: the offset the session is at now.
+async fn lost(store: &Store, id: &UploadId, offset: u64) -> Error {
+    match load(store, id).await {
+        Ok((current, _)) => Error::RangeInvalid(RangeError::UploadOffset {
+            current: current.offset,
+            requested: offset,
+        }),
+        Err(e) => e,
+    }
+}
+
 pub(super) async fn append(
     repo: &Repository,
     id: &UploadId,
     offset: u64,
-    mut chunk: ChunkStream<'_>,
+    chunk: ChunkStream<'_>,
 ) -> Result<UploadStatus> {
     let store = repo.store();
-    let (mut state, version) = load(store, id).await?;
+    let (state, version) = load(store, id).await?;
     state.check_repository(repo.name(), id)?;
     state.check_offset(offset)?;
-    let Some(mut hasher) = state.hash.restore() else {
+    let Some(hasher) = state.hash.restore() else {
         return Err(Error::Corrupt {
             key: store.keys().upload_state(id.as_str()).to_string(),
             reason: "hash state written by another version; commit re-hashes, appends cannot"
                 .to_owned(),
         });
     };
+    let Some(multipart) = store.backend().multipart.clone() else {
+        return append_segment(store, id, offset, state, version, hasher, chunk).await;
+    };
+    let mut appender = Appender {
+        store,
+        multipart,
+        id,
+        state,
+        version,
+        hasher,
+        received: 0,
+        pending: BytesMut::new(),
+        target: None,
+        tag: random_tag(),
+        consumed: Vec::new(),
+        in_flight: FuturesUnordered::new(),
+        sent: Vec::new(),
+    };
+    let result = match appender.receive(chunk).await {
+        Ok(()) => appender.finish().await,
+        Err(stop) => Err(stop),
+    };
+    match result {
+        Ok(status) => Ok(status),
+        Err(Stop::Lost) => Err(lost(store, id, offset).await),
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
 
-    let seq = state.segments.last().map_or(0, |s| s.seq + 1);
-    let nonce = format!("{:016x}", rand::random::<u64>());
-    let key = store.keys().segment(id.as_str(), seq, &nonce);
+/// One append to a session on a store with multipart uploads.
+struct Appender<'a> {
+    store: &'a Store,
+    multipart: Arc<dyn MultipartStore>,
+    id: &'a UploadId,
+    /// The session as this append will leave it; persisted only by `claim` and `finish`.
+    state: SessionState,
+    /// The version of the state object this append last read or wrote.
+    version: UpdateVersion,
+    hasher: Sha256,
+    /// Bytes of the chunk received so far.
+    received: u64,
+    /// Received bytes in no part yet.
+    pending: BytesMut,
+    /// Once claimed: the index, in `state.segments`, of the upload receiving this append's
+    /// parts; the staged segments are the pieces after it until `consumed` takes them.
+    target: Option<usize>,
+    /// This append's claim tag.
+    tag: String,
+    /// Staged segments read back into a part: deleted once the new state is written.
+    consumed: Vec<Path>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Result<(usize, Part)>>>,
+    /// Parts sent and acknowledged: (part index, part).
+    sent: Vec<(usize, Part)>,
+}
+
+impl Appender<'_> {
+    /// Receives the chunk, sending parts as they fill; stages nothing yet.
+    async fn receive(&mut self, mut chunk: ChunkStream<'_>) -> std::result::Result<(), Stop> {
+        while let Some(bytes) = chunk.next().await {
+            let bytes = bytes.map_err(|e| Error::io("receiving the chunk", e))?;
+            self.hasher.update(&bytes);
+            self.received += bytes.len() as u64;
+            self.pending.extend_from_slice(&bytes);
+            while self.staged_bytes() + self.pending.len() >= part_size(self.next_part()) {
+                let size = part_size(self.next_part());
+                self.send_part(size).await?;
+            }
+        }
+        // The end of the chunk: what is left is a (last) part if S3 would take it as any part.
+        let left = self.staged_bytes() + self.pending.len();
+        if left >= MIN_PART {
+            self.send_part(left).await?;
+        }
+        while let Some(sent) = self.in_flight.next().await {
+            self.sent.push(sent?);
+        }
+        Ok(())
+    }
+
+    /// The staged segments not yet read back.
+    fn staged(&self) -> Range<usize> {
+        match self.target {
+            Some(_) if !self.consumed.is_empty() => 0..0,
+            Some(t) => t + 1..self.state.segments.len(),
+            None => staged_range(&self.state.segments),
+        }
+    }
+
+    fn staged_bytes(&self) -> usize {
+        let range = self.staged();
+        self.state.segments[range]
+            .iter()
+            .map(|s| s.size as usize)
+            .sum()
+    }
+
+    /// The index the next part of this append gets.
+    fn next_part(&self) -> usize {
+        let recorded = self
+            .target
+            .and_then(|t| self.state.segments[t].multipart.as_ref())
+            .map_or(0, |m| m.parts.len());
+        recorded + self.sent.len() + self.in_flight.len()
+    }
+
+    /// Sends the staged segments (if not yet sent) and then pending bytes, `size` in all, as
+    /// the next part.
+    async fn send_part(&mut self, size: usize) -> std::result::Result<(), Stop> {
+        self.claim().await?;
+        let index = self.next_part();
+        if index >= PART_LIMIT {
+            return Err(Stop::Failed(Error::Unsupported {
+                what: format!(
+                    "a chunk of more than {PART_LIMIT} parts; send the blob in several chunks"
+                ),
+            }));
+        }
+        let mut body: Vec<Bytes> = Vec::new();
+        let staged = self.staged();
+        let mut from_staged = 0;
+        if !staged.is_empty() {
+            let keys: Vec<Path> = self.state.segments[staged.clone()]
+                .iter()
+                .map(|s| piece_key(self.store, self.id, s))
+                .collect();
+            body = read_staged(self.store, &keys).await?;
+            from_staged = self
+                .state
+                .segments
+                .drain(staged)
+                .map(|s| s.size)
+                .sum::<u64>() as usize;
+            self.consumed = keys;
+        }
+        body.push(self.pending.split_to(size - from_staged).freeze());
+        let payload = PutPayload::from_iter(body);
+
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            if let Some(sent) = self.in_flight.next().await {
+                self.sent.push(sent?);
+            }
+        }
+        let t = self.target.unwrap_or_default();
+        let key = piece_key(self.store, self.id, &self.state.segments[t]);
+        let upload = self.state.segments[t]
+            .multipart
+            .as_ref()
+            .map(|m| m.id.clone())
+            .unwrap_or_default();
+        let multipart = Arc::clone(&self.multipart);
+        let size = size as u64;
+        self.in_flight.push(
+            async move {
+                let part = multipart.put_part(&key, &upload, index, payload).await?;
+                Ok((
+                    index,
+                    Part {
+                        content_id: part.content_id,
+                        size,
+                    },
+                ))
+            }
+            .boxed(),
+        );
+        Ok(())
+    }
+
+    /// Before the first part: records in the state that this append sends parts, to the last
+    /// upload if nobody else may be sending to it, else to a new one.
+    async fn claim(&mut self) -> std::result::Result<(), Stop> {
+        if self.target.is_some() {
+            return Ok(());
+        }
+        let mut next = self.state.clone();
+        let start = staged_range(&next.segments).start;
+        let last = start.checked_sub(1);
+        let reusable = last.is_some_and(|i| {
+            next.segments[i]
+                .multipart
+                .as_ref()
+                .is_some_and(|m| !m.sealed && m.parts.len() < MAX_PARTS)
+                && next.appending.is_none()
+        });
+        let mut created = None;
+        let target = if reusable {
+            start - 1
+        } else {
+            if let Some(m) = last.and_then(|i| next.segments[i].multipart.as_mut()) {
+                // Another append claimed it and may still be sending parts (or it is full).
+                m.sealed = true;
+            }
+            let piece = Segment {
+                seq: next_seq(&next.segments),
+                nonce: random_tag(),
+                size: 0,
+                multipart: None,
+            };
+            let key = piece_key(self.store, self.id, &piece);
+            let upload = self.multipart.create_multipart(&key).await?;
+            created = Some((key, upload.clone()));
+            next.segments.insert(
+                start,
+                Segment {
+                    multipart: Some(OpenMultipart {
+                        id: upload,
+                        parts: Vec::new(),
+                        sealed: false,
+                    }),
+                    ..piece
+                },
+            );
+            start
+        };
+        next.appending = Some(self.tag.clone());
+        match self.write_state(&next).await {
+            Ok(()) => {
+                self.state = next;
+                self.target = Some(target);
+                Ok(())
+            }
+            Err(stop) => {
+                if let Some((key, upload)) = created {
+                    // Unrecorded (or recorded with no part, which commit and cancel skip).
+                    let _ = self.multipart.abort_multipart(&key, &upload).await;
+                }
+                Err(stop)
+            }
+        }
+    }
+
+    /// Replaces the state object if it is still at `self.version`.
+    async fn write_state(&mut self, state: &SessionState) -> std::result::Result<(), Stop> {
+        let key = self.store.keys().upload_state(self.id.as_str());
+        let opts = PutOptions::from(PutMode::Update(self.version.clone()));
+        match self
+            .store
+            .objects()
+            .put_opts(&key, PutPayload::from(state.encode()), opts)
+            .await
+        {
+            Ok(result) => {
+                self.version = match version_of(&result) {
+                    Some(v) => v,
+                    None => load(self.store, self.id).await?.1,
+                };
+                Ok(())
+            }
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Err(Stop::Lost),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records the parts, stages what is left as a segment, and writes the new state.
+    async fn finish(mut self) -> std::result::Result<UploadStatus, Stop> {
+        if let Some(t) = self.target {
+            self.sent.sort_by_key(|(index, _)| *index);
+            let piece = &mut self.state.segments[t];
+            if let Some(m) = piece.multipart.as_mut() {
+                for (_, part) in std::mem::take(&mut self.sent) {
+                    piece.size += part.size;
+                    m.parts.push(part);
+                }
+            }
+            // This append's claim ends with it.
+            self.state.appending = None;
+        }
+        let rest = self.pending.split().freeze();
+        let mut staged = None;
+        if !rest.is_empty() {
+            let segment = Segment {
+                seq: next_seq(&self.state.segments),
+                nonce: random_tag(),
+                size: rest.len() as u64,
+                multipart: None,
+            };
+            let key = piece_key(self.store, self.id, &segment);
+            self.store
+                .objects()
+                .put(&key, PutPayload::from(rest))
+                .await?;
+            self.state.segments.push(segment);
+            staged = Some(key);
+        }
+        let mut state = self.state.clone();
+        state.offset += self.received;
+        state.last_active = Utc::now();
+        state.hash = HashState::of(&self.hasher);
+        match self.write_state(&state).await {
+            Ok(()) => {
+                for key in &self.consumed {
+                    // Their bytes are in a recorded part now; a leftover is only garbage.
+                    let _ = self.store.remove(key).await;
+                }
+                Ok(state.status(self.id))
+            }
+            Err(Stop::Lost) => {
+                if let Some(key) = staged {
+                    self.store.remove(&key).await?;
+                }
+                Err(Stop::Lost)
+            }
+            // The outcome is unknown: the write may have landed, so the segment stays.
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Reads staged segments back, a few at a time, in order.
+async fn read_staged(store: &Store, keys: &[Path]) -> Result<Vec<Bytes>> {
+    let store = store.clone();
+    futures::stream::iter(keys.to_vec())
+        .map(move |key| {
+            let store = store.clone();
+            async move { Ok::<_, Error>(store.objects().get(&key).await?.bytes().await?) }
+        })
+        .buffered(READS_IN_FLIGHT)
+        .try_collect()
+        .await
+}
+
+/// An append on a store without multipart uploads: the chunk becomes one segment object.
+async fn append_segment(
+    store: &Store,
+    id: &UploadId,
+    offset: u64,
+    mut state: SessionState,
+    version: UpdateVersion,
+    mut hasher: Sha256,
+    mut chunk: ChunkStream<'_>,
+) -> Result<UploadStatus> {
+    let segment = Segment {
+        seq: next_seq(&state.segments),
+        nonce: random_tag(),
+        size: 0,
+        multipart: None,
+    };
+    let key = piece_key(store, id, &segment);
     let mut writer =
         BufWriter::with_capacity(store.backend().objects.clone(), key.clone(), SEGMENT_BUFFER);
     let mut size = 0u64;
@@ -83,7 +531,7 @@ pub(super) async fn append(
             .shutdown()
             .await
             .map_err(|e| Error::io("writing the segment", e))?;
-        state.segments.push(Segment { seq, nonce, size });
+        state.segments.push(Segment { size, ..segment });
     }
 
     state.offset += size;
@@ -104,21 +552,59 @@ pub(super) async fn append(
             if size > 0 {
                 store.remove(&key).await?;
             }
-            let (current, _) = load(store, id).await?;
-            current.check_offset(offset)?;
-            Err(Error::RangeInvalid(
-                crate::error::RangeError::UploadOffset {
-                    current: current.offset,
-                    requested: offset,
-                },
-            ))
+            Err(lost(store, id, offset).await)
         }
-        Err(e) => {
-            if size > 0 {
-                let _ = store.remove(&key).await;
+        // The outcome is unknown: the write may have landed, so the segment stays.
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Completes the session's multipart uploads where they are, turning each into a plain
+/// segment; drops uploads with no recorded part. Idempotent: an upload a failed commit
+/// already completed is found by its object.
+async fn complete_uploads(store: &Store, id: &UploadId, pieces: &mut Vec<Segment>) -> Result<()> {
+    let Some(multipart) = store.backend().multipart.clone() else {
+        return Ok(());
+    };
+    let mut done = Vec::with_capacity(pieces.len());
+    for piece in pieces.drain(..) {
+        let Some(upload) = &piece.multipart else {
+            done.push(piece);
+            continue;
+        };
+        let key = piece_key(store, id, &piece);
+        if upload.parts.is_empty() {
+            abort(&*multipart, &key, &upload.id).await?;
+            continue;
+        }
+        let parts = upload
+            .parts
+            .iter()
+            .map(|p| object_store::multipart::PartId {
+                content_id: p.content_id.clone(),
+            })
+            .collect();
+        if let Err(e) = multipart.complete_multipart(&key, &upload.id, parts).await {
+            // A commit that failed after completing it: the object is there, whole.
+            match store.head(&key).await? {
+                Some(meta) if meta.size == piece.size => {}
+                _ => return Err(e.into()),
             }
-            Err(e.into())
         }
+        done.push(Segment {
+            multipart: None,
+            ..piece
+        });
+    }
+    *pieces = done;
+    Ok(())
+}
+
+/// Aborts a multipart upload; one that is already gone is fine.
+async fn abort(multipart: &dyn MultipartStore, key: &Path, upload: &str) -> Result<()> {
+    match multipart.abort_multipart(key, &upload.to_owned()).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -131,20 +617,22 @@ pub(super) async fn commit(
     let store = repo.store();
     let (mut state, version) = load(store, id).await?;
     state.check_repository(repo.name(), id)?;
-    let actual = match (expected.algorithm(), state.hash.restore()) {
-        (Algorithm::Sha256, Some(hasher)) => Digest::Sha256(hasher.finalize().into()),
-        // The slow but correct path: hash the stored bytes.
-        (algorithm, _) => rehash(store, id, &state.segments, algorithm).await?,
+    let sha256 = match (expected.algorithm(), state.hash.restore()) {
+        (Algorithm::Sha256, Some(hasher)) => Some(Digest::Sha256(hasher.finalize().into())),
+        _ => None,
     };
-    verify(&actual, state.offset, expected, expected_size)?;
-
-    if expected.algorithm() != Algorithm::Sha256
+    if let Some(actual) = sha256 {
+        // Checked before anything changes: a wrong digest leaves the session as it was.
+        verify(&actual, state.offset, expected, expected_size)?;
+    } else if expected.algorithm() != Algorithm::Sha256
         && state.publishing != Some(*expected)
         && !state.segments.is_empty()
     {
-        // The session's SHA-256 state does not name this blob: record which one the segments
-        // are about to belong to, before the index makes them its, so that a cancel or purge
-        // after a failed commit keeps them.
+        // The slow but correct path re-hashes the stored bytes, so the uploads are completed
+        // first. The session's SHA-256 state does not name this blob: record which one the
+        // pieces are about to belong to, before the index makes them its, so that a cancel or
+        // purge after a failed commit keeps them.
+        complete_uploads(store, id, &mut state.segments).await?;
         state.publishing = Some(*expected);
         let key = store.keys().upload_state(id.as_str());
         let opts = PutOptions::from(PutMode::Update(version));
@@ -162,21 +650,27 @@ pub(super) async fn commit(
             Err(e) => return Err(e.into()),
         }
     }
+    if sha256.is_none() {
+        complete_uploads(store, id, &mut state.segments).await?;
+        let actual = rehash(store, id, &state.segments, expected.algorithm()).await?;
+        verify(&actual, state.offset, expected, expected_size)?;
+    }
 
     let keys = store.keys();
     match store.locate_blob(expected).await? {
         // An earlier commit of this very session published the index and failed after it:
-        // the segments are the blob's now and must stay.
+        // the pieces are the blob's now and must stay.
         Some(BlobLocation::Segments(index)) if index.upload == id.as_str() => {
             return Ok(published(expected, state.offset));
         }
         Some(_) => {
             // The store already has these bytes (dedupe): ours are not needed.
-            delete_segments(store, id, &state.segments).await?;
+            discard_staged(store, id, &state.segments).await?;
             return Ok(published(expected, state.offset));
         }
         None => {}
     }
+    complete_uploads(store, id, &mut state.segments).await?;
     let index = SegmentIndex {
         size: state.offset,
         upload: id.to_string(),
@@ -193,11 +687,11 @@ pub(super) async fn commit(
         Ok(_) => {}
         Err(object_store::Error::AlreadyExists { .. }) => {
             // A concurrent upload of the same content published first; unless that was a
-            // concurrent commit of this same session, whose index lists our segments.
+            // concurrent commit of this same session, whose index lists our pieces.
             let winner: Option<SegmentIndex> =
                 store.read_link(&keys.blob_segments(expected)).await?;
             if winner.is_none_or(|w| w.upload != id.as_str()) {
-                delete_segments(store, id, &state.segments).await?;
+                discard_staged(store, id, &state.segments).await?;
             }
         }
         Err(e) => return Err(e.into()),
@@ -207,9 +701,10 @@ pub(super) async fn commit(
 
 /// Cancels a session. First its state is marked cancelled, with a conditional put (an append
 /// that races it loses), so that from then on nothing can append to it or commit it; then its
-/// segments are deleted — unless a commit that failed after publishing made them a blob's —
-/// and last its state. A failure midway leaves a cancelled session, finished by a retried
-/// cancel or the next purge, never a live one with segments missing.
+/// uploads are aborted and its segments deleted — unless a commit that failed after
+/// publishing made them a blob's — and last its state. A failure midway leaves a cancelled
+/// session, finished by a retried cancel or the next purge, never a live one with bytes
+/// missing.
 pub(super) async fn cancel(repo: &Repository, id: &UploadId) -> Result<()> {
     let store = repo.store();
     let key = store.keys().upload_state(id.as_str());
@@ -233,12 +728,12 @@ pub(super) async fn cancel(repo: &Repository, id: &UploadId) -> Result<()> {
         }
     };
     if !store.published_segments(id, &state).await? {
-        delete_segments(store, id, &state.segments).await?;
+        discard_staged(store, id, &state.segments).await?;
     }
     store.remove(&key).await
 }
 
-/// Hashes the stored bytes of a session again.
+/// Hashes the stored bytes of a session again (its uploads completed).
 async fn rehash(
     store: &Store,
     id: &UploadId,
@@ -247,9 +742,7 @@ async fn rehash(
 ) -> Result<Digest> {
     let mut hasher = DigestHasher::new(algorithm);
     for segment in segments {
-        let key = store
-            .keys()
-            .segment(id.as_str(), segment.seq, &segment.nonce);
+        let key = piece_key(store, id, segment);
         let mut stream = store.objects().get(&key).await?.into_stream();
         while let Some(bytes) = stream.next().await {
             hasher.update(&bytes?);
@@ -258,15 +751,19 @@ async fn rehash(
     Ok(hasher.finish())
 }
 
-/// Deletes the segments of a session (including any left by a failed append).
-pub(super) async fn delete_segments(store: &Store, id: &UploadId, known: &[Segment]) -> Result<()> {
+/// Aborts a session's open multipart uploads and deletes its segment objects (including any
+/// left by a failed append, and uploads a failed commit completed).
+pub(super) async fn discard_staged(store: &Store, id: &UploadId, known: &[Segment]) -> Result<()> {
+    if let Some(multipart) = store.backend().multipart.clone() {
+        for piece in known {
+            if let Some(upload) = &piece.multipart {
+                abort(&*multipart, &piece_key(store, id, piece), &upload.id).await?;
+            }
+        }
+    }
     let prefix = store.keys().segments_prefix(id.as_str());
     let mut keys = store.list_keys(&prefix).await?;
-    keys.extend(
-        known
-            .iter()
-            .map(|s| store.keys().segment(id.as_str(), s.seq, &s.nonce)),
-    );
+    keys.extend(known.iter().map(|s| piece_key(store, id, s)));
     keys.sort();
     keys.dedup();
     for key in keys {

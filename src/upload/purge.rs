@@ -8,7 +8,7 @@ use sha2::Digest as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::objects::SegmentIndex;
+use super::objects::{SegmentIndex, discard_staged};
 use super::{SessionState, UploadId, age, remove_session};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -167,6 +167,13 @@ impl Store {
             for key in self.list_keys(&keys.segments_prefix(id.as_str())).await? {
                 freed += self.head(&key).await?.map_or(0, |m| m.size);
             }
+            // Parts of open multipart uploads are no objects yet; their state records them.
+            let pieces = state.as_ref().map_or(&[][..], |s| &s.segments[..]);
+            freed += pieces
+                .iter()
+                .filter(|p| p.multipart.is_some())
+                .map(|p| p.size)
+                .sum::<u64>();
         }
         if let Some(root) = self.backend().local_root() {
             let data = root.join(keys.upload_data(id.as_str()).as_ref());
@@ -183,9 +190,8 @@ impl Store {
             }
         }
         if !published {
-            for key in self.list_keys(&keys.segments_prefix(id.as_str())).await? {
-                self.remove(&key).await?;
-            }
+            let pieces = state.as_ref().map_or(&[][..], |s| &s.segments[..]);
+            discard_staged(self, id, pieces).await?;
         }
         for key in self.list_keys(&keys.upload_prefix(id.as_str())).await? {
             self.remove(&key).await?;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use layerstore::backend::MemoryMultipart;
 use object_store::aws::{AmazonS3Builder, AwsAuthorizer, AwsCredential, S3CopyIfNotExists};
 use object_store::azure::{
     AzureAccessKey, AzureAuthorizer, AzureCredential, MicrosoftAzureBuilder,
@@ -177,8 +178,9 @@ fn not_configured(what: &str, switch: &str) -> Option<TestBackend> {
 fn memory() -> TestBackend {
     let store = Arc::new(InMemory::new());
     TestBackend {
-        store: store.clone(),
-        multipart: Some(store),
+        // The memory backend's own multipart uploads, as `Backend::in_memory` builds them.
+        multipart: Some(Arc::new(MemoryMultipart::new(store.clone()))),
+        store,
         kind: BackendKind::Memory,
         fs_root: None,
         key_prefix: None,
