@@ -197,8 +197,9 @@ impl KeyLayout {
         Some(rest.next()?.as_ref().to_owned())
     }
 
-    /// One segment of an upload's bytes (object-store backends): the `seq`th chunk appended,
-    /// with a random `nonce` so that racing appends never write the same key.
+    /// One piece of an upload's bytes (object-store backends): staged bytes, or the object a
+    /// multipart upload completes to; `seq` orders nothing (the state and the index list the
+    /// pieces in order), and a random `nonce` keeps racing appends from writing one key.
     #[must_use]
     pub fn segment(self, id: &str, seq: u64, nonce: &str) -> Path {
         let name = format!("{seq:010}-{nonce}");

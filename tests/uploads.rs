@@ -1037,6 +1037,65 @@ async fn purge_deletes_idle_sessions_with_their_data_and_reports_the_bytes(b: Te
     assert_eq!(again, PurgeReport::default());
 }
 
+/// A session on object stores holding an open multipart upload (one 8 MiB part) and 1 MiB
+/// staged, over a counting wrapper.
+async fn session_with_an_open_upload(
+    b: &TestBackend,
+    name: &str,
+) -> (Arc<CountingStore>, Store, UploadId) {
+    let counting = b.counting();
+    let store = counted_store(&counting);
+    let r = store.repository(repo(name));
+    let session = r.start_upload().await.unwrap();
+    append(&r, &session.id, 0, &pattern(1, 9 * MIB))
+        .await
+        .unwrap();
+    let state = state_json(b, &session.id).await;
+    assert_eq!(recorded_parts(&state), vec![vec![8 * MIB as u64]]);
+    (counting, store, session.id)
+}
+
+async fn cancel_aborts_the_open_multipart_upload(b: TestBackend) {
+    if b.kind == BackendKind::Filesystem {
+        return; // no multipart uploads
+    }
+    let (counting, store, id) = session_with_an_open_upload(&b, "up/cancelmp").await;
+    counting.reset();
+    store
+        .repository(repo("up/cancelmp"))
+        .cancel_upload(&id)
+        .await
+        .unwrap();
+    let counts = counting.snapshot();
+    assert_eq!(counts.multipart_abort, 1, "{counts:?}");
+    assert_eq!(counts.multipart_complete, 0, "{counts:?}");
+    assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
+    assert_eq!(keys(&b, "segments").await, Vec::<String>::new());
+}
+
+async fn purge_aborts_the_open_multipart_upload_and_counts_its_parts(b: TestBackend) {
+    if b.kind == BackendKind::Filesystem {
+        return; // no multipart uploads
+    }
+    let (counting, store, _) = session_with_an_open_upload(&b, "up/purgemp").await;
+    let_time_pass().await;
+    counting.reset();
+    let report = store.purge_uploads(purge_all()).await.unwrap();
+    assert_eq!(
+        report,
+        PurgeReport {
+            scanned: 1,
+            purged: 1,
+            bytes_freed: 9 * MIB as u64,
+            errors: vec![],
+        }
+    );
+    let counts = counting.snapshot();
+    assert_eq!(counts.multipart_abort, 1, "{counts:?}");
+    assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
+    assert_eq!(keys(&b, "segments").await, Vec::<String>::new());
+}
+
 async fn a_dry_run_purge_reports_but_deletes_nothing(b: TestBackend) {
     let store = store_on(&b);
     let r = store.repository(repo("up/dry"));
@@ -1341,6 +1400,8 @@ backend_tests!(
     an_id_that_was_never_started_is_unknown,
     purge_deletes_idle_sessions_with_their_data_and_reports_the_bytes,
     a_dry_run_purge_reports_but_deletes_nothing,
+    cancel_aborts_the_open_multipart_upload,
+    purge_aborts_the_open_multipart_upload_and_counts_its_parts,
     purge_keeps_sessions_active_within_the_age,
     purge_uses_the_last_activity_not_the_start,
     a_purge_racing_an_append_leaves_the_session_whole_or_gone,

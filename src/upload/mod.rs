@@ -12,13 +12,14 @@
 //!   by `rename` into the blob's place on commit (O(1), no byte moves). Appends to one session
 //!   are serialized by an OS file lock, so racing appends — from one process or several —
 //!   see exactly one winner.
-//! - **Object stores** (S3, Azure, memory): each chunk becomes one object, a *segment*
-//!   (large chunks are streamed with the store's own multipart writer, in bounded memory).
-//!   A commit writes one small object listing the segments in order: no copy, no download,
-//!   whatever the blob's size. Because every chunk is a whole object, S3's 5 MiB minimum part
-//!   size never applies, and 1 KiB chunks work. The state object is replaced with a
-//!   conditional put (`PutMode::Update` on its version), so racing appends see exactly one
-//!   winner.
+//! - **Object stores** (S3, Azure, memory): the session owns multipart uploads whose ids and
+//!   recorded parts live in its state; chunk bytes are sent as parts of 8 MiB or more, and
+//!   what cannot fill a part yet (S3's minimum is 5 MiB) is staged as a small object and read
+//!   back to lead the next part, so 1 KiB chunks work. A commit completes the uploads where
+//!   they are and writes one small object listing the pieces: no copy, no download, whatever
+//!   the blob's size. Every state change is a conditional put (`PutMode::Update` on its
+//!   version), so racing appends see exactly one winner; see `objects` for how parts of a
+//!   loser never reach a blob.
 
 mod fs;
 mod objects;
@@ -351,7 +352,8 @@ impl Repository {
     /// them as that blob, linked into this repository, and ends the session.
     ///
     /// No uploaded byte is read or copied: the digest comes from the persisted hash state, and
-    /// publishing is a rename (filesystem) or one small index object (object stores).
+    /// publishing is a rename (filesystem) or completing the multipart uploads where they are
+    /// and writing one small index object (object stores).
     ///
     /// # Errors
     /// [`Error::DigestInvalid`] or [`Error::SizeInvalid`] on a mismatch: nothing is published
