@@ -611,6 +611,30 @@ async fn a_client_sending_1_kib_chunks_commits_with_parts_of_at_least_5_mib(b: T
     assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
 }
 
+async fn without_a_multipart_store_each_chunk_is_one_segment(b: TestBackend) {
+    if b.kind == BackendKind::Filesystem {
+        return; // one staging file
+    }
+    // A custom store given to `Backend::object_store` without `with_multipart`.
+    let r = store_over(b.store.clone(), None).repository(repo("up/plain"));
+    let session = r.start_upload().await.unwrap();
+    let mut all = vec![];
+    for (i, size) in [KIB, 11 * MIB, KIB].into_iter().enumerate() {
+        let chunk = pattern(i as u64, size);
+        append(&r, &session.id, all.len() as u64, &chunk)
+            .await
+            .unwrap();
+        all.extend_from_slice(&chunk);
+    }
+    let digest = Digest::sha256(&all);
+    r.commit_upload(&session.id, &digest, Some(all.len() as u64))
+        .await
+        .unwrap();
+    assert!(read_all(&r, &digest, None).await == all);
+    assert_eq!(indexed_segments(&b, &digest).await.len(), 3);
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
+}
+
 async fn an_append_that_failed_after_sending_parts_leaves_none_of_them_in_the_blob(b: TestBackend) {
     let store = store_on(&b);
     let r = store.repository(repo("up/partfail"));
@@ -1388,6 +1412,7 @@ backend_tests!(
     chunks_smaller_than_a_part_are_staged_then_read_back_into_one,
     a_client_sending_1_kib_chunks_commits_with_parts_of_at_least_5_mib,
     an_append_that_failed_after_sending_parts_leaves_none_of_them_in_the_blob,
+    without_a_multipart_store_each_chunk_is_one_segment,
     a_filesystem_commit_renames_the_staging_file_into_place,
     racing_appends_at_one_offset_in_one_store_accept_exactly_one,
     racing_appends_at_one_offset_from_two_stores_accept_exactly_one,
