@@ -430,20 +430,43 @@ async fn unknown_paths_are_404() {
 }
 
 #[tokio::test]
-async fn method_not_allowed_on_an_endpoint_is_405_unsupported() {
+async fn method_not_allowed_on_an_endpoint_is_405_unsupported_naming_the_allowed_ones() {
     let srv = Server::start();
     let digest = srv.push_blob("library/hello", b"data").await;
-    for (method, path) in [
+    let upload = srv.start_upload("library/hello").await;
+    for (method, path, allow) in [
         (
             Method::POST,
             "/v2/library/hello/manifests/latest".to_owned(),
+            "GET, HEAD, PUT, DELETE",
         ),
-        (Method::PUT, format!("/v2/library/hello/blobs/{digest}")),
-        (Method::DELETE, "/v2/library/hello/tags/list".to_owned()),
-        (Method::PUT, "/v2/_catalog".to_owned()),
+        (
+            Method::PUT,
+            format!("/v2/library/hello/blobs/{digest}"),
+            "GET, HEAD, DELETE",
+        ),
+        (
+            Method::DELETE,
+            "/v2/library/hello/tags/list".to_owned(),
+            "GET",
+        ),
+        (Method::PUT, "/v2/_catalog".to_owned(), "GET"),
+        (Method::POST, "/v2/".to_owned(), "GET, HEAD"),
+        (Method::POST, upload, "GET, PATCH, PUT, DELETE"),
+        (
+            Method::GET,
+            "/v2/library/hello/blobs/uploads/".to_owned(),
+            "POST",
+        ),
     ] {
-        let response = srv.send(method, &path).await;
+        let response = srv.send(method.clone(), &path).await;
+        let allowed = response.headers().get("allow").cloned();
         assert_error(response, StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED").await;
+        assert_eq!(
+            allowed.as_ref().and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "Allow of {method} {path}"
+        );
     }
 }
 
@@ -1913,7 +1936,12 @@ async fn deletes_disabled_by_configuration_are_405_unsupported() {
         "/v2/library/hello/manifests/v1".to_owned(),
     ] {
         let response = srv.delete(&path).await;
+        let allowed = response.headers().get("allow").cloned();
         assert_error(response, StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED").await;
+        assert!(
+            allowed.is_some_and(|v| !v.to_str().unwrap().contains("DELETE")),
+            "{path}: Allow must not offer DELETE"
+        );
         assert_eq!(srv.head(&path).await.status(), StatusCode::OK, "{path}");
     }
     // Cancelling an upload is not a delete of content: it stays allowed.

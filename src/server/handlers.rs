@@ -35,6 +35,10 @@ pub struct Request {
 pub async fn dispatch(state: &AppState, route: Route<'_>, req: Request) -> ApiResult {
     let store = &state.store;
     let method = req.meta.method.clone();
+    // RFC 9110: a 405 names the methods the endpoint does take.
+    let allow = route.allowed_methods(state.delete_enabled);
+    let not_allowed =
+        |message: &str| ApiError::unsupported(message).with_header(header::ALLOW, allow.clone());
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => Ok(Json::empty_object()),
         (Route::Catalog, Method::GET) => catalog(store, &req.meta).await,
@@ -46,10 +50,10 @@ pub async fn dispatch(state: &AppState, route: Route<'_>, req: Request) -> ApiRe
                 Method::GET | Method::HEAD => get_manifest(&r, &reference, &req.meta).await,
                 Method::PUT => put_manifest(&r, name, &reference, req).await,
                 Method::DELETE => {
-                    deletes_enabled(state)?;
+                    deletes_enabled(state, &allow)?;
                     delete_manifest(&r, &reference).await
                 }
-                _ => Err(ApiError::unsupported("method not allowed on manifests")),
+                _ => Err(not_allowed("method not allowed on manifests")),
             }
         }
         (Route::Blob { name, digest }, m) => {
@@ -58,11 +62,11 @@ pub async fn dispatch(state: &AppState, route: Route<'_>, req: Request) -> ApiRe
             match m {
                 Method::GET | Method::HEAD => get_blob(&r, &digest, &req.meta).await,
                 Method::DELETE => {
-                    deletes_enabled(state)?;
+                    deletes_enabled(state, &allow)?;
                     r.unlink_blob(&digest).await?;
                     Ok(accepted())
                 }
-                _ => Err(ApiError::unsupported("method not allowed on blobs")),
+                _ => Err(not_allowed("method not allowed on blobs")),
             }
         }
         (Route::Uploads { name }, Method::POST) => {
@@ -82,14 +86,14 @@ pub async fn dispatch(state: &AppState, route: Route<'_>, req: Request) -> ApiRe
                     r.cancel_upload(&id).await?;
                     Ok(StatusCode::NO_CONTENT.into_response())
                 }
-                _ => Err(ApiError::unsupported("method not allowed on uploads")),
+                _ => Err(not_allowed("method not allowed on uploads")),
             }
         }
         (Route::Referrers { name, digest }, Method::GET) => {
             let r = repo(store, name)?;
             referrers(&r, &routes::digest(digest)?, &req.meta).await
         }
-        _ => Err(ApiError::unsupported("method not allowed on this endpoint")),
+        _ => Err(not_allowed("method not allowed on this endpoint")),
     }
 }
 
@@ -97,13 +101,14 @@ fn repo(store: &Store, name: &str) -> Result<Repository, ApiError> {
     Ok(store.repository(routes::name(name)?))
 }
 
-fn deletes_enabled(state: &AppState) -> Result<(), ApiError> {
+fn deletes_enabled(state: &AppState, allow: &str) -> Result<(), ApiError> {
     if state.delete_enabled {
         Ok(())
     } else {
         Err(ApiError::unsupported(
             "deletes are disabled in this registry's configuration (storage.delete.enabled)",
-        ))
+        )
+        .with_header(header::ALLOW, allow.to_owned()))
     }
 }
 
