@@ -340,19 +340,26 @@ impl Backend {
     }
 }
 
-/// Multipart uploads for the in-memory backend that complete with exactly the listed parts.
+/// Multipart uploads for the in-memory backend, with S3's rules.
 ///
 /// Written here because `object_store`'s `InMemory` completes an upload with every part it
-/// received, ignoring the list it is given, while S3 and Azure use only the listed parts —
-/// which the upload path relies on: parts an abandoned append sent but never recorded must
-/// not become part of a blob.
+/// received, ignoring the list it is given and the sizes, while S3 (and Azure) use exactly the
+/// listed parts — which the upload path relies on: parts an abandoned append sent but never
+/// recorded must not become part of a blob. Like S3: a part re-sent at an index replaces the
+/// earlier one (whose id then no longer completes), the listed part ids must be the current
+/// ones at their positions, and every part but the last must be at least 5 MiB.
 pub struct MemoryMultipart {
     store: Arc<InMemory>,
-    /// Open uploads: upload id → part content id → bytes.
-    uploads: std::sync::Mutex<
-        std::collections::HashMap<String, std::collections::HashMap<String, bytes::Bytes>>,
-    >,
+    uploads: std::sync::Mutex<std::collections::HashMap<String, Vec<Option<MemoryPart>>>>,
 }
+
+struct MemoryPart {
+    content_id: String,
+    bytes: bytes::Bytes,
+}
+
+/// S3's smallest part but for the last.
+const S3_MIN_PART: usize = 5 * 1024 * 1024;
 
 impl MemoryMultipart {
     /// Multipart uploads whose completed objects land in `store`.
@@ -371,12 +378,16 @@ impl MemoryMultipart {
         }
     }
 
+    fn refused(message: String) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "MemoryMultipart",
+            source: message.into(),
+        }
+    }
+
     fn uploads(
         &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<String, std::collections::HashMap<String, bytes::Bytes>>,
-    > {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<Option<MemoryPart>>>> {
         // A panic while holding the lock cannot leave the map half-updated: use it anyway.
         self.uploads
             .lock()
@@ -397,7 +408,7 @@ impl MultipartStore for MemoryMultipart {
         _path: &object_store::path::Path,
     ) -> object_store::Result<object_store::MultipartId> {
         let id = format!("{:032x}", rand::random::<u128>());
-        self.uploads().insert(id.clone(), Default::default());
+        self.uploads().insert(id.clone(), Vec::new());
         Ok(id)
     }
 
@@ -409,10 +420,15 @@ impl MultipartStore for MemoryMultipart {
         data: object_store::PutPayload,
     ) -> object_store::Result<object_store::multipart::PartId> {
         let content_id = format!("{part_idx}-{:016x}", rand::random::<u64>());
-        self.uploads()
-            .get_mut(id)
-            .ok_or_else(|| Self::unknown(path, id))?
-            .insert(content_id.clone(), data.into());
+        let mut uploads = self.uploads();
+        let parts = uploads.get_mut(id).ok_or_else(|| Self::unknown(path, id))?;
+        if parts.len() <= part_idx {
+            parts.resize_with(part_idx + 1, || None);
+        }
+        parts[part_idx] = Some(MemoryPart {
+            content_id: content_id.clone(),
+            bytes: data.into(),
+        });
         Ok(object_store::multipart::PartId { content_id })
     }
 
@@ -424,17 +440,25 @@ impl MultipartStore for MemoryMultipart {
     ) -> object_store::Result<object_store::PutResult> {
         let body = {
             let mut uploads = self.uploads();
-            let upload = uploads.get(id).ok_or_else(|| Self::unknown(path, id))?;
+            let stored = uploads.get(id).ok_or_else(|| Self::unknown(path, id))?;
             let mut body = Vec::new();
-            for part in &parts {
-                let bytes =
-                    upload
-                        .get(&part.content_id)
-                        .ok_or_else(|| object_store::Error::Generic {
-                            store: "MemoryMultipart",
-                            source: format!("upload {id} has no part {}", part.content_id).into(),
-                        })?;
-                body.extend_from_slice(bytes);
+            for (index, part) in parts.iter().enumerate() {
+                let Some(Some(held)) = stored.get(index) else {
+                    return Err(Self::refused(format!("upload {id} has no part {index}")));
+                };
+                if held.content_id != part.content_id {
+                    return Err(Self::refused(format!(
+                        "part {index} of upload {id} is {}, not {}",
+                        held.content_id, part.content_id
+                    )));
+                }
+                if held.bytes.len() < S3_MIN_PART && index + 1 < parts.len() {
+                    return Err(Self::refused(format!(
+                        "part {index} of upload {id} has {} bytes; all but the last need 5 MiB",
+                        held.bytes.len()
+                    )));
+                }
+                body.extend_from_slice(&held.bytes);
             }
             uploads.remove(id);
             body
@@ -459,6 +483,78 @@ impl MultipartStore for MemoryMultipart {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn memory_multipart() -> (Arc<InMemory>, MemoryMultipart) {
+        let store = Arc::new(InMemory::new());
+        (store.clone(), MemoryMultipart::new(store))
+    }
+
+    #[tokio::test]
+    async fn memory_multipart_completes_with_the_listed_parts_only() {
+        use object_store::ObjectStoreExt;
+        let (store, mp) = memory_multipart();
+        let path = object_store::path::Path::from("o");
+        let id = mp.create_multipart(&path).await.unwrap();
+        let big = vec![1u8; S3_MIN_PART];
+        let first = mp
+            .put_part(&path, &id, 0, big.clone().into())
+            .await
+            .unwrap();
+        let second = mp
+            .put_part(&path, &id, 1, b"tail".to_vec().into())
+            .await
+            .unwrap();
+        // Sent but not listed: dropped by the completion.
+        mp.put_part(&path, &id, 2, b"stray".to_vec().into())
+            .await
+            .unwrap();
+        mp.complete_multipart(&path, &id, vec![first, second])
+            .await
+            .unwrap();
+        let got = store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(got, [big, b"tail".to_vec()].concat());
+    }
+
+    #[tokio::test]
+    async fn memory_multipart_refuses_a_replaced_part_and_a_small_middle_part() {
+        let (_, mp) = memory_multipart();
+        let path = object_store::path::Path::from("o");
+        let id = mp.create_multipart(&path).await.unwrap();
+        let old = mp
+            .put_part(&path, &id, 0, vec![1u8; S3_MIN_PART].into())
+            .await
+            .unwrap();
+        let new = mp
+            .put_part(&path, &id, 0, vec![2u8; S3_MIN_PART].into())
+            .await
+            .unwrap();
+        let last = mp
+            .put_part(&path, &id, 1, b"x".to_vec().into())
+            .await
+            .unwrap();
+        assert!(
+            mp.complete_multipart(&path, &id, vec![old, last.clone()])
+                .await
+                .is_err()
+        );
+        let id2 = mp.create_multipart(&path).await.unwrap();
+        let small = mp
+            .put_part(&path, &id2, 0, b"small".to_vec().into())
+            .await
+            .unwrap();
+        let after = mp
+            .put_part(&path, &id2, 1, b"x".to_vec().into())
+            .await
+            .unwrap();
+        assert!(
+            mp.complete_multipart(&path, &id2, vec![small, after])
+                .await
+                .is_err()
+        );
+        mp.complete_multipart(&path, &id, vec![new, last])
+            .await
+            .unwrap();
+    }
 
     #[test]
     fn configuration_reads_distribution_key_names() {

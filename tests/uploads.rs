@@ -408,9 +408,11 @@ async fn resuming_in_a_new_store_and_committing_reads_no_uploaded_byte(b: TestBa
         .await
         .unwrap();
     let counts = counting.snapshot();
-    // CountingStore does not record keys, so "no segment was read" is shown by volume: every
-    // segment is at least 1 MiB and 9 MiB are staged, while the state and index objects are a
-    // few hundred bytes each. Reading any segment, even partly, would blow this bound.
+    // CountingStore does not record keys, so "no uploaded byte was read" is shown by volume:
+    // the session holds a 6 MiB part and a 2 MiB staged segment before the restart, and the
+    // resumed 1 MiB chunk stays under a part, so nothing needs reading back; the state and
+    // index objects are a few hundred bytes each. Reading any piece, even partly, would blow
+    // this bound.
     assert!(
         counts.bytes_read < 64 * KIB as u64,
         "resume + commit read {} bytes of a {} byte upload: {counts:?}",
@@ -611,6 +613,75 @@ async fn a_client_sending_1_kib_chunks_commits_with_parts_of_at_least_5_mib(b: T
     assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
 }
 
+/// A session staged with 9 MiB (a part and a staged segment on object stores) whose commit,
+/// through a faulty store, wrote its marker and then died.
+async fn session_with_a_dead_commit(b: &TestBackend, name: &str) -> (UploadId, Vec<u8>, Digest) {
+    let r = store_over(b.store.clone(), b.multipart.clone()).repository(repo(name));
+    let session = r.start_upload().await.unwrap();
+    let all = pattern(3, 9 * MIB);
+    append(&r, &session.id, 0, &all).await.unwrap();
+    let digest = Digest::sha256(&all);
+    let faulty = b.faulty();
+    faulty.crash_at(2); // the commit marker is write 1
+    let dead = store_over(faulty.clone(), faulty.multipart_store()).repository(repo(name));
+    assert!(
+        dead.commit_upload(&session.id, &digest, None)
+            .await
+            .is_err()
+    );
+    (session.id, all, digest)
+}
+
+async fn an_append_after_a_commit_began_is_refused_and_the_commit_can_be_redone(b: TestBackend) {
+    if b.kind == BackendKind::Filesystem {
+        return; // a commit holds the session's lock; see the fs tests
+    }
+    let (id, all, digest) = session_with_a_dead_commit(&b, "up/latecommit").await;
+    let r = store_over(b.store.clone(), b.multipart.clone()).repository(repo("up/latecommit"));
+    assert_kind(
+        append(&r, &id, all.len() as u64, b"more").await,
+        ErrorKind::BlobUploadInvalid,
+    );
+    r.commit_upload(&id, &digest, Some(all.len() as u64))
+        .await
+        .unwrap();
+    assert!(read_all(&r, &digest, None).await == all);
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
+}
+
+async fn a_cancel_after_a_commit_began_leaves_the_pieces_to_the_purger(b: TestBackend) {
+    if b.kind == BackendKind::Filesystem {
+        return; // a commit holds the session's lock; see the fs tests
+    }
+    let (id, _, digest) = session_with_a_dead_commit(&b, "up/cancelcommit").await;
+    let store = store_over(b.store.clone(), b.multipart.clone());
+    let r = store.repository(repo("up/cancelcommit"));
+    // The commit might still be running elsewhere: cancel ends the session but deletes
+    // nothing that commit could be publishing.
+    r.cancel_upload(&id).await.unwrap();
+    assert_kind(r.upload_status(&id).await, ErrorKind::BlobUploadUnknown);
+    assert_kind(
+        r.commit_upload(&id, &digest, None).await,
+        ErrorKind::BlobUploadUnknown,
+    );
+    assert!(!keys(&b, "segments").await.is_empty());
+    // Within the purge age, the purger waits too; past it, it deletes them.
+    let kept = store
+        .purge_uploads(PurgeOptions {
+            older_than: Duration::from_secs(3600),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept.purged, 0, "{kept:?}");
+    let_time_pass().await;
+    let report = store.purge_uploads(purge_all()).await.unwrap();
+    assert_eq!(report.purged, 1, "{report:?}");
+    assert_eq!(keys(&b, "segments").await, Vec::<String>::new());
+    assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
+    assert_kind(r.stat_blob(&digest).await, ErrorKind::BlobUnknown);
+}
+
 async fn without_a_multipart_store_each_chunk_is_one_segment(b: TestBackend) {
     if b.kind == BackendKind::Filesystem {
         return; // one staging file
@@ -636,20 +707,28 @@ async fn without_a_multipart_store_each_chunk_is_one_segment(b: TestBackend) {
 }
 
 async fn an_append_that_failed_after_sending_parts_leaves_none_of_them_in_the_blob(b: TestBackend) {
-    let store = store_on(&b);
+    let counting = b.counting();
+    let store = match b.kind {
+        BackendKind::Filesystem => store_on(&b),
+        _ => counted_store(&counting),
+    };
     let r = store.repository(repo("up/partfail"));
     let session = r.start_upload().await.unwrap();
     let first = pattern(1, 9 * MIB);
     append(&r, &session.id, 0, &first).await.unwrap();
-    // 20 MiB arrive (two parts' worth are sent), then the client goes away.
-    let broken: ChunkStream<'static> = futures::stream::iter(vec![
-        Ok(Bytes::from(pattern(7, 20 * MIB))),
-        Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "client went away",
-        )),
-    ])
-    .boxed();
+    // 25 MiB arrive (three parts' worth, sent while the client pauses), then it goes away.
+    counting.reset();
+    let broken: ChunkStream<'static> =
+        futures::stream::iter(vec![Bytes::from(pattern(7, 25 * MIB))])
+            .map(Ok)
+            .chain(futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "client went away",
+                ))
+            }))
+            .boxed();
     assert_kind(
         r.append_upload(&session.id, 9 * MIB as u64, broken).await,
         ErrorKind::Io,
@@ -659,7 +738,12 @@ async fn an_append_that_failed_after_sending_parts_leaves_none_of_them_in_the_bl
         9 * MIB as u64
     );
     if b.kind != BackendKind::Filesystem {
-        // The failed append's claim stays; the next append opens a new upload.
+        let counts = counting.snapshot();
+        assert!(
+            counts.multipart_part >= 2,
+            "the failed append sent its parts before it failed: {counts:?}"
+        );
+        // The failed append's claim stays, and its parts are not recorded.
         let state = state_json(&b, &session.id).await;
         assert!(state.get("appending").is_some(), "{state}");
         assert_eq!(recorded_parts(&state), vec![vec![8 * MIB as u64]]);
@@ -1259,18 +1343,21 @@ async fn the_background_purger_purges_idle_sessions_and_stops_promptly(b: TestBa
     )
     .expect("an enabled purger runs");
 
+    // On object stores a purge first marks the session cancelled (it is unknown from then
+    // on), then deletes its objects: wait for both.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        match r.upload_status(&id).await {
-            Err(e) if e.kind() == ErrorKind::BlobUploadUnknown => break,
-            Ok(_) if tokio::time::Instant::now() < deadline => {
+        let status = r.upload_status(&id).await;
+        let left = [keys(&b, "uploads").await, keys(&b, "segments").await].concat();
+        match status {
+            Err(e) if e.kind() == ErrorKind::BlobUploadUnknown && left.is_empty() => break,
+            Err(e) if e.kind() != ErrorKind::BlobUploadUnknown => panic!("{e}"),
+            _ if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            other => panic!("session not purged in time: {other:?}"),
+            other => panic!("session not purged in time: {other:?}, left: {left:?}"),
         }
     }
-    assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
-    assert_eq!(keys(&b, "segments").await, Vec::<String>::new());
     tokio::time::timeout(Duration::from_secs(5), purger.stop())
         .await
         .expect("stop() returns promptly");
@@ -1413,6 +1500,8 @@ backend_tests!(
     a_client_sending_1_kib_chunks_commits_with_parts_of_at_least_5_mib,
     an_append_that_failed_after_sending_parts_leaves_none_of_them_in_the_blob,
     without_a_multipart_store_each_chunk_is_one_segment,
+    an_append_after_a_commit_began_is_refused_and_the_commit_can_be_redone,
+    a_cancel_after_a_commit_began_leaves_the_pieces_to_the_purger,
     a_filesystem_commit_renames_the_staging_file_into_place,
     racing_appends_at_one_offset_in_one_store_accept_exactly_one,
     racing_appends_at_one_offset_from_two_stores_accept_exactly_one,

@@ -184,9 +184,9 @@ impl Store {
             let (from, to) = (range.start.max(start), range.end.min(end));
             if from < to {
                 let key = keys.segment(&index.upload, segment.seq, &segment.nonce);
-                let part = (from - start)..(to - start);
-                let whole = part == (0..segment.size);
-                pieces.push((key, (!whole).then_some(part)));
+                // Always an explicit range, even for a whole piece: the blob is the bytes the
+                // index records, whatever else an object under that key may have grown to.
+                pieces.push((key, Some((from - start)..(to - start))));
             }
             start = end;
         }

@@ -94,8 +94,12 @@ pub struct UploadStatus {
 /// A stream of chunk bytes as a frontend receives them.
 pub type ChunkStream<'a> = BoxStream<'a, std::io::Result<Bytes>>;
 
-/// Version of the state format; bumped on any incompatible change.
-const STATE_FORMAT: u32 = 1;
+/// Version of the state format; bumped on any incompatible change. 2 added multipart
+/// uploads, the append claim and the commit marker: a build that knows only 1 must refuse
+/// such a state rather than take an open upload for an object.
+const STATE_FORMAT: u32 = 2;
+/// Formats this build reads (and rewrites as `STATE_FORMAT`).
+const READABLE_FORMATS: [u32; 2] = [1, 2];
 /// Tag of the serialized hash state: which crate and layout wrote it.
 const HASH_FORMAT: &str = "sha2-0.11/sha256";
 
@@ -209,16 +213,19 @@ impl SessionState {
             key: key.to_owned(),
             reason: e.to_string(),
         })?;
-        if state.format != STATE_FORMAT {
+        if !READABLE_FORMATS.contains(&state.format) {
             return Err(Error::Corrupt {
                 key: key.to_owned(),
                 reason: format!(
-                    "upload state format {} (expected {STATE_FORMAT})",
+                    "upload state format {} (this build reads {READABLE_FORMATS:?})",
                     state.format
                 ),
             });
         }
-        Ok(state)
+        Ok(Self {
+            format: STATE_FORMAT,
+            ..state
+        })
     }
 
     fn check_offset(&self, requested: u64) -> Result<()> {
@@ -331,6 +338,7 @@ impl Repository {
     /// fails midway, nothing of this chunk counts and the session stays at `offset`.
     ///
     /// # Errors
+    /// [`Error::BlobUploadInvalid`] once a commit of the session has begun (object stores).
     /// [`Error::RangeInvalid`] with [`RangeError::UploadOffset`] (carrying the current offset)
     /// if `offset` is not the current offset. Of racing appends at one offset exactly one is
     /// accepted; the others get this error with the offset the accepted one left.
@@ -378,6 +386,9 @@ impl Repository {
     ///
     /// If this fails midway, the session is either untouched or already unknown (it can no
     /// longer be appended to or committed); calling it again, or the next purge, finishes it.
+    /// On object stores, if a commit of the session had begun (it may still be running
+    /// elsewhere), the session ends but its staged bytes are left for the purger, unless that
+    /// commit published them.
     ///
     /// # Errors
     /// [`Error::BlobUploadUnknown`] if there is no such session in this repository.
@@ -491,6 +502,23 @@ mod tests {
         let mut state = HashState::of(&Sha256::new());
         state.state.truncate(10);
         assert!(state.restore().is_none());
+    }
+
+    #[test]
+    fn a_format_1_state_is_read_and_rewritten_as_format_2() {
+        let mut state = SessionState::new("library/hello".parse().unwrap());
+        state.format = 1;
+        let read = SessionState::decode("k", &state.encode()).unwrap();
+        let rewritten: serde_json::Value = serde_json::from_slice(&read.encode()).unwrap();
+        assert_eq!(rewritten["format"], STATE_FORMAT);
+    }
+
+    #[test]
+    fn a_state_of_a_later_format_is_refused_as_corrupt() {
+        let mut state = SessionState::new("library/hello".parse().unwrap());
+        state.format = STATE_FORMAT + 1;
+        let e = SessionState::decode("k", &state.encode()).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     }
 
     #[test]

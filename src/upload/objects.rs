@@ -20,12 +20,11 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
@@ -34,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use sha2::Sha256;
 use tokio::io::AsyncWriteExt;
+use tokio::task::JoinSet;
 
 use super::{
     ChunkStream, HashState, OpenMultipart, Part, Segment, SessionState, UploadId, UploadStatus,
@@ -139,14 +139,39 @@ impl From<object_store::Error> for Stop {
     }
 }
 
-/// The refusal a losing append gets: the offset the session is at now.
+/// How long a losing append waits for the append it lost to before reporting the offset.
+const LOSER_WAIT: Duration = Duration::from_secs(10);
+
+/// The refusal a losing append gets: the offset the session is at now. If it lost to another
+/// append's claim (the offset has not moved yet), it first waits for that append to finish,
+/// so that its client is told where to go on rather than to retry where it is.
 async fn lost(store: &Store, id: &UploadId, offset: u64) -> Error {
-    match load(store, id).await {
-        Ok((current, _)) => Error::RangeInvalid(RangeError::UploadOffset {
-            current: current.offset,
-            requested: offset,
+    let deadline = tokio::time::Instant::now() + LOSER_WAIT;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let current = match load(store, id).await {
+            Ok((current, _)) => current,
+            Err(e) => return e,
+        };
+        let in_progress = current.offset == offset && current.appending.is_some();
+        if !in_progress || tokio::time::Instant::now() + pause > deadline {
+            return Error::RangeInvalid(RangeError::UploadOffset {
+                current: current.offset,
+                requested: offset,
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Appends are refused once a commit has begun: the pieces may be a blob's already.
+fn check_not_committing(state: &SessionState, id: &UploadId) -> Result<()> {
+    match state.publishing {
+        Some(digest) => Err(Error::BlobUploadInvalid {
+            reason: format!("upload {id} is being committed as {digest}; commit it again"),
         }),
-        Err(e) => e,
+        None => Ok(()),
     }
 }
 
@@ -159,6 +184,7 @@ pub(super) async fn append(
     let store = repo.store();
     let (state, version) = load(store, id).await?;
     state.check_repository(repo.name(), id)?;
+    check_not_committing(&state, id)?;
     state.check_offset(offset)?;
     let Some(hasher) = state.hash.restore() else {
         return Err(Error::Corrupt {
@@ -182,7 +208,7 @@ pub(super) async fn append(
         target: None,
         tag: random_tag(),
         consumed: Vec::new(),
-        in_flight: FuturesUnordered::new(),
+        in_flight: JoinSet::new(),
         sent: Vec::new(),
     };
     let result = match appender.receive(chunk).await {
@@ -217,7 +243,9 @@ struct Appender<'a> {
     tag: String,
     /// Staged segments read back into a part: deleted once the new state is written.
     consumed: Vec<Path>,
-    in_flight: FuturesUnordered<BoxFuture<'static, Result<(usize, Part)>>>,
+    /// Parts being sent, each on a task of its own so that sending overlaps receiving;
+    /// dropping the set (an append that fails) aborts them.
+    in_flight: JoinSet<Result<(usize, Part)>>,
     /// Parts sent and acknowledged: (part index, part).
     sent: Vec<(usize, Part)>,
 }
@@ -240,8 +268,8 @@ impl Appender<'_> {
         if left >= MIN_PART {
             self.send_part(left).await?;
         }
-        while let Some(sent) = self.in_flight.next().await {
-            self.sent.push(sent?);
+        while let Some(sent) = self.in_flight.join_next().await {
+            self.sent.push(joined(sent)?);
         }
         Ok(())
     }
@@ -305,8 +333,8 @@ impl Appender<'_> {
         let payload = PutPayload::from_iter(body);
 
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
-            if let Some(sent) = self.in_flight.next().await {
-                self.sent.push(sent?);
+            if let Some(sent) = self.in_flight.join_next().await {
+                self.sent.push(joined(sent)?);
             }
         }
         let t = self.target.unwrap_or_default();
@@ -318,19 +346,16 @@ impl Appender<'_> {
             .unwrap_or_default();
         let multipart = Arc::clone(&self.multipart);
         let size = size as u64;
-        self.in_flight.push(
-            async move {
-                let part = multipart.put_part(&key, &upload, index, payload).await?;
-                Ok((
-                    index,
-                    Part {
-                        content_id: part.content_id,
-                        size,
-                    },
-                ))
-            }
-            .boxed(),
-        );
+        self.in_flight.spawn(async move {
+            let part = multipart.put_part(&key, &upload, index, payload).await?;
+            Ok((
+                index,
+                Part {
+                    content_id: part.content_id,
+                    size,
+                },
+            ))
+        });
         Ok(())
     }
 
@@ -381,6 +406,7 @@ impl Appender<'_> {
             start
         };
         next.appending = Some(self.tag.clone());
+        next.last_active = Utc::now();
         match self.write_state(&next).await {
             Ok(()) => {
                 self.state = next;
@@ -399,27 +425,8 @@ impl Appender<'_> {
 
     /// Replaces the state object if it is still at `self.version`.
     async fn write_state(&mut self, state: &SessionState) -> std::result::Result<(), Stop> {
-        let key = self.store.keys().upload_state(self.id.as_str());
-        let opts = PutOptions::from(PutMode::Update(self.version.clone()));
-        match self
-            .store
-            .objects()
-            .put_opts(&key, PutPayload::from(state.encode()), opts)
-            .await
-        {
-            Ok(result) => {
-                self.version = match version_of(&result) {
-                    Some(v) => v,
-                    None => load(self.store, self.id).await?.1,
-                };
-                Ok(())
-            }
-            Err(
-                object_store::Error::Precondition { .. }
-                | object_store::Error::AlreadyExists { .. },
-            ) => Err(Stop::Lost),
-            Err(e) => Err(e.into()),
-        }
+        self.version = replace_state(self.store, self.id, state, self.version.clone()).await?;
+        Ok(())
     }
 
     /// Records the parts, stages what is left as a segment, and writes the new state.
@@ -490,6 +497,13 @@ async fn read_staged(store: &Store, keys: &[Path]) -> Result<Vec<Bytes>> {
         .await
 }
 
+/// The result of a part's task.
+fn joined(
+    result: std::result::Result<Result<(usize, Part)>, tokio::task::JoinError>,
+) -> Result<(usize, Part)> {
+    result.map_err(|e| Error::io("sending a part", std::io::Error::other(e)))?
+}
+
 /// An append on a store without multipart uploads: the chunk becomes one segment object.
 async fn append_segment(
     store: &Store,
@@ -546,9 +560,12 @@ async fn append_segment(
     {
         Ok(_) => Ok(state.status(id)),
         Err(
-            object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. },
+            object_store::Error::Precondition { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::NotFound { .. },
         ) => {
-            // Another append won the race for this offset: drop ours, report where it stands.
+            // Another append won the race for this offset (or a commit, cancel or purge came
+            // first): drop ours, report where it stands.
             if size > 0 {
                 store.remove(&key).await?;
             }
@@ -608,6 +625,57 @@ async fn abort(multipart: &dyn MultipartStore, key: &Path, upload: &str) -> Resu
     }
 }
 
+/// Replaces the state object if it is still at `version`; returns the new version.
+async fn replace_state(
+    store: &Store,
+    id: &UploadId,
+    state: &SessionState,
+    version: UpdateVersion,
+) -> std::result::Result<UpdateVersion, Stop> {
+    let key = store.keys().upload_state(id.as_str());
+    let opts = PutOptions::from(PutMode::Update(version));
+    match store
+        .objects()
+        .put_opts(&key, PutPayload::from(state.encode()), opts)
+        .await
+    {
+        Ok(result) => Ok(match version_of(&result) {
+            Some(v) => v,
+            None => load_any(store, id).await?.1,
+        }),
+        // Changed by an append, a commit or a cancel; or gone (purged).
+        Err(
+            object_store::Error::Precondition { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::NotFound { .. },
+        ) => Err(Stop::Lost),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Marks a session cancelled if its state is still at `version` (for the purger): `false` if
+/// something changed it since, which means it is in use.
+pub(super) async fn mark_cancelled(
+    store: &Store,
+    id: &UploadId,
+    state: &SessionState,
+    version: UpdateVersion,
+) -> Result<bool> {
+    let mut state = state.clone();
+    state.cancelled = true;
+    match replace_state(store, id, &state, version).await {
+        Ok(_) => Ok(true),
+        Err(Stop::Lost) => Ok(false),
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+/// Whether the index of `digest` lists this session's pieces.
+async fn published_as(store: &Store, id: &UploadId, digest: &Digest) -> Result<bool> {
+    let index: Option<SegmentIndex> = store.read_link(&store.keys().blob_segments(digest)).await?;
+    Ok(index.is_some_and(|i| i.upload == id.as_str()))
+}
+
 pub(super) async fn commit(
     repo: &Repository,
     id: &UploadId,
@@ -615,7 +683,7 @@ pub(super) async fn commit(
     expected_size: Option<u64>,
 ) -> Result<BlobInfo> {
     let store = repo.store();
-    let (mut state, version) = load(store, id).await?;
+    let (mut state, mut version) = load(store, id).await?;
     state.check_repository(repo.name(), id)?;
     let sha256 = match (expected.algorithm(), state.hash.restore()) {
         (Algorithm::Sha256, Some(hasher)) => Some(Digest::Sha256(hasher.finalize().into())),
@@ -624,36 +692,42 @@ pub(super) async fn commit(
     if let Some(actual) = sha256 {
         // Checked before anything changes: a wrong digest leaves the session as it was.
         verify(&actual, state.offset, expected, expected_size)?;
-    } else if expected.algorithm() != Algorithm::Sha256
-        && state.publishing != Some(*expected)
-        && !state.segments.is_empty()
-    {
-        // The slow but correct path re-hashes the stored bytes, so the uploads are completed
-        // first. The session's SHA-256 state does not name this blob: record which one the
-        // pieces are about to belong to, before the index makes them its, so that a cancel or
-        // purge after a failed commit keeps them.
-        complete_uploads(store, id, &mut state.segments).await?;
-        state.publishing = Some(*expected);
-        let key = store.keys().upload_state(id.as_str());
-        let opts = PutOptions::from(PutMode::Update(version));
-        match store
-            .objects()
-            .put_opts(&key, PutPayload::from(state.encode()), opts)
-            .await
+    }
+    if state.publishing != Some(*expected) {
+        if let Some(other) = state.publishing
+            && published_as(store, id, &other).await?
         {
-            Ok(_) => {}
-            Err(object_store::Error::Precondition { .. }) => {
+            return Err(Error::BlobUploadInvalid {
+                reason: format!("upload {id} was committed as {other}"),
+            });
+        }
+        // The commit marker. From this write on the session takes no append, and a cancel
+        // or purge leaves its pieces to the blob this commit may be publishing; an append,
+        // cancel or purge that wrote first makes it fail instead.
+        state.publishing = Some(*expected);
+        state.last_active = Utc::now();
+        version = match replace_state(store, id, &state, version).await {
+            Ok(v) => v,
+            Err(Stop::Lost) => {
                 return Err(Error::BlobUploadInvalid {
-                    reason: format!("upload {id} received a chunk during the commit"),
+                    reason: format!("upload {id} changed during the commit; commit again"),
                 });
             }
-            Err(e) => return Err(e.into()),
-        }
+            Err(Stop::Failed(e)) => return Err(e),
+        };
     }
     if sha256.is_none() {
+        // The slow but correct path: complete the uploads, then hash the stored bytes.
         complete_uploads(store, id, &mut state.segments).await?;
         let actual = rehash(store, id, &state.segments, expected.algorithm()).await?;
-        verify(&actual, state.offset, expected, expected_size)?;
+        if let Err(e) = verify(&actual, state.offset, expected, expected_size) {
+            // The session stays resumable: take the marker back, with the uploads now
+            // completed (plain pieces). If this write fails, the marker stays until a commit
+            // with the right digest or the purger.
+            state.publishing = None;
+            let _ = replace_state(store, id, &state, version).await;
+            return Err(e);
+        }
     }
 
     let keys = store.keys();
@@ -661,6 +735,7 @@ pub(super) async fn commit(
         // An earlier commit of this very session published the index and failed after it:
         // the pieces are the blob's now and must stay.
         Some(BlobLocation::Segments(index)) if index.upload == id.as_str() => {
+            sweep(store, id, &index.segments).await;
             return Ok(published(expected, state.offset));
         }
         Some(_) => {
@@ -684,13 +759,11 @@ pub(super) async fn commit(
         .put_opts(&keys.blob_segments(expected), PutPayload::from(body), opts)
         .await
     {
-        Ok(_) => {}
+        Ok(_) => sweep(store, id, &index.segments).await,
         Err(object_store::Error::AlreadyExists { .. }) => {
             // A concurrent upload of the same content published first; unless that was a
             // concurrent commit of this same session, whose index lists our pieces.
-            let winner: Option<SegmentIndex> =
-                store.read_link(&keys.blob_segments(expected)).await?;
-            if winner.is_none_or(|w| w.upload != id.as_str()) {
+            if !published_as(store, id, expected).await? {
                 discard_staged(store, id, &state.segments).await?;
             }
         }
@@ -699,12 +772,38 @@ pub(super) async fn commit(
     Ok(published(expected, state.offset))
 }
 
+/// Deletes the objects under the session's segment prefix that the published index does not
+/// list: staged segments a failed append left, or whose delete after being read back into a
+/// part failed. No append can add one any more (the commit marker). Best effort: the blob is
+/// published either way.
+async fn sweep(store: &Store, id: &UploadId, indexed: &[Segment]) {
+    let keep: std::collections::HashSet<Path> =
+        indexed.iter().map(|s| piece_key(store, id, s)).collect();
+    let swept = async {
+        for key in store
+            .list_keys(&store.keys().segments_prefix(id.as_str()))
+            .await?
+        {
+            if !keep.contains(&key) {
+                store.remove(&key).await?;
+            }
+        }
+        Ok::<_, Error>(())
+    };
+    if let Err(e) = swept.await {
+        tracing::warn!(upload = %id, error = %e, "leftover upload segments not deleted");
+    }
+}
+
 /// Cancels a session. First its state is marked cancelled, with a conditional put (an append
-/// that races it loses), so that from then on nothing can append to it or commit it; then its
-/// uploads are aborted and its segments deleted — unless a commit that failed after
-/// publishing made them a blob's — and last its state. A failure midway leaves a cancelled
-/// session, finished by a retried cancel or the next purge, never a live one with bytes
-/// missing.
+/// or commit that races it loses), so that from then on nothing can append to it or commit
+/// it; then its uploads are aborted and its segments deleted, and last its state. A failure
+/// midway leaves a cancelled session, finished by a retried cancel or the next purge, never a
+/// live one with bytes missing.
+///
+/// If a commit already began (it may still be running, in another process), its pieces are
+/// left: if that commit published them they are a blob's; if not, the purger deletes them
+/// once the session has been idle for the purge age.
 pub(super) async fn cancel(repo: &Repository, id: &UploadId) -> Result<()> {
     let store = repo.store();
     let key = store.keys().upload_state(id.as_str());
@@ -715,21 +814,20 @@ pub(super) async fn cancel(repo: &Repository, id: &UploadId) -> Result<()> {
             break state;
         }
         state.cancelled = true;
-        let opts = PutOptions::from(PutMode::Update(version));
-        match store
-            .objects()
-            .put_opts(&key, PutPayload::from(state.encode()), opts)
-            .await
-        {
+        match replace_state(store, id, &state, version).await {
             Ok(_) => break state,
-            // An append got in first: mark the state it left.
-            Err(object_store::Error::Precondition { .. }) => {}
-            Err(e) => return Err(e.into()),
+            // An append or a commit got in first: mark the state it left.
+            Err(Stop::Lost) => {}
+            Err(Stop::Failed(e)) => return Err(e),
         }
     };
-    if !store.published_segments(id, &state).await? {
-        discard_staged(store, id, &state.segments).await?;
+    if store.published_segments(id, &state).await? {
+        return store.remove(&key).await;
     }
+    if state.publishing.is_some() {
+        return Ok(());
+    }
+    discard_staged(store, id, &state.segments).await?;
     store.remove(&key).await
 }
 

@@ -8,7 +8,7 @@ use sha2::Digest as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::objects::{SegmentIndex, discard_staged};
+use super::objects::{SegmentIndex, discard_staged, mark_cancelled};
 use super::{SessionState, UploadId, age, remove_session};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -142,8 +142,9 @@ impl Store {
         };
         // Without readable state (a start that crashed), the files' own times decide.
         let idle = match &state {
-            // A cancel that failed midway: nobody can use it any more.
-            Some(s) if s.cancelled => Duration::MAX,
+            // A cancel that failed midway: nobody can use it any more. (Unless a commit had
+            // begun: that one may still be publishing, so it waits out the age.)
+            Some(s) if s.cancelled && s.publishing.is_none() => Duration::MAX,
             Some(s) => age(s.last_active, now),
             None => now.duration_since(newest_object).unwrap_or_default(),
         };
@@ -183,10 +184,23 @@ impl Store {
             return Ok(Some(freed));
         }
         if self.backend().local_root().is_none() {
-            // Appended to since we looked: in use, keep it.
-            let now_version = self.read_versioned(&state_key).await?.map(|(_, v)| v);
-            if now_version != loaded.map(|(_, v)| v) {
-                return Ok(None);
+            match (&state, loaded) {
+                // Cancel it with a conditional write first: an append or commit that wrote
+                // since we looked makes this fail (in use: keep it), and one that writes after
+                // it fails instead of working on a session being deleted.
+                (Some(s), Some((_, version))) if !s.cancelled => {
+                    if !mark_cancelled(self, id, s, version).await? {
+                        return Ok(None);
+                    }
+                }
+                (Some(_), _) => {} // cancelled already: nothing can change it
+                (None, loaded) => {
+                    // No readable state: keep it if one has appeared since we looked.
+                    let now_version = self.read_versioned(&state_key).await?.map(|(_, v)| v);
+                    if now_version != loaded.map(|(_, v)| v) {
+                        return Ok(None);
+                    }
+                }
             }
         }
         if !published {
