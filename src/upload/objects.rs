@@ -551,19 +551,9 @@ async fn append_segment(
     state.offset += size;
     state.last_active = Utc::now();
     state.hash = HashState::of(&hasher);
-    let state_key = store.keys().upload_state(id.as_str());
-    let opts = PutOptions::from(PutMode::Update(version));
-    match store
-        .objects()
-        .put_opts(&state_key, PutPayload::from(state.encode()), opts)
-        .await
-    {
+    match replace_state(store, id, &state, version).await {
         Ok(_) => Ok(state.status(id)),
-        Err(
-            object_store::Error::Precondition { .. }
-            | object_store::Error::AlreadyExists { .. }
-            | object_store::Error::NotFound { .. },
-        ) => {
+        Err(Stop::Lost) => {
             // Another append won the race for this offset (or a commit, cancel or purge came
             // first): drop ours, report where it stands.
             if size > 0 {
@@ -572,7 +562,7 @@ async fn append_segment(
             Err(lost(store, id, offset).await)
         }
         // The outcome is unknown: the write may have landed, so the segment stays.
-        Err(e) => Err(e.into()),
+        Err(Stop::Failed(e)) => Err(e),
     }
 }
 
