@@ -1,8 +1,19 @@
 //! Uploads on the filesystem: a staging file per session, appended and fsynced per chunk,
-//! renamed into the blob's place on commit.
+//! renamed into the blob's place on commit; the session state in a two-slot file beside it.
+//!
+//! Durability of an append rests on one ordering: a state record is written only after the
+//! bytes it covers are fsynced. So any record that survives a crash covers durable bytes, and
+//! a resumed session never hashes or publishes a byte that was lost. The record itself is
+//! fsynced by the next append, off that append's critical path, so a power loss can roll a
+//! session back by its last append — the client is told the offset and sends the chunk again —
+//! but never further, and never to a state that names bytes the disk does not have.
+
+mod state;
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
@@ -10,14 +21,15 @@ use futures::StreamExt;
 use sha2::Digest as _;
 use sha2::Sha256;
 
-use super::{
-    ChunkStream, HashState, SessionState, UploadId, UploadStatus, load, published, verify,
-};
+use self::state::Record;
+use super::{ChunkStream, HashState, SessionState, UploadId, UploadStatus, published, verify};
 use crate::digest::{Algorithm, Digest, DigestHasher};
 use crate::error::{Error, Result};
+use crate::name::RepositoryName;
 use crate::store::{BlobInfo, Repository, Store};
 
 /// The local paths of one session.
+#[derive(Clone)]
 struct Paths {
     dir: PathBuf,
     state: PathBuf,
@@ -63,15 +75,53 @@ fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(io("fsyncing directory", dir))
 }
 
-/// Replaces the state file atomically and durably: temp file, fsync, rename, fsync dir.
-fn write_state(paths: &Paths, state: &SessionState) -> Result<()> {
-    let tmp = paths.state.with_extension("tmp");
-    std::fs::write(&tmp, state.encode()).map_err(io("writing", &tmp))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io("fsyncing", &tmp))?;
-    std::fs::rename(&tmp, &paths.state).map_err(io("publishing", &paths.state))?;
-    fsync_dir(&paths.dir)
+impl Paths {
+    /// The state file's name as errors report it.
+    fn state_key(&self) -> String {
+        self.state.display().to_string()
+    }
+}
+
+/// Reads a session's current state record.
+fn read_record(paths: &Paths, id: &UploadId) -> Result<Record> {
+    let bytes = match std::fs::read(&paths.state) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::BlobUploadUnknown { id: id.to_string() });
+        }
+        Err(e) => return Err(io("reading", &paths.state)(e)),
+    };
+    Record::decode(&paths.state_key(), &bytes)
+}
+
+/// The state of a filesystem session, for status, cancel and purge.
+///
+/// # Errors
+/// [`Error::BlobUploadUnknown`] if there is no such session; [`Error::Corrupt`] if neither
+/// slot of its state file holds an intact record.
+pub(super) async fn load_state(store: &Store, id: &UploadId) -> Result<SessionState> {
+    let paths = paths(store, root(store)?, id);
+    let id = id.clone();
+    blocking(move || read_record(&paths, &id).map(|r| r.state)).await
+}
+
+/// Writes `next` into its slot. The first record after a legacy JSON state replaces the whole
+/// file instead (fsynced, renamed, directory fsynced): overwriting the JSON in place could tear
+/// the only record the session has.
+fn write_record(file: &File, paths: &Paths, current: &Record, next: &Record) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    if current.slot.is_none() {
+        let (_, bytes) = Record::encode_file(next.state.clone(), &paths.state_key())?;
+        let tmp = paths.state.with_extension("tmp");
+        let mut tmp_file = File::create(&tmp).map_err(io("creating", &tmp))?;
+        std::io::Write::write_all(&mut tmp_file, &bytes).map_err(io("writing", &tmp))?;
+        tmp_file.sync_data().map_err(io("fsyncing", &tmp))?;
+        std::fs::rename(&tmp, &paths.state).map_err(io("publishing", &paths.state))?;
+        return fsync_dir(&paths.dir);
+    }
+    let slot = next.encode(&paths.state_key())?;
+    file.write_all_at(&slot, next.position())
+        .map_err(io("writing", &paths.state))
 }
 
 /// Creates the session without fsyncing anything: a session that holds no acknowledged byte
@@ -79,11 +129,11 @@ fn write_state(paths: &Paths, state: &SessionState) -> Result<()> {
 /// and starts over). The first append makes it durable. This saves four fsyncs per upload.
 pub(super) async fn start(store: &Store, id: &UploadId, state: &SessionState) -> Result<()> {
     let paths = paths(store, root(store)?, id);
-    let state = state.clone();
+    let (_, file) = Record::encode_file(state.clone(), &paths.state_key())?;
     blocking(move || {
         std::fs::create_dir_all(&paths.dir).map_err(io("creating", &paths.dir))?;
         File::create(&paths.data).map_err(io("creating", &paths.data))?;
-        std::fs::write(&paths.state, state.encode()).map_err(io("writing", &paths.state))
+        std::fs::write(&paths.state, file).map_err(io("writing", &paths.state))
     })
     .await
 }
@@ -120,6 +170,86 @@ async fn lock_waiting(paths: &Paths, id: &UploadId) -> Result<File> {
     }
 }
 
+/// A session opened for an append, under its lock.
+struct Appending {
+    state_file: File,
+    current: Record,
+    data: File,
+    hasher: Sha256,
+}
+
+/// Reads the current record and checks the append against it, then opens the staging file at
+/// the recorded offset: one trip to a blocking thread for all of it.
+fn open_for_append(
+    paths: &Paths,
+    id: &UploadId,
+    repository: &RepositoryName,
+    offset: u64,
+) -> Result<Appending> {
+    let mut state_file = match OpenOptions::new().read(true).write(true).open(&paths.state) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::BlobUploadUnknown { id: id.to_string() });
+        }
+        Err(e) => return Err(io("opening", &paths.state)(e)),
+    };
+    let mut bytes = Vec::with_capacity(state::FILE_LEN);
+    state_file
+        .read_to_end(&mut bytes)
+        .map_err(io("reading", &paths.state))?;
+    let current = Record::decode(&paths.state_key(), &bytes)?;
+    current.state.check_repository(repository, id)?;
+    current.state.check_offset(offset)?;
+    let Some(hasher) = current.state.hash.restore() else {
+        return Err(Error::Corrupt {
+            key: paths.state_key(),
+            reason: "hash state written by another version; commit re-hashes, appends cannot"
+                .to_owned(),
+        });
+    };
+    let data = OpenOptions::new()
+        .write(true)
+        .open(&paths.data)
+        .map_err(io("opening", &paths.data))?;
+    let staged = data.metadata().map_err(io("reading", &paths.data))?.len();
+    if staged < offset {
+        // Records are written only after their bytes are fsynced: this is not a crash.
+        return Err(Error::Corrupt {
+            key: paths.data.display().to_string(),
+            reason: format!("{staged} bytes staged, but the upload state counts {offset}"),
+        });
+    }
+    if staged > offset {
+        // Bytes past the recorded offset belong to an append that never finished (or whose
+        // record a power loss rolled back): drop them.
+        data.set_len(offset)
+            .map_err(io("truncating", &paths.data))?;
+    }
+    Ok(Appending {
+        state_file,
+        current,
+        data,
+        hasher,
+    })
+}
+
+/// Makes the current record durable, and on a session's first append the session itself (its
+/// files' directory entries and its directory's). Runs beside the chunk's write: the record
+/// it syncs covers bytes that are already durable, and it must be durable before the next
+/// record overwrites the other slot, so that a torn write can never take out both.
+fn make_durable(state_file: &File, paths: &Paths, first: bool) -> Result<()> {
+    state_file
+        .sync_data()
+        .map_err(io("fsyncing", &paths.state))?;
+    if first {
+        fsync_dir(&paths.dir)?;
+        if let Some(uploads) = paths.dir.parent() {
+            fsync_dir(uploads)?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn append(
     repo: &Repository,
     id: &UploadId,
@@ -127,53 +257,49 @@ pub(super) async fn append(
     mut chunk: ChunkStream<'_>,
 ) -> Result<UploadStatus> {
     let store = repo.store();
-    let paths = paths(store, root(store)?, id);
-    let (state, _) = load(store, id).await?;
-    state.check_repository(repo.name(), id)?;
+    let paths = Arc::new(paths(store, root(store)?, id));
     // Appends are serialized: one that races another waits for it, then checks its offset
-    // against the one the other left, so the refusal names the real current offset.
-    let _lock = lock_waiting(&paths, id).await?;
-    let (mut state, _) = load(store, id).await?;
-    state.check_offset(offset)?;
-    let Some(hasher) = state.hash.restore() else {
-        return Err(Error::Corrupt {
-            key: paths.state.display().to_string(),
-            reason: "hash state written by another version; commit re-hashes, appends cannot"
-                .to_owned(),
-        });
+    // against the one the other left, so the refusal names the real current offset. A session
+    // of another repository is refused under the lock too (it changes nothing).
+    let lock = lock_waiting(&paths, id).await?;
+    let Appending {
+        state_file,
+        current,
+        data,
+        hasher,
+    } = {
+        let (paths, id, repository) = (Arc::clone(&paths), id.clone(), repo.name().clone());
+        blocking(move || open_for_append(&paths, &id, &repository, offset)).await?
+    };
+    let state_file = Arc::new(state_file);
+    let durable = {
+        let (file, paths) = (Arc::clone(&state_file), Arc::clone(&paths));
+        blocking(move || make_durable(&file, &paths, offset == 0))
     };
 
-    let data = paths.data.clone();
-    let file = blocking(move || {
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&data)
-            .map_err(io("opening", &data))?;
-        // Bytes past the persisted offset belong to an append that never finished: drop them.
-        file.set_len(offset).map_err(io("truncating", &data))?;
-        Ok(file)
-    })
-    .await?;
-    let mut writer = HashingWriter::new(file, hasher, paths.data.clone(), offset);
-    while let Some(bytes) = chunk.next().await {
-        writer
-            .push(bytes.map_err(|e| Error::io("receiving the chunk", e))?)
-            .await?;
-    }
-    let (hasher, size) = writer.finish().await?;
+    let mut writer = HashingWriter::new(data, hasher, paths.data.clone(), offset);
+    let written = async {
+        while let Some(bytes) = chunk.next().await {
+            writer
+                .push(bytes.map_err(|e| Error::io("receiving the chunk", e))?)
+                .await?;
+        }
+        writer.finish().await
+    };
+    let (written, durable) = tokio::join!(written, durable);
+    let (hasher, size) = written?;
+    durable?;
 
+    let mut state = current.state.clone();
     state.offset += size;
     state.last_active = Utc::now();
     state.hash = HashState::of(&hasher);
     let status = state.status(id);
-    let first = offset == 0;
+    let next = current.next(state);
     blocking(move || {
-        write_state(&paths, &state)?;
-        // The session was created without fsyncs; make its directory entry durable now.
-        match paths.dir.parent() {
-            Some(uploads) if first => fsync_dir(uploads),
-            _ => Ok(()),
-        }
+        // Held until the record is written, even if the caller stops waiting.
+        let _lock = lock;
+        write_record(&state_file, &paths, &current, &next)
     })
     .await?;
     Ok(status)
@@ -330,7 +456,10 @@ pub(super) async fn commit(
             reason: format!("upload {id} is receiving a chunk; commit after it"),
         });
     };
-    let (state, _) = load(store, id).await?;
+    let state = {
+        let (paths, id) = (paths.clone(), id.clone());
+        blocking(move || read_record(&paths, &id)).await?.state
+    };
     state.check_repository(repo.name(), id)?;
     let actual = match (expected.algorithm(), state.hash.restore()) {
         (Algorithm::Sha256, Some(hasher)) => Digest::Sha256(hasher.finalize().into()),
@@ -365,7 +494,16 @@ fn publish(root: &Path, data: &Path, target: &Path, size: u64) -> Result<()> {
         .write(true)
         .open(data)
         .map_err(io("opening", data))?;
-    if file.metadata().map_err(io("reading", data))?.len() != size {
+    let staged = file.metadata().map_err(io("reading", data))?.len();
+    if staged < size {
+        // Never a crash's doing (a record is written after its bytes are fsynced); extending
+        // the file would publish made-up bytes under the digest.
+        return Err(Error::Corrupt {
+            key: data.display().to_string(),
+            reason: format!("{staged} bytes staged, but the upload state counts {size}"),
+        });
+    }
+    if staged > size {
         file.set_len(size).map_err(io("truncating", data))?;
         file.sync_all().map_err(io("fsyncing", data))?;
     }
