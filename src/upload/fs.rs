@@ -9,19 +9,21 @@
 //! but never further, and never to a state that names bytes the disk does not have.
 
 mod state;
+mod writer;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use futures::StreamExt;
 use sha2::Digest as _;
 use sha2::Sha256;
+use tokio::sync::{mpsc, oneshot};
 
 use self::state::Record;
+use self::writer::Batches;
 use super::{ChunkStream, HashState, SessionState, UploadId, UploadStatus, published, verify};
 use crate::digest::{Algorithm, Digest, DigestHasher};
 use crate::error::{Error, Result};
@@ -257,142 +259,105 @@ pub(super) async fn append(
     mut chunk: ChunkStream<'_>,
 ) -> Result<UploadStatus> {
     let store = repo.store();
-    let paths = Arc::new(paths(store, root(store)?, id));
+    let paths = paths(store, root(store)?, id);
     // Appends are serialized: one that races another waits for it, then checks its offset
     // against the one the other left, so the refusal names the real current offset. A session
     // of another repository is refused under the lock too (it changes nothing).
     let lock = lock_waiting(&paths, id).await?;
+    let (mut batches, hasher_jobs, writer_jobs) = Batches::new();
+    let job = {
+        let (id, repository) = (id.clone(), repo.name().clone());
+        blocking(move || {
+            // Held until the record is written, whether or not the caller still waits.
+            let _lock = lock;
+            append_job(&paths, &id, &repository, offset, hasher_jobs, writer_jobs)
+        })
+    };
+    // The chunk flows into the job's queues while the job reads the state and opens the
+    // staging file. If the job stops taking it (a refusal or a failure), its result says why.
+    let fed = async move {
+        while let Some(bytes) = chunk.next().await {
+            let bytes = bytes.map_err(|e| Error::io("receiving the chunk", e))?;
+            if batches.push(bytes).await.is_err() {
+                return Ok(());
+            }
+        }
+        let _ = batches.finish().await;
+        Ok::<_, Error>(())
+    };
+    tokio::pin!(job, fed);
+    tokio::select! {
+        // Before the chunk's end only a refusal or a failure ends the job: answer it at once,
+        // without waiting for the rest of the chunk.
+        done = &mut job => done,
+        fed = &mut fed => {
+            let done = job.await;
+            fed?;
+            done
+        }
+    }
+}
+
+/// One append, on a blocking thread under the session's lock: reads the current record,
+/// checks the append against it, hashes the chunk here while another thread writes it, and
+/// once the bytes are fsynced writes the next record. Each step is on this thread, so the
+/// chunk's path crosses no thread boundary between its last byte and the record.
+fn append_job(
+    paths: &Paths,
+    id: &UploadId,
+    repository: &RepositoryName,
+    offset: u64,
+    hasher_jobs: mpsc::Receiver<writer::Batch>,
+    writer_jobs: mpsc::Receiver<writer::WriteJob>,
+) -> Result<UploadStatus> {
     let Appending {
         state_file,
         current,
         data,
         hasher,
-    } = {
-        let (paths, id, repository) = (Arc::clone(&paths), id.clone(), repo.name().clone());
-        blocking(move || open_for_append(&paths, &id, &repository, offset)).await?
-    };
+    } = open_for_append(paths, id, repository, offset)?;
     let state_file = Arc::new(state_file);
     let durable = {
-        let (file, paths) = (Arc::clone(&state_file), Arc::clone(&paths));
-        blocking(move || make_durable(&file, &paths, offset == 0))
+        let (file, paths) = (Arc::clone(&state_file), paths.clone());
+        spawn_thread(move || make_durable(&file, &paths, offset == 0))
     };
-
-    let mut writer = HashingWriter::new(data, hasher, paths.data.clone(), offset);
-    let written = async {
-        while let Some(bytes) = chunk.next().await {
-            writer
-                .push(bytes.map_err(|e| Error::io("receiving the chunk", e))?)
-                .await?;
-        }
-        writer.finish().await
+    let written = {
+        let path = paths.data.clone();
+        spawn_thread(move || writer::write_batches(data, &path, offset, writer_jobs))
     };
-    let (written, durable) = tokio::join!(written, durable);
-    let (hasher, size) = written?;
-    durable?;
+    let hasher = writer::hash_batches(hasher, hasher_jobs);
+    // The bytes are durable before the record that covers them is written.
+    let size = joined(written)?;
+    joined(durable)?;
 
     let mut state = current.state.clone();
     state.offset += size;
     state.last_active = Utc::now();
     state.hash = HashState::of(&hasher);
     let status = state.status(id);
-    let next = current.next(state);
-    blocking(move || {
-        // Held until the record is written, even if the caller stops waiting.
-        let _lock = lock;
-        write_record(&state_file, &paths, &current, &next)
-    })
-    .await?;
+    write_record(&state_file, paths, &current, &current.next(state))?;
     Ok(status)
 }
 
-/// Writes a stream to a file and hashes it, the two in parallel on blocking threads, a block
-/// at a time, so throughput approaches the slower of disk and SHA-256 rather than their sum.
-struct HashingWriter {
-    file: Option<File>,
-    hasher: Option<Sha256>,
-    path: PathBuf,
-    position: u64,
-    block: BytesMut,
-    written: u64,
+/// Runs `f` on the blocking pool, for a blocking thread to wait for with [`joined`].
+fn spawn_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> oneshot::Receiver<Result<T>> {
+    let (tx, rx) = oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let _ = tx.send(f());
+    });
+    rx
 }
 
-/// Bytes handed to the hashing and writing threads at a time.
-const BLOCK: usize = 4 * 1024 * 1024;
-
-impl HashingWriter {
-    fn new(file: File, hasher: Sha256, path: PathBuf, position: u64) -> Self {
-        Self {
-            file: Some(file),
-            hasher: Some(hasher),
-            path,
-            position,
-            block: BytesMut::new(),
-            written: 0,
-        }
-    }
-
-    async fn push(&mut self, bytes: Bytes) -> Result<()> {
-        if self.block.is_empty() && bytes.len() >= BLOCK {
-            // Large enough on its own: hash and write it where it is, without a copy.
-            return self.write_block(bytes).await;
-        }
-        self.block.extend_from_slice(&bytes);
-        if self.block.len() >= BLOCK {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<()> {
-        if self.block.is_empty() {
-            return Ok(());
-        }
-        let block = self.block.split().freeze();
-        self.write_block(block).await
-    }
-
-    async fn write_block(&mut self, block: Bytes) -> Result<()> {
-        let (Some(file), Some(mut hasher)) = (self.file.take(), self.hasher.take()) else {
-            return Err(Error::io(
-                "writing",
-                std::io::Error::other("writer used after a failure"),
-            ));
-        };
-        let (path, position) = (self.path.clone(), self.position);
-        let for_hash = block.clone();
-        let hashing = tokio::task::spawn_blocking(move || {
-            hasher.update(&for_hash);
-            hasher
-        });
-        let writing = blocking(move || {
-            use std::os::unix::fs::FileExt;
-            file.write_all_at(&block, position)
-                .map_err(io("writing", &path))?;
-            Ok((file, block.len() as u64))
-        });
-        let (hashed, written) = tokio::join!(hashing, writing);
-        let (file, n) = written?;
-        let hasher = hashed.map_err(|e| Error::io("hashing", std::io::Error::other(e)))?;
-        self.file = Some(file);
-        self.hasher = Some(hasher);
-        self.position += n;
-        self.written += n;
-        Ok(())
-    }
-
-    /// Flushes, fsyncs the file, and returns the hasher and the bytes written.
-    async fn finish(mut self) -> Result<(Sha256, u64)> {
-        self.flush().await?;
-        let (Some(file), Some(hasher)) = (self.file.take(), self.hasher.take()) else {
-            return Err(Error::io(
-                "writing",
-                std::io::Error::other("writer used after a failure"),
-            ));
-        };
-        let path = self.path.clone();
-        blocking(move || file.sync_data().map_err(io("fsyncing", &path))).await?;
-        Ok((hasher, self.written))
-    }
+/// Waits, on a blocking thread, for the result of [`spawn_thread`].
+fn joined<T>(result: oneshot::Receiver<Result<T>>) -> Result<T> {
+    result.blocking_recv().map_err(|_| {
+        Error::io(
+            "joining a filesystem task",
+            std::io::Error::other("the task panicked"),
+        )
+    })?
 }
 
 /// A whole blob from one stream, without a session: written to a staging file while it is
@@ -402,7 +367,7 @@ pub(super) async fn put_stream(
     repo: &Repository,
     expected: &Digest,
     expected_size: Option<u64>,
-    mut data: ChunkStream<'_>,
+    data: ChunkStream<'_>,
 ) -> Result<BlobInfo> {
     let store = repo.store();
     let root = root(store)?.to_path_buf();
@@ -415,13 +380,7 @@ pub(super) async fn put_stream(
     })
     .await?;
     let result = async {
-        let mut writer = HashingWriter::new(file, Sha256::new(), paths.data.clone(), 0);
-        while let Some(bytes) = data.next().await {
-            writer
-                .push(bytes.map_err(|e| Error::io("receiving the blob", e))?)
-                .await?;
-        }
-        let (hasher, size) = writer.finish().await?;
+        let (hasher, size) = writer::write_and_hash(file, paths.data.clone(), data).await?;
         let actual = match expected.algorithm() {
             Algorithm::Sha256 => Digest::Sha256(hasher.finalize().into()),
             algorithm => {
