@@ -300,4 +300,57 @@ mod filesystem {
         assert_eq!((report.scanned, report.purged), (1, 0), "{report:?}");
         assert_eq!(r.upload_status(&s.id).await.unwrap().offset, KIB as u64);
     }
+
+    /// A chunk stream that yields `head` and then never ends (a client that stalls).
+    fn stalled(head: Vec<u8>) -> layerstore::upload::ChunkStream<'static> {
+        use futures::StreamExt;
+        futures::stream::iter([Ok(bytes::Bytes::from(head))])
+            .chain(futures::stream::pending())
+            .boxed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_at_the_wrong_offset_is_refused_without_waiting_for_its_end() {
+        let a = pattern(1, KIB);
+        let s = Session::with_chunks("st/refuse", &[&a]).await;
+        let r = s.reopened("st/refuse");
+        let refused = tokio::time::timeout(
+            Duration::from_secs(10),
+            r.append_upload(&s.id, 0, stalled(pattern(2, 100))),
+        )
+        .await
+        .expect("the refusal waited for the rest of the chunk");
+        assert_kind(refused, &[ErrorKind::RangeInvalid]);
+        assert_eq!(r.upload_status(&s.id).await.unwrap().offset, KIB as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_abandoned_midway_counts_for_nothing_and_the_next_one_commits() {
+        // The caller stops waiting (a client that went away) while bytes of the chunk are
+        // being written; the next append at the same offset must see none of them.
+        let (a, b) = (pattern(1, 3 * KIB), pattern(2, KIB));
+        let s = Session::with_chunks("st/abandon", &[&a]).await;
+        let r = s.reopened("st/abandon");
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(300),
+            r.append_upload(&s.id, a.len() as u64, stalled(pattern(7, 3 << 20))),
+        )
+        .await;
+        assert!(
+            abandoned.is_err(),
+            "the stalled append finished: {abandoned:?}"
+        );
+
+        let status = append(&r, &s.id, a.len() as u64, &b).await.unwrap();
+        assert_eq!(status.offset, (a.len() + b.len()) as u64);
+        let all = [a, b].concat();
+        let digest = Digest::sha256(&all);
+        r.commit_upload(&s.id, &digest, Some(all.len() as u64))
+            .await
+            .unwrap();
+        assert!(
+            read_all(&r, &digest).await == all,
+            "abandoned bytes published"
+        );
+    }
 }
