@@ -139,6 +139,7 @@ pub(super) fn write_batches(
             }
             WriteJob::Sync => {
                 file.sync_data().map_err(io("fsyncing", path))?;
+                drop_behind(file, position, len);
                 return Ok(len);
             }
         }
@@ -187,6 +188,36 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
+/// Drops the written bytes, now durable and clean, from the page cache, in the background
+/// (the caller waits for this thread's result, not for this).
+///
+/// A blob's bytes are rarely read right after they are pushed, and a multi-GB layer would
+/// otherwise push hotter data out of the cache. It also keeps an upload on a small set of
+/// recycled pages instead of ever-new ones: on a VM that hands free memory back to its host
+/// (virtio-balloon free page reporting), each new page costs a host fault, which measured
+/// here at 2-3x the time of a 256 MiB upload.
+#[cfg(target_os = "linux")]
+fn drop_behind(file: File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    let drop_pages = move || {
+        // SAFETY: a plain syscall on a file descriptor that `file` keeps open; no memory is
+        // passed. Only a hint: a failure is ignored.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED);
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(drop_pages)),
+        Err(_) => drop_pages(),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_behind(_file: File, _offset: u64, _len: u64) {}
 
 /// A stream written to a new file and hashed, for a blob put without a session.
 pub(super) async fn write_and_hash(
