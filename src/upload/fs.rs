@@ -1,23 +1,37 @@
 //! Uploads on the filesystem: a staging file per session, appended and fsynced per chunk,
-//! renamed into the blob's place on commit.
+//! renamed into the blob's place on commit; the session state in a two-slot file beside it.
+//!
+//! Durability of an append rests on one ordering: a state record is written only after the
+//! bytes it covers are fsynced. So any record that survives a crash covers durable bytes, and
+//! a resumed session never hashes or publishes a byte that was lost. The record itself is
+//! fsynced by the next append, off that append's critical path, so a power loss can roll a
+//! session back by its last append — the client is told the offset and sends the chunk again —
+//! but never further, and never to a state that names bytes the disk does not have.
+
+mod state;
+mod writer;
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use futures::StreamExt;
 use sha2::Digest as _;
 use sha2::Sha256;
+use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    ChunkStream, HashState, SessionState, UploadId, UploadStatus, load, published, verify,
-};
+use self::state::Record;
+use self::writer::Batches;
+use super::{ChunkStream, HashState, SessionState, UploadId, UploadStatus, published, verify};
 use crate::digest::{Algorithm, Digest, DigestHasher};
 use crate::error::{Error, Result};
+use crate::name::RepositoryName;
 use crate::store::{BlobInfo, Repository, Store};
 
 /// The local paths of one session.
+#[derive(Clone)]
 struct Paths {
     dir: PathBuf,
     state: PathBuf,
@@ -63,15 +77,53 @@ fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(io("fsyncing directory", dir))
 }
 
-/// Replaces the state file atomically and durably: temp file, fsync, rename, fsync dir.
-fn write_state(paths: &Paths, state: &SessionState) -> Result<()> {
-    let tmp = paths.state.with_extension("tmp");
-    std::fs::write(&tmp, state.encode()).map_err(io("writing", &tmp))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io("fsyncing", &tmp))?;
-    std::fs::rename(&tmp, &paths.state).map_err(io("publishing", &paths.state))?;
-    fsync_dir(&paths.dir)
+impl Paths {
+    /// The state file's name as errors report it.
+    fn state_key(&self) -> String {
+        self.state.display().to_string()
+    }
+}
+
+/// Reads a session's current state record.
+fn read_record(paths: &Paths, id: &UploadId) -> Result<Record> {
+    let bytes = match std::fs::read(&paths.state) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::BlobUploadUnknown { id: id.to_string() });
+        }
+        Err(e) => return Err(io("reading", &paths.state)(e)),
+    };
+    Record::decode(&paths.state_key(), &bytes)
+}
+
+/// The state of a filesystem session, for status, cancel and purge.
+///
+/// # Errors
+/// [`Error::BlobUploadUnknown`] if there is no such session; [`Error::Corrupt`] if neither
+/// slot of its state file holds an intact record.
+pub(super) async fn load_state(store: &Store, id: &UploadId) -> Result<SessionState> {
+    let paths = paths(store, root(store)?, id);
+    let id = id.clone();
+    blocking(move || read_record(&paths, &id).map(|r| r.state)).await
+}
+
+/// Writes `next` into its slot. The first record after a legacy JSON state replaces the whole
+/// file instead (fsynced, renamed, directory fsynced): overwriting the JSON in place could tear
+/// the only record the session has.
+fn write_record(file: &File, paths: &Paths, current: &Record, next: &Record) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    if current.slot.is_none() {
+        let (_, bytes) = Record::encode_file(next.state.clone(), &paths.state_key())?;
+        let tmp = paths.state.with_extension("tmp");
+        let mut tmp_file = File::create(&tmp).map_err(io("creating", &tmp))?;
+        std::io::Write::write_all(&mut tmp_file, &bytes).map_err(io("writing", &tmp))?;
+        tmp_file.sync_data().map_err(io("fsyncing", &tmp))?;
+        std::fs::rename(&tmp, &paths.state).map_err(io("publishing", &paths.state))?;
+        return fsync_dir(&paths.dir);
+    }
+    let slot = next.encode(&paths.state_key())?;
+    file.write_all_at(&slot, next.position())
+        .map_err(io("writing", &paths.state))
 }
 
 /// Creates the session without fsyncing anything: a session that holds no acknowledged byte
@@ -79,11 +131,11 @@ fn write_state(paths: &Paths, state: &SessionState) -> Result<()> {
 /// and starts over). The first append makes it durable. This saves four fsyncs per upload.
 pub(super) async fn start(store: &Store, id: &UploadId, state: &SessionState) -> Result<()> {
     let paths = paths(store, root(store)?, id);
-    let state = state.clone();
+    let (_, file) = Record::encode_file(state.clone(), &paths.state_key())?;
     blocking(move || {
         std::fs::create_dir_all(&paths.dir).map_err(io("creating", &paths.dir))?;
         File::create(&paths.data).map_err(io("creating", &paths.data))?;
-        std::fs::write(&paths.state, state.encode()).map_err(io("writing", &paths.state))
+        std::fs::write(&paths.state, file).map_err(io("writing", &paths.state))
     })
     .await
 }
@@ -120,6 +172,86 @@ async fn lock_waiting(paths: &Paths, id: &UploadId) -> Result<File> {
     }
 }
 
+/// A session opened for an append, under its lock.
+struct Appending {
+    state_file: File,
+    current: Record,
+    data: File,
+    hasher: Sha256,
+}
+
+/// Reads the current record and checks the append against it, then opens the staging file at
+/// the recorded offset: one trip to a blocking thread for all of it.
+fn open_for_append(
+    paths: &Paths,
+    id: &UploadId,
+    repository: &RepositoryName,
+    offset: u64,
+) -> Result<Appending> {
+    let mut state_file = match OpenOptions::new().read(true).write(true).open(&paths.state) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::BlobUploadUnknown { id: id.to_string() });
+        }
+        Err(e) => return Err(io("opening", &paths.state)(e)),
+    };
+    let mut bytes = Vec::with_capacity(state::FILE_LEN);
+    state_file
+        .read_to_end(&mut bytes)
+        .map_err(io("reading", &paths.state))?;
+    let current = Record::decode(&paths.state_key(), &bytes)?;
+    current.state.check_repository(repository, id)?;
+    current.state.check_offset(offset)?;
+    let Some(hasher) = current.state.hash.restore() else {
+        return Err(Error::Corrupt {
+            key: paths.state_key(),
+            reason: "hash state written by another version; commit re-hashes, appends cannot"
+                .to_owned(),
+        });
+    };
+    let data = OpenOptions::new()
+        .write(true)
+        .open(&paths.data)
+        .map_err(io("opening", &paths.data))?;
+    let staged = data.metadata().map_err(io("reading", &paths.data))?.len();
+    if staged < offset {
+        // Records are written only after their bytes are fsynced: this is not a crash.
+        return Err(Error::Corrupt {
+            key: paths.data.display().to_string(),
+            reason: format!("{staged} bytes staged, but the upload state counts {offset}"),
+        });
+    }
+    if staged > offset {
+        // Bytes past the recorded offset belong to an append that never finished (or whose
+        // record a power loss rolled back): drop them.
+        data.set_len(offset)
+            .map_err(io("truncating", &paths.data))?;
+    }
+    Ok(Appending {
+        state_file,
+        current,
+        data,
+        hasher,
+    })
+}
+
+/// Makes the current record durable, and on a session's first append the session itself (its
+/// files' directory entries and its directory's). Runs beside the chunk's write: the record
+/// it syncs covers bytes that are already durable, and it must be durable before the next
+/// record overwrites the other slot, so that a torn write can never take out both.
+fn make_durable(state_file: &File, paths: &Paths, first: bool) -> Result<()> {
+    state_file
+        .sync_data()
+        .map_err(io("fsyncing", &paths.state))?;
+    if first {
+        fsync_dir(&paths.dir)?;
+        if let Some(uploads) = paths.dir.parent() {
+            fsync_dir(uploads)?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn append(
     repo: &Repository,
     id: &UploadId,
@@ -128,145 +260,104 @@ pub(super) async fn append(
 ) -> Result<UploadStatus> {
     let store = repo.store();
     let paths = paths(store, root(store)?, id);
-    let (state, _) = load(store, id).await?;
-    state.check_repository(repo.name(), id)?;
     // Appends are serialized: one that races another waits for it, then checks its offset
-    // against the one the other left, so the refusal names the real current offset.
-    let _lock = lock_waiting(&paths, id).await?;
-    let (mut state, _) = load(store, id).await?;
-    state.check_offset(offset)?;
-    let Some(hasher) = state.hash.restore() else {
-        return Err(Error::Corrupt {
-            key: paths.state.display().to_string(),
-            reason: "hash state written by another version; commit re-hashes, appends cannot"
-                .to_owned(),
-        });
+    // against the one the other left, so the refusal names the real current offset. A session
+    // of another repository is refused under the lock too (it changes nothing).
+    let lock = lock_waiting(&paths, id).await?;
+    let (mut batches, hasher_jobs, writer_jobs) = Batches::new();
+    let job = {
+        let (id, repository) = (id.clone(), repo.name().clone());
+        blocking(move || {
+            // Held until the record is written, whether or not the caller still waits.
+            let _lock = lock;
+            append_job(&paths, &id, &repository, offset, hasher_jobs, writer_jobs)
+        })
     };
-
-    let data = paths.data.clone();
-    let file = blocking(move || {
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&data)
-            .map_err(io("opening", &data))?;
-        // Bytes past the persisted offset belong to an append that never finished: drop them.
-        file.set_len(offset).map_err(io("truncating", &data))?;
-        Ok(file)
-    })
-    .await?;
-    let mut writer = HashingWriter::new(file, hasher, paths.data.clone(), offset);
-    while let Some(bytes) = chunk.next().await {
-        writer
-            .push(bytes.map_err(|e| Error::io("receiving the chunk", e))?)
-            .await?;
+    // The chunk flows into the job's queues while the job reads the state and opens the
+    // staging file. If the job stops taking it (a refusal or a failure), its result says why.
+    let fed = async move {
+        while let Some(bytes) = chunk.next().await {
+            let bytes = bytes.map_err(|e| Error::io("receiving the chunk", e))?;
+            if batches.push(bytes).await.is_err() {
+                return Ok(());
+            }
+        }
+        let _ = batches.finish().await;
+        Ok::<_, Error>(())
+    };
+    tokio::pin!(job, fed);
+    tokio::select! {
+        // Before the chunk's end only a refusal or a failure ends the job: answer it at once,
+        // without waiting for the rest of the chunk.
+        done = &mut job => done,
+        fed = &mut fed => {
+            let done = job.await;
+            fed?;
+            done
+        }
     }
-    let (hasher, size) = writer.finish().await?;
+}
 
+/// One append, on a blocking thread under the session's lock: reads the current record,
+/// checks the append against it, hashes the chunk here while another thread writes it, and
+/// once the bytes are fsynced writes the next record. Each step is on this thread, so the
+/// chunk's path crosses no thread boundary between its last byte and the record.
+fn append_job(
+    paths: &Paths,
+    id: &UploadId,
+    repository: &RepositoryName,
+    offset: u64,
+    hasher_jobs: mpsc::Receiver<writer::Batch>,
+    writer_jobs: mpsc::Receiver<writer::WriteJob>,
+) -> Result<UploadStatus> {
+    let Appending {
+        state_file,
+        current,
+        data,
+        hasher,
+    } = open_for_append(paths, id, repository, offset)?;
+    let state_file = Arc::new(state_file);
+    let durable = {
+        let (file, paths) = (Arc::clone(&state_file), paths.clone());
+        spawn_thread(move || make_durable(&file, &paths, offset == 0))
+    };
+    let written = {
+        let path = paths.data.clone();
+        spawn_thread(move || writer::write_batches(data, &path, offset, writer_jobs))
+    };
+    let hasher = writer::hash_batches(hasher, hasher_jobs);
+    // The bytes are durable before the record that covers them is written.
+    let size = joined(written)?;
+    joined(durable)?;
+
+    let mut state = current.state.clone();
     state.offset += size;
     state.last_active = Utc::now();
     state.hash = HashState::of(&hasher);
     let status = state.status(id);
-    let first = offset == 0;
-    blocking(move || {
-        write_state(&paths, &state)?;
-        // The session was created without fsyncs; make its directory entry durable now.
-        match paths.dir.parent() {
-            Some(uploads) if first => fsync_dir(uploads),
-            _ => Ok(()),
-        }
-    })
-    .await?;
+    write_record(&state_file, paths, &current, &current.next(state))?;
     Ok(status)
 }
 
-/// Writes a stream to a file and hashes it, the two in parallel on blocking threads, a block
-/// at a time, so throughput approaches the slower of disk and SHA-256 rather than their sum.
-struct HashingWriter {
-    file: Option<File>,
-    hasher: Option<Sha256>,
-    path: PathBuf,
-    position: u64,
-    block: BytesMut,
-    written: u64,
+/// Runs `f` on the blocking pool, for a blocking thread to wait for with [`joined`].
+fn spawn_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> oneshot::Receiver<Result<T>> {
+    let (tx, rx) = oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let _ = tx.send(f());
+    });
+    rx
 }
 
-/// Bytes handed to the hashing and writing threads at a time.
-const BLOCK: usize = 4 * 1024 * 1024;
-
-impl HashingWriter {
-    fn new(file: File, hasher: Sha256, path: PathBuf, position: u64) -> Self {
-        Self {
-            file: Some(file),
-            hasher: Some(hasher),
-            path,
-            position,
-            block: BytesMut::new(),
-            written: 0,
-        }
-    }
-
-    async fn push(&mut self, bytes: Bytes) -> Result<()> {
-        if self.block.is_empty() && bytes.len() >= BLOCK {
-            // Large enough on its own: hash and write it where it is, without a copy.
-            return self.write_block(bytes).await;
-        }
-        self.block.extend_from_slice(&bytes);
-        if self.block.len() >= BLOCK {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<()> {
-        if self.block.is_empty() {
-            return Ok(());
-        }
-        let block = self.block.split().freeze();
-        self.write_block(block).await
-    }
-
-    async fn write_block(&mut self, block: Bytes) -> Result<()> {
-        let (Some(file), Some(mut hasher)) = (self.file.take(), self.hasher.take()) else {
-            return Err(Error::io(
-                "writing",
-                std::io::Error::other("writer used after a failure"),
-            ));
-        };
-        let (path, position) = (self.path.clone(), self.position);
-        let for_hash = block.clone();
-        let hashing = tokio::task::spawn_blocking(move || {
-            hasher.update(&for_hash);
-            hasher
-        });
-        let writing = blocking(move || {
-            use std::os::unix::fs::FileExt;
-            file.write_all_at(&block, position)
-                .map_err(io("writing", &path))?;
-            Ok((file, block.len() as u64))
-        });
-        let (hashed, written) = tokio::join!(hashing, writing);
-        let (file, n) = written?;
-        let hasher = hashed.map_err(|e| Error::io("hashing", std::io::Error::other(e)))?;
-        self.file = Some(file);
-        self.hasher = Some(hasher);
-        self.position += n;
-        self.written += n;
-        Ok(())
-    }
-
-    /// Flushes, fsyncs the file, and returns the hasher and the bytes written.
-    async fn finish(mut self) -> Result<(Sha256, u64)> {
-        self.flush().await?;
-        let (Some(file), Some(hasher)) = (self.file.take(), self.hasher.take()) else {
-            return Err(Error::io(
-                "writing",
-                std::io::Error::other("writer used after a failure"),
-            ));
-        };
-        let path = self.path.clone();
-        blocking(move || file.sync_data().map_err(io("fsyncing", &path))).await?;
-        Ok((hasher, self.written))
-    }
+/// Waits, on a blocking thread, for the result of [`spawn_thread`].
+fn joined<T>(result: oneshot::Receiver<Result<T>>) -> Result<T> {
+    result.blocking_recv().map_err(|_| {
+        Error::io(
+            "joining a filesystem task",
+            std::io::Error::other("the task panicked"),
+        )
+    })?
 }
 
 /// A whole blob from one stream, without a session: written to a staging file while it is
@@ -276,7 +367,7 @@ pub(super) async fn put_stream(
     repo: &Repository,
     expected: &Digest,
     expected_size: Option<u64>,
-    mut data: ChunkStream<'_>,
+    data: ChunkStream<'_>,
 ) -> Result<BlobInfo> {
     let store = repo.store();
     let root = root(store)?.to_path_buf();
@@ -289,13 +380,7 @@ pub(super) async fn put_stream(
     })
     .await?;
     let result = async {
-        let mut writer = HashingWriter::new(file, Sha256::new(), paths.data.clone(), 0);
-        while let Some(bytes) = data.next().await {
-            writer
-                .push(bytes.map_err(|e| Error::io("receiving the blob", e))?)
-                .await?;
-        }
-        let (hasher, size) = writer.finish().await?;
+        let (hasher, size) = writer::write_and_hash(file, paths.data.clone(), data).await?;
         let actual = match expected.algorithm() {
             Algorithm::Sha256 => Digest::Sha256(hasher.finalize().into()),
             algorithm => {
@@ -330,7 +415,10 @@ pub(super) async fn commit(
             reason: format!("upload {id} is receiving a chunk; commit after it"),
         });
     };
-    let (state, _) = load(store, id).await?;
+    let state = {
+        let (paths, id) = (paths.clone(), id.clone());
+        blocking(move || read_record(&paths, &id)).await?.state
+    };
     state.check_repository(repo.name(), id)?;
     let actual = match (expected.algorithm(), state.hash.restore()) {
         (Algorithm::Sha256, Some(hasher)) => Digest::Sha256(hasher.finalize().into()),
@@ -365,7 +453,16 @@ fn publish(root: &Path, data: &Path, target: &Path, size: u64) -> Result<()> {
         .write(true)
         .open(data)
         .map_err(io("opening", data))?;
-    if file.metadata().map_err(io("reading", data))?.len() != size {
+    let staged = file.metadata().map_err(io("reading", data))?.len();
+    if staged < size {
+        // Never a crash's doing (a record is written after its bytes are fsynced); extending
+        // the file would publish made-up bytes under the digest.
+        return Err(Error::Corrupt {
+            key: data.display().to_string(),
+            reason: format!("{staged} bytes staged, but the upload state counts {size}"),
+        });
+    }
+    if staged > size {
         file.set_len(size).map_err(io("truncating", data))?;
         file.sync_all().map_err(io("fsyncing", data))?;
     }

@@ -335,7 +335,10 @@ impl Repository {
     /// Appends a chunk that starts at `offset`, which must be the session's current offset.
     ///
     /// The chunk is durable and the new state persisted when this returns. If the stream
-    /// fails midway, nothing of this chunk counts and the session stays at `offset`.
+    /// fails midway, nothing of this chunk counts and the session stays at `offset`. On the
+    /// filesystem the new state is fsynced by the next append, so a power loss (not a process
+    /// crash) can roll the session back to `offset`, never further: [`Self::upload_status`]
+    /// then reports it and the client sends the chunk again.
     ///
     /// # Errors
     /// [`Error::BlobUploadInvalid`] once a commit of the session has begun (object stores).
@@ -446,6 +449,15 @@ async fn load_any(
     store: &Store,
     id: &UploadId,
 ) -> Result<(SessionState, object_store::UpdateVersion)> {
+    if store.backend().local_root().is_some() {
+        // A two-slot file of its own; appends there are serialized by a lock, not versions.
+        let state = fs::load_state(store, id).await?;
+        let unversioned = object_store::UpdateVersion {
+            e_tag: None,
+            version: None,
+        };
+        return Ok((state, unversioned));
+    }
     let key = store.keys().upload_state(id.as_str());
     let Some((bytes, version)) = store.read_versioned(&key).await? else {
         return Err(Error::BlobUploadUnknown { id: id.to_string() });

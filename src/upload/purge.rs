@@ -135,10 +135,20 @@ impl Store {
     ) -> Result<Option<u64>> {
         let keys = self.keys();
         let state_key = keys.upload_state(id.as_str());
-        let loaded = self.read_versioned(&state_key).await?;
-        let state = match &loaded {
-            Some((bytes, _)) => SessionState::decode(state_key.as_ref(), bytes).ok(),
-            None => None,
+        let (loaded, state) = if self.backend().local_root().is_some() {
+            let state = match super::fs::load_state(self, id).await {
+                Ok(state) => Some(state),
+                Err(Error::BlobUploadUnknown { .. } | Error::Corrupt { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            (None, state)
+        } else {
+            let loaded = self.read_versioned(&state_key).await?;
+            let state = match &loaded {
+                Some((bytes, _)) => SessionState::decode(state_key.as_ref(), bytes).ok(),
+                None => None,
+            };
+            (loaded, state)
         };
         // Without readable state (a start that crashed), the files' own times decide.
         let idle = match &state {
