@@ -22,7 +22,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
@@ -60,7 +60,8 @@ const READS_IN_FLIGHT: usize = 8;
 const SEGMENT_BUFFER: usize = 10 * MIB;
 
 /// The size of part `index` of an upload: 8 MiB, growing by 8 MiB every thousand parts, so
-/// that one upload holds up to 360 GiB before it reaches S3's limit of 10,000 parts.
+/// that 9,000 parts (where the next append opens a new upload) hold about 350 GiB, within
+/// S3's limit of 10,000 parts.
 fn part_size(index: usize) -> usize {
     PART_SIZE * (1 + index / 1000)
 }
@@ -204,7 +205,7 @@ pub(super) async fn append(
         version,
         hasher,
         received: 0,
-        pending: BytesMut::new(),
+        pending: Pending::default(),
         target: None,
         tag: random_tag(),
         consumed: Vec::new(),
@@ -222,6 +223,43 @@ pub(super) async fn append(
     }
 }
 
+/// Received bytes not yet sent, kept as the buffers they arrived in: parts are cut from them
+/// without copying (a `PutPayload` takes a list of buffers).
+#[derive(Default)]
+struct Pending {
+    buffers: std::collections::VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        self.len += bytes.len();
+        self.buffers.push_back(bytes);
+    }
+
+    /// The first `n` bytes (at most all), as buffers.
+    fn take(&mut self, mut n: usize) -> Vec<Bytes> {
+        let mut taken = Vec::new();
+        while n > 0 {
+            let Some(mut front) = self.buffers.pop_front() else {
+                break;
+            };
+            if front.len() > n {
+                let rest = front.split_off(n);
+                self.buffers.push_front(rest);
+            }
+            n -= front.len();
+            self.len -= front.len();
+            taken.push(front);
+        }
+        taken
+    }
+}
+
 /// One append to a session on a store with multipart uploads.
 struct Appender<'a> {
     store: &'a Store,
@@ -235,7 +273,7 @@ struct Appender<'a> {
     /// Bytes of the chunk received so far.
     received: u64,
     /// Received bytes in no part yet.
-    pending: BytesMut,
+    pending: Pending,
     /// Once claimed: the index, in `state.segments`, of the upload receiving this append's
     /// parts; the staged segments are the pieces after it until `consumed` takes them.
     target: Option<usize>,
@@ -257,7 +295,7 @@ impl Appender<'_> {
             let bytes = bytes.map_err(|e| Error::io("receiving the chunk", e))?;
             self.hasher.update(&bytes);
             self.received += bytes.len() as u64;
-            self.pending.extend_from_slice(&bytes);
+            self.pending.push(bytes);
             while self.staged_bytes() + self.pending.len() >= part_size(self.next_part()) {
                 let size = part_size(self.next_part());
                 self.send_part(size).await?;
@@ -329,7 +367,7 @@ impl Appender<'_> {
                 .sum::<u64>() as usize;
             self.consumed = keys;
         }
-        body.push(self.pending.split_to(size - from_staged).freeze());
+        body.extend(self.pending.take(size - from_staged));
         let payload = PutPayload::from_iter(body);
 
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
@@ -443,19 +481,20 @@ impl Appender<'_> {
             // This append's claim ends with it.
             self.state.appending = None;
         }
-        let rest = self.pending.split().freeze();
+        let size = self.pending.len();
+        let rest = self.pending.take(size);
         let mut staged = None;
-        if !rest.is_empty() {
+        if size > 0 {
             let segment = Segment {
                 seq: next_seq(&self.state.segments),
                 nonce: random_tag(),
-                size: rest.len() as u64,
+                size: size as u64,
                 multipart: None,
             };
             let key = piece_key(self.store, self.id, &segment);
             self.store
                 .objects()
-                .put(&key, PutPayload::from(rest))
+                .put(&key, PutPayload::from_iter(rest))
                 .await?;
             self.state.segments.push(segment);
             staged = Some(key);
@@ -858,4 +897,32 @@ pub(super) async fn discard_staged(store: &Store, id: &UploadId, known: &[Segmen
         store.remove(&key).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_bytes_are_cut_at_any_length_in_order_without_loss() {
+        let mut pending = Pending::default();
+        for piece in [&b"abc"[..], b"", b"defgh", b"i"] {
+            pending.push(Bytes::copy_from_slice(piece));
+        }
+        assert_eq!(pending.len(), 9);
+        assert_eq!(pending.take(4).concat(), b"abcd");
+        assert_eq!(pending.len(), 5);
+        assert_eq!(pending.take(0).concat(), b"");
+        assert_eq!(pending.take(100).concat(), b"efghi");
+        assert_eq!(pending.len(), 0);
+    }
+
+    #[test]
+    fn part_sizes_grow_so_that_one_upload_holds_hundreds_of_gib() {
+        assert_eq!(part_size(0), 8 * MIB);
+        assert_eq!(part_size(999), 8 * MIB);
+        assert_eq!(part_size(1000), 16 * MIB);
+        let held: usize = (0..PART_LIMIT).map(part_size).sum();
+        assert!(held as u64 > 300 * 1024 * MIB as u64, "{held}");
+    }
 }
