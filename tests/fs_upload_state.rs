@@ -71,6 +71,15 @@ mod filesystem {
         chunks.concat()
     }
 
+    /// Commits session `id` as the SHA-256 of `all` and checks it reads back as `all`.
+    async fn commits_to(r: &Repository, id: &layerstore::UploadId, all: &[u8]) {
+        let digest = Digest::sha256(all);
+        r.commit_upload(id, &digest, Some(all.len() as u64))
+            .await
+            .unwrap();
+        assert!(read_all(r, &digest).await == all, "wrong bytes published");
+    }
+
     #[track_caller]
     fn assert_kind<T: std::fmt::Debug>(result: layerstore::Result<T>, kinds: &[ErrorKind]) {
         match result {
@@ -122,11 +131,7 @@ mod filesystem {
         let status = append(&r, &s.id, a.len() as u64, &b).await.unwrap();
         assert_eq!(status.offset, (a.len() + b.len()) as u64);
         let all = [a, b].concat();
-        let digest = Digest::sha256(&all);
-        r.commit_upload(&s.id, &digest, Some(all.len() as u64))
-            .await
-            .unwrap();
-        assert!(read_all(&r, &digest).await == all, "wrong bytes published");
+        commits_to(&r, &s.id, &all).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,11 +150,7 @@ mod filesystem {
         // The client sends from the offset it is told; here a different, shorter chunk.
         append(&r, &s.id, a.len() as u64, &c).await.unwrap();
         let all = [a, c].concat();
-        let digest = Digest::sha256(&all);
-        r.commit_upload(&s.id, &digest, Some(all.len() as u64))
-            .await
-            .unwrap();
-        assert!(read_all(&r, &digest).await == all, "wrong bytes published");
+        commits_to(&r, &s.id, &all).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,11 +258,7 @@ mod filesystem {
             (a.len() + b.len()) as u64
         );
         let all = [a, b].concat();
-        let digest = Digest::sha256(&all);
-        r.commit_upload(&s.id, &digest, Some(all.len() as u64))
-            .await
-            .unwrap();
-        assert!(read_all(&r, &digest).await == all, "wrong bytes published");
+        commits_to(&r, &s.id, &all).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
