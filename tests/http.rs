@@ -4,18 +4,19 @@
 //! Each test starts the built `layerstore` binary on an ephemeral port over a fresh
 //! filesystem root, reads the bound address from its stdout, and kills it when the test ends.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, ChildStdout, Command};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
+
+mod common;
+use common::server::{layerstore, spawn_server};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -63,44 +64,20 @@ impl Server {
     }
 
     fn start_with(dir: TempDir, args: &[&str]) -> Self {
-        let log_path = dir.path().join("server.log");
-        let log = File::create(&log_path).expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_layerstore"))
-            .arg("serve")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start layerstore");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        // Read the announcement on a thread so a server that never binds fails the test
-        // instead of hanging it.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut stdout = stdout;
-            let mut line = String::new();
-            let read = stdout.read_line(&mut line);
-            let _ = tx.send((read.map(|_| line), stdout));
-        });
-        let announced = rx.recv_timeout(Duration::from_secs(30));
-        let (line, stdout) = match announced {
-            Ok((Ok(line), stdout)) if !line.is_empty() => (line, stdout),
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                panic!(
-                    "layerstore did not announce its address ({:?}); its log:\n{log}",
-                    other.map(|(line, _)| line)
-                );
-            }
-        };
-        let addr = line
-            .trim()
-            .strip_prefix("layerstore listening on http://")
-            .unwrap_or_else(|| panic!("unexpected announcement {line:?}"))
-            .to_owned();
+        let mut command = layerstore();
+        command.arg("serve").args(args);
+        let spawned = spawn_server(
+            command,
+            &dir.path().join("server.log"),
+            Duration::from_secs(30),
+        );
+        assert!(
+            spawned.url.starts_with("http://"),
+            "unexpected announcement {}",
+            spawned.url
+        );
+        let addr = spawned.host();
+        let (child, stdout) = (spawned.child, spawned.stdout);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(60))
@@ -1991,23 +1968,19 @@ fn tls_is_served_with_the_configured_certificate() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_layerstore"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start layerstore");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("layerstore listening on https://")
-        .unwrap_or_else(|| panic!("unexpected announcement {line:?}"))
-        .to_owned();
+    let mut command = layerstore();
+    command.args(["serve", "--config"]).arg(&config);
+    let spawned = spawn_server(
+        command,
+        &dir.path().join("server.log"),
+        Duration::from_secs(30),
+    );
+    assert!(
+        spawned.url.starts_with("https://"),
+        "unexpected announcement {}",
+        spawned.url
+    );
+    let (addr, mut child) = (spawned.host(), spawned.child);
     let out = Command::new("curl")
         .args(["-sS", "--cacert"])
         .arg(&cert)

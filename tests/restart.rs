@@ -4,15 +4,17 @@
 //!
 //! These run the real binary over real HTTP, as a client would see a registry restart.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::BufReader;
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, ChildStdout, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use layerstore::Digest;
 use rand::RngCore;
 use reqwest::StatusCode;
+
+mod common;
+use common::server::{layerstore, spawn_server};
 
 const BLOB_SIZE: usize = 16 << 20;
 const HALF: usize = BLOB_SIZE / 2;
@@ -29,39 +31,16 @@ impl Server {
     /// Starts `layerstore serve` on an ephemeral port with filesystem storage in `root`;
     /// its log goes to `log`.
     fn start(root: &Path, log: &Path) -> Server {
-        let log_file = std::fs::File::create(log).expect("create the server log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_layerstore"))
+        let mut command = layerstore();
+        command
             .arg("serve")
             .args(["--addr", "127.0.0.1:0", "--root"])
-            .arg(root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn layerstore serve");
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut stdout = stdout;
-            let mut line = String::new();
-            let read = stdout.read_line(&mut line);
-            let _ = tx.send((read.map(|_| line), stdout));
-        });
-        let Ok((Ok(line), stdout)) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            panic!(
-                "server did not announce its address; log: {}",
-                read_log(log)
-            );
-        };
-        let Some(base) = line.trim().strip_prefix("layerstore listening on ") else {
-            let _ = child.kill();
-            panic!("unexpected first line {line:?}; log: {}", read_log(log));
-        };
+            .arg(root);
+        let spawned = spawn_server(command, log, Duration::from_secs(60));
         Server {
-            base: base.to_owned(),
-            child,
-            _stdout: stdout,
+            base: spawned.url,
+            child: spawned.child,
+            _stdout: spawned.stdout,
         }
     }
 
@@ -95,14 +74,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn read_log(log: &Path) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(log) {
-        let _ = f.read_to_string(&mut text);
-    }
-    text
 }
 
 fn header(response: &reqwest::Response, name: &str) -> String {

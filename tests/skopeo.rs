@@ -7,16 +7,18 @@
 //! `LAYERSTORE_TEST_S3_*` variables of `tests/common/backends.rs`, with the same rule.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use layerstore::Digest;
 use rand::RngCore;
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+mod common;
+use common::server::{layerstore, spawn_server};
 
 const REPO: &str = "test/multi";
 const TAG: &str = "v1";
@@ -75,7 +77,7 @@ impl Server {
     /// Starts the server on an ephemeral port; `None` if the storage is not configured here.
     fn start(storage: &Storage) -> Option<Server> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_layerstore"));
+        let mut command = layerstore();
         command.arg("serve");
         match storage {
             Storage::Filesystem => {
@@ -90,36 +92,20 @@ impl Server {
                 command.arg("--config").arg(&path);
             }
         }
-        let log = dir.path().join("server.log");
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("create the server log"))
-            .spawn()
-            .expect("spawn layerstore serve");
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut stdout = stdout;
-            let mut line = String::new();
-            let read = stdout.read_line(&mut line);
-            let _ = tx.send((read.map(|_| line), stdout));
-        });
-        let Ok((Ok(line), stdout)) = rx.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            panic!(
-                "server did not announce its address; log: {}",
-                read_log(&log)
-            );
-        };
-        let Some(host) = line.trim().strip_prefix("layerstore listening on http://") else {
-            let _ = child.kill();
-            panic!("unexpected first line {line:?}; log: {}", read_log(&log));
-        };
+        let spawned = spawn_server(
+            command,
+            &dir.path().join("server.log"),
+            Duration::from_secs(60),
+        );
+        assert!(
+            spawned.url.starts_with("http://"),
+            "unexpected announcement {}",
+            spawned.url
+        );
         Some(Server {
-            host: host.to_owned(),
-            child,
-            _stdout: stdout,
+            host: spawned.host(),
+            child: spawned.child,
+            _stdout: spawned.stdout,
             _dir: dir,
         })
     }
@@ -139,14 +125,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn read_log(log: &Path) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(log) {
-        let _ = f.read_to_string(&mut text);
-    }
-    text
 }
 
 /// A Distribution-layout `config.yml` for S3 under a prefix of its own, from the

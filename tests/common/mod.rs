@@ -23,6 +23,7 @@ pub mod backends;
 pub mod counting;
 pub mod data;
 pub mod faulty;
+pub mod server;
 pub mod stores;
 
 pub use backends::{BackendKind, TestBackend, make, run_backend_test};
