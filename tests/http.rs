@@ -71,12 +71,7 @@ impl Server {
             &dir.path().join("server.log"),
             Duration::from_secs(30),
         );
-        assert!(
-            spawned.url.starts_with("http://"),
-            "unexpected announcement {}",
-            spawned.url
-        );
-        let addr = spawned.host();
+        let addr = spawned.host("http");
         let (child, stdout) = (spawned.child, spawned.stdout);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -1975,12 +1970,7 @@ fn tls_is_served_with_the_configured_certificate() {
         &dir.path().join("server.log"),
         Duration::from_secs(30),
     );
-    assert!(
-        spawned.url.starts_with("https://"),
-        "unexpected announcement {}",
-        spawned.url
-    );
-    let (addr, mut child) = (spawned.host(), spawned.child);
+    let (addr, mut child) = (spawned.host("https"), spawned.child);
     let out = Command::new("curl")
         .args(["-sS", "--cacert"])
         .arg(&cert)

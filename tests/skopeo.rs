@@ -97,13 +97,8 @@ impl Server {
             &dir.path().join("server.log"),
             Duration::from_secs(60),
         );
-        assert!(
-            spawned.url.starts_with("http://"),
-            "unexpected announcement {}",
-            spawned.url
-        );
         Some(Server {
-            host: spawned.host(),
+            host: spawned.host("http"),
             child: spawned.child,
             _stdout: spawned.stdout,
             _dir: dir,

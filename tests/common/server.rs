@@ -21,12 +21,17 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    /// `127.0.0.1:PORT`, the URL without its scheme.
-    pub fn host(&self) -> String {
-        self.url
-            .split_once("://")
-            .map_or(self.url.as_str(), |(_, host)| host)
-            .to_owned()
+    /// `127.0.0.1:PORT`: the URL without its scheme, which must be `scheme`.
+    #[track_caller]
+    pub fn host(&self, scheme: &str) -> String {
+        match self
+            .url
+            .strip_prefix(scheme)
+            .and_then(|u| u.strip_prefix("://"))
+        {
+            Some(host) => host.to_owned(),
+            None => panic!("announced {}, expected a {scheme} URL", self.url),
+        }
     }
 }
 
