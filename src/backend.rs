@@ -19,6 +19,10 @@ use object_store::prefix::PrefixStore;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::upload::engine::UploadEngine;
+use crate::upload::fs::FsEngine;
+use crate::upload::objects::ObjectEngine;
+use crate::upload::{FileSystem, StdFileSystem};
 
 /// Which backend to use, as plain data (deserializable from any serde format).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -146,12 +150,14 @@ impl fmt::Debug for AzureConfig {
     }
 }
 
-/// A built backend: the object store and the capabilities it has.
+/// A built backend: the object store the store keeps its objects in, and the upload engine
+/// chosen for it (once, here: nothing else asks which kind of backend it is).
 #[derive(Clone)]
 pub struct Backend {
     pub(crate) objects: Arc<dyn ObjectStore>,
-    pub(crate) multipart: Option<Arc<dyn MultipartStore>>,
-    pub(crate) local_root: Option<PathBuf>,
+    engine: Arc<dyn UploadEngine>,
+    local_root: Option<PathBuf>,
+    multipart: bool,
     description: String,
 }
 
@@ -181,12 +187,33 @@ impl Backend {
     #[must_use]
     pub fn in_memory() -> Self {
         let store = Arc::new(InMemory::new());
+        Self::over_objects(store.clone(), Some(Arc::new(MemoryMultipart::new(store))))
+            .described("memory".to_owned())
+    }
+
+    /// An object store, with its multipart uploads if it has them: the object-store engine.
+    fn over_objects(
+        objects: Arc<dyn ObjectStore>,
+        multipart: Option<Arc<dyn MultipartStore>>,
+    ) -> Self {
+        let description = objects.to_string();
         Self {
-            objects: store.clone(),
-            multipart: Some(Arc::new(MemoryMultipart::new(store))),
+            multipart: multipart.is_some(),
+            engine: Arc::new(ObjectEngine::new(Arc::clone(&objects), multipart)),
+            objects,
             local_root: None,
-            description: "memory".to_owned(),
+            description,
         }
+    }
+
+    fn described(mut self, description: String) -> Self {
+        self.description = description;
+        self
+    }
+
+    /// The upload engine of this backend.
+    pub(crate) fn engine(&self) -> &dyn UploadEngine {
+        self.engine.as_ref()
     }
 
     /// A directory on the local filesystem, created if missing.
@@ -202,40 +229,57 @@ impl Backend {
     /// [`Error::Io`] if the directory cannot be created; [`Error::Backend`] if it cannot be
     /// used.
     pub fn filesystem(root: impl AsRef<FsPath>) -> Result<Self> {
-        let root = root.as_ref();
-        std::fs::create_dir_all(root)
-            .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
-        let root = root
-            .canonicalize()
-            .map_err(|e| Error::io(format!("resolving {}", root.display()), e))?;
+        let root = Self::filesystem_root(root.as_ref())?;
         let store = LocalFileSystem::new_with_prefix(&root)?
             .with_fsync(true)
             .with_automatic_cleanup(true);
-        Ok(Self {
-            objects: Arc::new(store),
-            multipart: None,
+        Ok(Self::filesystem_with(
+            &root,
+            Arc::new(store),
+            Arc::new(StdFileSystem),
+        ))
+    }
+
+    /// The filesystem backend over `root` with its two seams given: `objects`, the object
+    /// store that holds its links and manifests (an `object_store` `LocalFileSystem` over the
+    /// same `root`, as [`Self::filesystem`] builds it), and `fs`, the file-system calls of its
+    /// upload engine ([`StdFileSystem`] in production). For tests and instrumentation: wrap
+    /// either to count, delay or fail calls, and the store still runs the production engine.
+    #[must_use]
+    pub fn filesystem_with(
+        root: &FsPath,
+        objects: Arc<dyn ObjectStore>,
+        fs: Arc<dyn FileSystem>,
+    ) -> Self {
+        Self {
+            objects,
+            engine: Arc::new(FsEngine::new(root.to_path_buf(), fs)),
+            local_root: Some(root.to_path_buf()),
+            multipart: false,
             description: format!("filesystem at {}", root.display()),
-            local_root: Some(root),
-        })
+        }
+    }
+
+    /// Creates the directory if missing and returns its canonical path.
+    fn filesystem_root(root: &FsPath) -> Result<PathBuf> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        root.canonicalize()
+            .map_err(|e| Error::io(format!("resolving {}", root.display()), e))
     }
 
     /// Any object store; for example one wrapped for instrumentation in tests.
     #[must_use]
     pub fn object_store(objects: Arc<dyn ObjectStore>) -> Self {
-        let description = objects.to_string();
-        Self {
-            objects,
-            multipart: None,
-            local_root: None,
-            description,
-        }
+        Self::over_objects(objects, None)
     }
 
-    /// Declares that the object store supports multipart uploads through `multipart`.
+    /// Declares that the object store supports multipart uploads through `multipart` (the
+    /// same store, seen through `MultipartStore`).
     #[must_use]
-    pub fn with_multipart(mut self, multipart: Arc<dyn MultipartStore>) -> Self {
-        self.multipart = Some(multipart);
-        self
+    pub fn with_multipart(self, multipart: Arc<dyn MultipartStore>) -> Self {
+        let description = self.description.clone();
+        Self::over_objects(self.objects, Some(multipart)).described(description)
     }
 
     fn s3(config: &S3Config) -> Result<Self> {
@@ -308,26 +352,18 @@ impl Backend {
         {
             Some(p) => {
                 let store = Arc::new(PrefixStore::new(store, p));
-                Self {
-                    objects: store.clone(),
-                    multipart: Some(store),
-                    local_root: None,
-                    description: format!("{description}, prefix {p}"),
-                }
+                Self::over_objects(store.clone(), Some(store))
+                    .described(format!("{description}, prefix {p}"))
             }
             None => {
                 let store = Arc::new(store);
-                Self {
-                    objects: store.clone(),
-                    multipart: Some(store),
-                    local_root: None,
-                    description,
-                }
+                Self::over_objects(store.clone(), Some(store)).described(description)
             }
         }
     }
 
-    /// The local directory, for the filesystem backend.
+    /// The local directory, for the filesystem backend (for operators and tools; the store
+    /// itself never asks).
     #[must_use]
     pub fn local_root(&self) -> Option<&FsPath> {
         self.local_root.as_deref()
@@ -336,7 +372,7 @@ impl Backend {
     /// Whether multipart uploads are available.
     #[must_use]
     pub fn supports_multipart(&self) -> bool {
-        self.multipart.is_some()
+        self.multipart
     }
 }
 

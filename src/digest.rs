@@ -193,35 +193,6 @@ impl Digest {
     }
 }
 
-/// An incremental hasher for any supported algorithm.
-pub(crate) enum DigestHasher {
-    Sha256(Sha256),
-    Sha512(Sha512),
-}
-
-impl DigestHasher {
-    pub(crate) fn new(algorithm: Algorithm) -> Self {
-        match algorithm {
-            Algorithm::Sha256 => Self::Sha256(Sha256::new()),
-            Algorithm::Sha512 => Self::Sha512(Sha512::new()),
-        }
-    }
-
-    pub(crate) fn update(&mut self, data: &[u8]) {
-        match self {
-            Self::Sha256(h) => h.update(data),
-            Self::Sha512(h) => h.update(data),
-        }
-    }
-
-    pub(crate) fn finish(self) -> Digest {
-        match self {
-            Self::Sha256(h) => Digest::Sha256(h.finalize().into()),
-            Self::Sha512(h) => Digest::Sha512(h.finalize().into()),
-        }
-    }
-}
-
 fn invalid(input: &str, reason: impl fmt::Display) -> Error {
     Error::digest_invalid(format!("{:?}: {reason}", truncate_for_message(input)))
 }

@@ -20,6 +20,7 @@ const UPLOADS: &str = "uploads";
 const SEGMENTS: &str = "segments";
 const LINK: &str = "link";
 const CATALOG_MARKER: &str = "_repository";
+const TRASH: &str = "trash";
 
 /// Builds every backend key. Cheap to copy; holds no state.
 #[derive(Debug, Clone, Copy, Default)]
@@ -206,6 +207,20 @@ impl KeyLayout {
         path([SEGMENTS, id, &name])
     }
 
+    /// Where an ended filesystem session is moved before it is deleted, so that its path is
+    /// gone at once, whatever holds its files open (`nonce` keeps moves apart).
+    #[must_use]
+    pub fn upload_trash(self, id: &str, nonce: &str) -> Path {
+        let name = format!("{id}-{nonce}");
+        path([TRASH, UPLOADS, &name])
+    }
+
+    /// The prefix of all ended filesystem sessions not yet deleted.
+    #[must_use]
+    pub fn upload_trash_prefix(self) -> Path {
+        path([TRASH, UPLOADS])
+    }
+
     /// The prefix of all segments of one upload session.
     #[must_use]
     pub fn segments_prefix(self, id: &str) -> Path {
@@ -226,12 +241,33 @@ impl KeyLayout {
     }
 }
 
+/// Where `key` lives under the filesystem backend's root directory: one directory level per
+/// key part. The one mapping from keys to local paths in the crate; it agrees with
+/// `object_store`'s `LocalFileSystem`, which stores the same keys under the same root, because
+/// no part of a key this module builds needs percent-encoding.
+#[must_use]
+pub fn local_path(root: &std::path::Path, key: &Path) -> std::path::PathBuf {
+    let mut local = root.to_path_buf();
+    local.extend(key.parts().map(|part| part.as_ref().to_owned()));
+    local
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn repo(s: &str) -> RepositoryName {
         RepositoryName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn local_paths_put_each_key_part_in_a_directory_level() {
+        let d = Digest::sha256(b"");
+        let local = local_path(std::path::Path::new("/srv/r"), &KeyLayout.blob_data(&d));
+        assert_eq!(
+            local,
+            std::path::PathBuf::from(format!("/srv/r/blobs/sha256/e3/{}/data", d.hex()))
+        );
     }
 
     #[test]

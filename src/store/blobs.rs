@@ -7,12 +7,12 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{GetOptions, GetRange};
 
+use super::SegmentIndex;
 use super::{Repository, Store};
 use crate::cache::{BlobPlacement, CachedBlob};
 use crate::digest::Digest;
 use crate::error::{Error, RangeError, Result};
 use crate::name::RepositoryName;
-use crate::upload::SegmentIndex;
 
 /// The media type of a blob as the store sees it: opaque bytes.
 pub const BLOB_MEDIA_TYPE: &str = "application/octet-stream";
@@ -132,11 +132,10 @@ fn info_of(digest: &Digest, size: u64) -> BlobInfo {
 impl Store {
     /// Where the store holds a blob's bytes, `None` if it does not.
     pub(crate) async fn locate_blob(&self, digest: &Digest) -> Result<Option<BlobLocation>> {
-        let keys = self.keys();
-        if let Some(meta) = self.head(&keys.blob_data(digest)).await? {
+        if let Some(meta) = self.head(&self.keys().blob_data(digest)).await? {
             return Ok(Some(BlobLocation::Data { size: meta.size }));
         }
-        let index: Option<SegmentIndex> = self.read_link(&keys.blob_segments(digest)).await?;
+        let index = self.read_segment_index(digest).await?;
         Ok(index.map(BlobLocation::Segments))
     }
 
@@ -145,16 +144,13 @@ impl Store {
         Ok(self.locate_blob(digest).await?.map(|l| l.size()))
     }
 
-    /// Streams one object, or a range of it.
-    async fn read_object(
+    /// Streams one object of the object store, or a range of it.
+    pub(crate) async fn get_object(
         &self,
         key: &object_store::path::Path,
         range: Option<Range<u64>>,
         digest: &Digest,
     ) -> Result<BoxStream<'static, Result<Bytes>>> {
-        if let Some(root) = self.backend().local_root() {
-            return read_local(root.join(key.as_ref()), range, *digest).await;
-        }
         let options = GetOptions {
             range: range.map(GetRange::Bounded),
             ..GetOptions::default()
@@ -167,87 +163,6 @@ impl Store {
             Err(e) => Err(e.into()),
         }
     }
-
-    /// Streams `range` of a blob stored as segments, opening each segment only when the
-    /// previous one is done, so memory stays bounded.
-    fn read_segments(
-        &self,
-        index: SegmentIndex,
-        range: Range<u64>,
-        digest: Digest,
-    ) -> BoxStream<'static, Result<Bytes>> {
-        let keys = self.keys();
-        let mut pieces = vec![];
-        let mut start = 0u64;
-        for segment in &index.segments {
-            let end = start + segment.size;
-            let (from, to) = (range.start.max(start), range.end.min(end));
-            if from < to {
-                let key = keys.segment(&index.upload, segment.seq, &segment.nonce);
-                // Always an explicit range, even for a whole piece: the blob is the bytes the
-                // index records, whatever else an object under that key may have grown to.
-                pieces.push((key, Some((from - start)..(to - start))));
-            }
-            start = end;
-        }
-        let store = self.clone();
-        futures::stream::iter(pieces)
-            .then(move |(key, part)| {
-                let store = store.clone();
-                async move { store.read_object(&key, part, &digest).await }
-            })
-            .try_flatten()
-            .boxed()
-    }
-}
-
-/// Bytes read from a local file per step: large enough that a GET costs few trips through the
-/// blocking pool (object_store's `LocalFileSystem` reads 8 KiB at a time, which made a GET
-/// cost an order of magnitude more CPU per byte), small enough to keep memory bounded.
-const LOCAL_READ_CHUNK: u64 = 1024 * 1024;
-
-/// Streams a range of a local file in `LOCAL_READ_CHUNK` pieces.
-async fn read_local(
-    path: std::path::PathBuf,
-    range: Option<Range<u64>>,
-    digest: Digest,
-) -> Result<BoxStream<'static, Result<Bytes>>> {
-    let opened = tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)?;
-        let len = file.metadata()?.len();
-        Ok::<_, std::io::Error>((file, len, path))
-    })
-    .await
-    .map_err(|e| Error::io("joining a read", std::io::Error::other(e)))?;
-    let (file, len, path) = match opened {
-        Ok(x) => x,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::BlobUnknown { digest });
-        }
-        Err(e) => return Err(Error::io("opening a blob", e)),
-    };
-    let range = range.unwrap_or(0..len);
-    let file = std::sync::Arc::new(file);
-    let stream = futures::stream::try_unfold(range.start, move |position| {
-        let (file, path) = (file.clone(), path.clone());
-        let end = range.end;
-        async move {
-            if position >= end {
-                return Ok(None);
-            }
-            let n = (end - position).min(LOCAL_READ_CHUNK);
-            let chunk = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let mut buf = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
-                file.read_exact_at(&mut buf, position).map(|()| buf)
-            })
-            .await
-            .map_err(|e| Error::io("joining a read", std::io::Error::other(e)))?
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            Ok(Some((Bytes::from(chunk), position + n)))
-        }
-    });
-    Ok(stream.boxed())
 }
 
 impl Repository {
@@ -316,7 +231,9 @@ impl Repository {
                 let key = self.store.keys().blob_data(digest);
                 let whole = range == (0..info.size);
                 self.store
-                    .read_object(&key, (!whole).then(|| range.clone()), digest)
+                    .backend()
+                    .engine()
+                    .read_object(&self.store, &key, (!whole).then(|| range.clone()), digest)
                     .await?
             }
             BlobLocation::Segments(index) => {
@@ -338,27 +255,11 @@ impl Repository {
     /// # Errors
     /// [`Error::DigestInvalid`] if `data` does not hash to `expected`; nothing is written.
     pub async fn put_blob(&self, expected: &Digest, data: Bytes) -> Result<BlobInfo> {
-        let size = data.len() as u64;
-        if self.store.backend().local_root().is_some()
-            && self.store.locate_blob(expected).await?.is_none()
-        {
-            // Hashes while it writes, then verifies before it publishes.
-            let stream = futures::stream::once(async move { Ok(data) }).boxed();
-            return self.put_blob_stream(expected, Some(size), stream).await;
-        }
-        expected.verify(&data)?;
-        let key = self.store.keys().blob_data(expected);
-        if self.store.locate_blob(expected).await?.is_none() {
-            // Concurrent puts of the same content both write the same bytes; each write is
-            // atomic, so readers see one whole copy either way.
-            self.store.write(&key, data).await?;
-        }
-        self.link_blob(expected).await?;
-        Ok(BlobInfo {
-            digest: *expected,
-            size,
-            media_type: BLOB_MEDIA_TYPE,
-        })
+        self.store
+            .backend()
+            .engine()
+            .put_bytes(self, expected, data)
+            .await
     }
 
     /// Links a blob that the store already holds into this repository from `from`.

@@ -15,6 +15,7 @@
 mod blobs;
 mod catalog;
 mod manifests;
+mod segments;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -24,6 +25,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 pub(crate) use blobs::BlobLocation;
 pub use blobs::{BLOB_MEDIA_TYPE, BlobInfo, BlobRead, ByteRange};
 pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
+pub(crate) use segments::{Segment, SegmentIndex};
 
 use std::sync::Arc;
 
@@ -176,7 +178,16 @@ impl Store {
         &self,
         key: &Path,
     ) -> Result<Option<T>> {
-        let Some(bytes) = self.read_small(key, MAX_LINK_SIZE).await? else {
+        self.read_json(key, MAX_LINK_SIZE).await
+    }
+
+    /// Reads and decodes a JSON object of at most `limit` bytes, `None` if it does not exist.
+    pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &Path,
+        limit: u64,
+    ) -> Result<Option<T>> {
+        let Some(bytes) = self.read_small(key, limit).await? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)

@@ -1,17 +1,13 @@
-//! Purging abandoned upload sessions, once or in the background.
+//! Purging abandoned upload sessions, once or in the background. The sweep is shared; what
+//! "purge one session" means is the engine's ([`super::engine::UploadEngine::purge`]).
 
-use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use futures::TryStreamExt;
-use sha2::Digest as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::objects::{SegmentIndex, discard_staged, mark_cancelled};
-use super::{SessionState, UploadId, age, remove_session};
-use crate::digest::Digest;
-use crate::error::{Error, Result};
+use super::UploadId;
+use crate::error::Result;
 use crate::store::Store;
 
 /// What one sweep does.
@@ -69,51 +65,19 @@ impl Store {
     /// Deletes every upload session whose last activity is older than `options.older_than`,
     /// with its staged data.
     ///
-    /// On the filesystem a session that is receiving a chunk is never purged: its append lock
-    /// is held. On object stores a session's state changes only when a chunk is in: its state
-    /// is read again right before deletion and the session is left alone if a chunk came in
-    /// since, but one whose last chunk is older than the age can be purged while it receives
-    /// another; that append then fails with [`Error::BlobUploadUnknown`] and leaves nothing.
+    /// A session in use is never purged, and a purge never breaks a commit. On the filesystem
+    /// a session that is receiving a chunk or being committed holds its lock, and the purge
+    /// skips it. On object stores the purge first marks the session cancelled with a
+    /// conditional write: an append, claim or commit marker written since it looked makes
+    /// that fail (the session is kept), and one written after it fails instead (`BLOB_UPLOAD_
+    /// UNKNOWN`, leaving nothing). A commit that has verified its digest cannot be purged: the
+    /// purge finishes publishing it instead, so its pieces are never deleted under it.
     ///
     /// # Errors
     /// Only if the sessions cannot be listed; a session that fails is reported in
     /// [`PurgeReport::errors`].
     pub async fn purge_uploads(&self, options: PurgeOptions) -> Result<PurgeReport> {
-        let keys = self.keys();
-        let listed: Vec<object_store::ObjectMeta> = self
-            .objects()
-            .list(Some(&keys.uploads_prefix()))
-            .try_collect()
-            .await?;
-        let mut sessions: BTreeSet<String> = BTreeSet::new();
-        let mut newest = std::collections::HashMap::<String, SystemTime>::new();
-        for meta in &listed {
-            if let Some(id) = keys.upload_id_from_key(&meta.location) {
-                let modified: SystemTime = meta.last_modified.into();
-                let entry = newest.entry(id.clone()).or_insert(modified);
-                *entry = (*entry).max(modified);
-                sessions.insert(id);
-            }
-        }
-        let now = SystemTime::now();
-        let mut report = PurgeReport::default();
-        for raw in sessions {
-            report.scanned += 1;
-            let Ok(id) = UploadId::parse(&raw) else {
-                report
-                    .errors
-                    .push(format!("{raw}: not a session this store made; left alone"));
-                continue;
-            };
-            match self.purge_one(&id, newest[&raw], now, options).await {
-                Ok(Some(freed)) => {
-                    report.purged += 1;
-                    report.bytes_freed += freed;
-                }
-                Ok(None) => {}
-                Err(e) => report.errors.push(format!("{id}: {e}")),
-            }
-        }
+        let report = self.backend().engine().purge(self, options).await?;
         tracing::info!(
             scanned = report.scanned,
             purged = report.purged,
@@ -124,156 +88,33 @@ impl Store {
         );
         Ok(report)
     }
-
-    /// Purges one session if it is old enough; returns the bytes freed, `None` if kept.
-    async fn purge_one(
-        &self,
-        id: &UploadId,
-        newest_object: SystemTime,
-        now: SystemTime,
-        options: PurgeOptions,
-    ) -> Result<Option<u64>> {
-        let keys = self.keys();
-        let state_key = keys.upload_state(id.as_str());
-        let (loaded, state) = if self.backend().local_root().is_some() {
-            let state = match super::fs::load_state(self, id).await {
-                Ok(state) => Some(state),
-                Err(Error::BlobUploadUnknown { .. } | Error::Corrupt { .. }) => None,
-                Err(e) => return Err(e),
-            };
-            (None, state)
-        } else {
-            let loaded = self.read_versioned(&state_key).await?;
-            let state = match &loaded {
-                Some((bytes, _)) => SessionState::decode(state_key.as_ref(), bytes).ok(),
-                None => None,
-            };
-            (loaded, state)
-        };
-        // Without readable state (a start that crashed), the files' own times decide.
-        let idle = match &state {
-            // A cancel that failed midway: nobody can use it any more. (Unless a commit had
-            // begun: that one may still be publishing, so it waits out the age.)
-            Some(s) if s.cancelled && s.publishing.is_none() => Duration::MAX,
-            Some(s) => age(s.last_active, now),
-            None => now.duration_since(newest_object).unwrap_or_default(),
-        };
-        if idle <= options.older_than {
-            return Ok(None);
-        }
-        let _lock = match self.backend().local_root() {
-            Some(root) => match lock_session(&root.join(keys.upload_lock(id.as_str()).as_ref()))? {
-                SessionLock::Busy => return Ok(None), // receiving a chunk right now
-                SessionLock::Held(file) => Some(file),
-                SessionLock::NoDirectory => None,
-            },
-            None => None,
-        };
-        let published = match &state {
-            Some(s) => self.published_segments(id, s).await?,
-            None => false,
-        };
-        let mut freed = 0;
-        if !published {
-            for key in self.list_keys(&keys.segments_prefix(id.as_str())).await? {
-                freed += self.head(&key).await?.map_or(0, |m| m.size);
-            }
-            // Parts of open multipart uploads are no objects yet; their state records them.
-            let pieces = state.as_ref().map_or(&[][..], |s| &s.segments[..]);
-            freed += pieces
-                .iter()
-                .filter(|p| p.multipart.is_some())
-                .map(|p| p.size)
-                .sum::<u64>();
-        }
-        if let Some(root) = self.backend().local_root() {
-            let data = root.join(keys.upload_data(id.as_str()).as_ref());
-            freed += tokio::fs::metadata(&data).await.map_or(0, |m| m.len());
-        }
-        if options.dry_run {
-            return Ok(Some(freed));
-        }
-        if self.backend().local_root().is_none() {
-            match (&state, loaded) {
-                // Cancel it with a conditional write first: an append or commit that wrote
-                // since we looked makes this fail (in use: keep it), and one that writes after
-                // it fails instead of working on a session being deleted.
-                (Some(s), Some((_, version))) if !s.cancelled => {
-                    if !mark_cancelled(self, id, s, version).await? {
-                        return Ok(None);
-                    }
-                }
-                (Some(_), _) => {} // cancelled already: nothing can change it
-                (None, loaded) => {
-                    // No readable state: keep it if one has appeared since we looked.
-                    let now_version = self.read_versioned(&state_key).await?.map(|(_, v)| v);
-                    if now_version != loaded.map(|(_, v)| v) {
-                        return Ok(None);
-                    }
-                }
-            }
-        }
-        if !published {
-            let pieces = state.as_ref().map_or(&[][..], |s| &s.segments[..]);
-            discard_staged(self, id, pieces).await?;
-        }
-        for key in self.list_keys(&keys.upload_prefix(id.as_str())).await? {
-            self.remove(&key).await?;
-        }
-        remove_session(self, id).await?;
-        Ok(Some(freed))
-    }
-
-    /// Whether a session's segments already belong to a published blob (a commit that
-    /// crashed before it removed the session): then they must not be deleted.
-    pub(super) async fn published_segments(
-        &self,
-        id: &UploadId,
-        state: &SessionState,
-    ) -> Result<bool> {
-        if state.segments.is_empty() {
-            return Ok(false);
-        }
-        let Some(hasher) = state.hash.restore() else {
-            // Cannot tell which blob it would be: keep the segments, to be safe.
-            return Ok(true);
-        };
-        // The blob is the session's SHA-256, or the other digest a commit recorded.
-        let sha256 = Digest::Sha256(hasher.finalize().into());
-        for digest in std::iter::once(sha256).chain(state.publishing) {
-            let index: Option<SegmentIndex> =
-                self.read_link(&self.keys().blob_segments(&digest)).await?;
-            if index.is_some_and(|i| i.upload == id.as_str()) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
 }
 
-enum SessionLock {
-    Held(std::fs::File),
-    Busy,
-    /// The session directory is gone: nothing to lock, nothing to protect.
-    NoDirectory,
-}
-
-fn lock_session(path: &std::path::Path) -> Result<SessionLock> {
-    let file = match std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SessionLock::NoDirectory),
-        Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(SessionLock::Held(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(SessionLock::Busy),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(Error::io(format!("locking {}", path.display()), e))
+/// Runs `purge_one` on every listed session (by name), adding to `report`: the sweep goes on
+/// past a session that fails.
+pub(super) async fn sweep<F, Fut>(report: &mut PurgeReport, names: Vec<String>, mut purge_one: F)
+where
+    F: FnMut(UploadId) -> Fut,
+    Fut: Future<Output = Result<Option<u64>>>,
+{
+    let mut names = names;
+    names.sort();
+    names.dedup();
+    for raw in names {
+        report.scanned += 1;
+        let Ok(id) = UploadId::parse(&raw) else {
+            report
+                .errors
+                .push(format!("{raw}: not a session this store made; left alone"));
+            continue;
+        };
+        match purge_one(id.clone()).await {
+            Ok(Some(freed)) => {
+                report.purged += 1;
+                report.bytes_freed += freed;
+            }
+            Ok(None) => {}
+            Err(e) => report.errors.push(format!("{id}: {e}")),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The state file of a filesystem upload session: two fixed slots, each able to hold one
-//! checksummed record of the [`SessionState`].
+//! checksummed record of the [`Session`].
 //!
 //! A new record overwrites, in place, the slot that does not hold the current one — no temp
 //! file, no rename, no directory fsync — and a reader takes the intact record with the highest
@@ -8,7 +8,7 @@
 //!
 //! Slot layout (little-endian): magic and format tag (8 bytes), sequence number (u64), payload
 //! length (u32), SHA-256 of the preceding 20 bytes and the payload (32 bytes), then the payload
-//! — the `SessionState` JSON — and zero padding to [`SLOT`] bytes.
+//! — the `Session` JSON — and zero padding to [`SLOT`] bytes.
 //!
 //! A file that starts with `{` is the whole-file JSON state of earlier versions; it is still
 //! read, and replaced by a slot file (atomically, by rename) on the session's next append.
@@ -16,7 +16,7 @@
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
-use crate::upload::SessionState;
+use crate::upload::session::{Session, SessionRecord};
 
 /// Bytes per slot: one page, so that writing a record dirties one page of the cache.
 pub(super) const SLOT: usize = 4096;
@@ -37,13 +37,13 @@ pub(crate) struct Record {
     /// The slot that holds it; `None` for a legacy whole-file JSON state.
     pub(super) slot: Option<usize>,
     pub(super) seq: u64,
-    pub(crate) state: SessionState,
+    pub(crate) state: Session,
 }
 
 impl Record {
     /// The record that follows this one: its slot is the other one (so this record survives a
     /// torn write of the next), its sequence the next number.
-    pub(super) fn next(&self, state: SessionState) -> Self {
+    pub(super) fn next(&self, state: Session) -> Self {
         Self {
             slot: Some(self.slot.map_or(0, |s| 1 - s)),
             seq: self.seq + 1,
@@ -84,7 +84,7 @@ impl Record {
     }
 
     /// A whole new state file holding this record in slot 0 and nothing in slot 1.
-    pub(super) fn encode_file(state: SessionState, key: &str) -> Result<(Self, Vec<u8>)> {
+    pub(super) fn encode_file(state: Session, key: &str) -> Result<(Self, Vec<u8>)> {
         let record = Self {
             slot: Some(0),
             seq: 1,
@@ -105,7 +105,7 @@ impl Record {
             return Ok(Self {
                 slot: None,
                 seq: 0,
-                state: SessionState::decode(key, bytes)?,
+                state: Session::decode(key, bytes)?,
             });
         }
         let newest = (0..SLOTS)
@@ -123,7 +123,7 @@ impl Record {
         Ok(Self {
             slot: Some(slot),
             seq,
-            state: SessionState::decode(key, payload)?,
+            state: Session::decode(key, payload)?,
         })
     }
 }
@@ -157,8 +157,8 @@ mod tests {
 
     const KEY: &str = "uploads/x/state";
 
-    fn state(offset: u64) -> SessionState {
-        let mut s = SessionState::new(RepositoryName::parse("library/app").unwrap());
+    fn state(offset: u64) -> Session {
+        let mut s = Session::new(RepositoryName::parse("library/app").unwrap());
         s.offset = offset;
         s
     }
@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn the_largest_filesystem_state_fits_a_slot_with_room_to_spare() {
         let longest = ["a"; 128].join("/"); // 255 bytes, the longest name
-        let mut s = SessionState::new(RepositoryName::parse(&longest).unwrap());
+        let mut s = Session::new(RepositoryName::parse(&longest).unwrap());
         s.offset = u64::MAX;
         let len = s.encode().len();
         assert!(len * 4 < MAX_PAYLOAD, "{len} bytes");

@@ -1,0 +1,846 @@
+//! The filesystem engine: a staging file per session, appended and fsynced per chunk, renamed
+//! into the blob's place on commit; the session state in a two-slot file beside it.
+//!
+//! Durability of an append rests on one ordering: a state record is written only after the
+//! bytes it covers are fsynced. So any record that survives a crash covers durable bytes, and
+//! a resumed session never hashes or publishes a byte that was lost. The record itself is
+//! fsynced by the next append, off that append's critical path, so a power loss can roll a
+//! session back by its last append — the client is told the offset and sends the chunk again —
+//! but never further, and never to a state that names bytes the disk does not have.
+//!
+//! Exclusion: every append, commit, cancel and purge of a session holds the session's lock
+//! (`uploads/{id}/lock`, an OS file lock) while it reads or changes the session, and a session
+//! ends by one rename of its whole directory into `trash/` under that lock. So a purge never
+//! deletes a session an append or commit is using, an append or commit never works on a
+//! session being deleted (a lock on a file renamed away is refused), and the directory is
+//! never half-deleted under anyone.
+//!
+//! Threads: every file-system call runs as a short job on tokio's blocking pool, and no job
+//! ever waits for another job or for a client. A stalled request body holds its connection,
+//! the session's lock and at most a batch of memory, never a thread.
+
+mod io;
+mod state;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+pub use io::{FileHandle, FileInfo, FileSystem, LockAttempt, StdFileSystem};
+
+use self::io::{context, sibling};
+use self::state::Record;
+use super::engine::UploadEngine;
+use super::purge::{self, PurgeOptions, PurgeReport};
+use super::session::{Hashes, Session};
+use super::{ChunkStream, UploadId, UploadStatus, published, verify};
+use crate::digest::{Algorithm, Digest};
+use crate::error::{Error, Result};
+use crate::layout::local_path;
+use crate::name::RepositoryName;
+use crate::store::{BlobInfo, Repository, Store};
+
+/// How often a waiting append tries the session's lock again.
+const LOCK_POLL: Duration = Duration::from_millis(5);
+/// How long a cancel waits for an append in progress before it reports the session busy.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// Bytes read per job when a file is read back (a GET, or a re-hash).
+const READ_STEP: u64 = 1024 * 1024;
+
+/// Uploads into a directory on the local filesystem.
+pub(crate) struct FsEngine {
+    root: PathBuf,
+    fs: Arc<dyn FileSystem>,
+}
+
+impl std::fmt::Debug for FsEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsEngine")
+            .field("root", &self.root)
+            .field("fs", &self.fs)
+            .finish()
+    }
+}
+
+/// What a job on the blocking pool holds while it runs: the session's lock, if any.
+#[derive(Clone, Default)]
+pub(super) struct Guard {
+    _lock: Option<Arc<Box<dyn Send + Sync>>>,
+}
+
+impl Guard {
+    fn none() -> Self {
+        Self { _lock: None }
+    }
+
+    fn holding(lock: Box<dyn Send + Sync>) -> Self {
+        Self {
+            _lock: Some(Arc::new(lock)),
+        }
+    }
+}
+
+/// Runs `f` on the blocking pool, holding `guard` until it is done.
+pub(super) async fn job<T: Send + 'static>(
+    guard: &Guard,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let guard = guard.clone();
+    tokio::task::spawn_blocking(move || {
+        let _held = guard;
+        f()
+    })
+    .await
+    .map_err(|e| Error::io("joining a filesystem job", std::io::Error::other(e)))?
+}
+
+/// Maps an I/O error to [`Error::Io`] naming what was done to which path.
+fn failed(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let what = context(what, path);
+    move |e| Error::io(what, e)
+}
+
+fn not_found(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+}
+
+/// The local paths of one session.
+#[derive(Clone)]
+struct Paths {
+    dir: PathBuf,
+    state: PathBuf,
+    data: PathBuf,
+    lock: PathBuf,
+}
+
+impl Paths {
+    /// The state file's name as errors report it.
+    fn state_key(&self) -> String {
+        self.state.display().to_string()
+    }
+}
+
+/// A session's state as read under its lock, with the open state file.
+struct Opened {
+    state_file: Arc<dyn FileHandle>,
+    record: Record,
+}
+
+fn read_whole(file: &dyn FileHandle, path: &Path) -> Result<Vec<u8>> {
+    let len = file.size().map_err(failed("reading", path))?;
+    let mut bytes = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(failed("reading", path))?;
+    Ok(bytes)
+}
+
+/// Opens a session's state file and reads its current record.
+fn open_state(fs: &dyn FileSystem, paths: &Paths, id: &UploadId) -> Result<Opened> {
+    let state_file = match fs.open(&paths.state) {
+        Ok(f) => f,
+        Err(e) if not_found(&e) => return Err(Error::BlobUploadUnknown { id: id.to_string() }),
+        Err(e) => return Err(failed("opening", &paths.state)(e)),
+    };
+    let bytes = read_whole(&*state_file, &paths.state)?;
+    let record = Record::decode(&paths.state_key(), &bytes)?;
+    Ok(Opened { state_file, record })
+}
+
+/// Writes `next` into its slot. The first record after a legacy JSON state replaces the whole
+/// file instead (fsynced, renamed, directory fsynced): overwriting the JSON in place could tear
+/// the only record the session has.
+fn write_record(
+    fs: &dyn FileSystem,
+    state_file: &dyn FileHandle,
+    paths: &Paths,
+    current: &Record,
+    next: &Record,
+) -> Result<()> {
+    if current.slot.is_none() {
+        let (_, bytes) = Record::encode_file(next.state.clone(), &paths.state_key())?;
+        let tmp = sibling(&paths.state, ".tmp");
+        let file = fs.create(&tmp).map_err(failed("creating", &tmp))?;
+        file.write_at(&[Bytes::from(bytes)], 0)
+            .map_err(failed("writing", &tmp))?;
+        file.sync_data().map_err(failed("fsyncing", &tmp))?;
+        fs.rename(&tmp, &paths.state)
+            .map_err(failed("publishing", &paths.state))?;
+        return fs
+            .sync_dir(&paths.dir)
+            .map_err(failed("fsyncing", &paths.dir));
+    }
+    let slot = next.encode(&paths.state_key())?;
+    state_file
+        .write_at(&[Bytes::from(slot)], next.position())
+        .map_err(failed("writing", &paths.state))
+}
+
+/// A session opened for an append, under its lock.
+struct Appending {
+    opened: Opened,
+    data: Arc<dyn FileHandle>,
+    hashes: Hashes,
+}
+
+/// Reads the current record and checks the append against it, then opens the staging file at
+/// the recorded offset, dropping bytes past it.
+fn open_for_append(
+    fs: &dyn FileSystem,
+    paths: &Paths,
+    id: &UploadId,
+    repository: &RepositoryName,
+    offset: u64,
+) -> Result<Appending> {
+    let opened = open_state(fs, paths, id)?;
+    let session = &opened.record.state;
+    session.check_repository(repository, id)?;
+    session.check_offset(offset)?;
+    let hashes = session.hashes_for_append(&paths.state_key())?;
+    let data = match fs.open(&paths.data) {
+        Ok(f) => f,
+        // Published by a commit that did not get to end the session.
+        Err(e) if not_found(&e) => return Err(committed(id)),
+        Err(e) => return Err(failed("opening", &paths.data)(e)),
+    };
+    let staged = data.size().map_err(failed("reading", &paths.data))?;
+    if staged < offset {
+        // Records are written only after their bytes are fsynced: this is not a crash.
+        return Err(Error::Corrupt {
+            key: paths.data.display().to_string(),
+            reason: format!("{staged} bytes staged, but the upload state counts {offset}"),
+        });
+    }
+    if staged > offset {
+        // Bytes past the recorded offset belong to an append that never finished (or whose
+        // record a power loss rolled back): drop them.
+        data.set_len(offset)
+            .map_err(failed("truncating", &paths.data))?;
+    }
+    Ok(Appending {
+        opened,
+        data,
+        hashes,
+    })
+}
+
+fn committed(id: &UploadId) -> Error {
+    Error::BlobUploadInvalid {
+        reason: format!("upload {id} was committed; its session is ending"),
+    }
+}
+
+/// Makes the current record durable, and on a session's first append the session itself (its
+/// files' directory entries and its directory's). Runs beside the chunk's write: the record
+/// it syncs covers bytes that are already durable, and it must be durable before the next
+/// record overwrites the other slot, so that a torn write can never take out both.
+fn make_durable(
+    fs: &dyn FileSystem,
+    state_file: &dyn FileHandle,
+    paths: &Paths,
+    first: bool,
+) -> Result<()> {
+    state_file
+        .sync_data()
+        .map_err(failed("fsyncing", &paths.state))?;
+    if first {
+        fs.sync_dir(&paths.dir)
+            .map_err(failed("fsyncing", &paths.dir))?;
+        if let Some(uploads) = paths.dir.parent() {
+            fs.sync_dir(uploads).map_err(failed("fsyncing", uploads))?;
+        }
+    }
+    Ok(())
+}
+
+/// Renames the staging file into the blob's place and makes the rename durable.
+fn publish(fs: &dyn FileSystem, root: &Path, data: &Path, target: &Path, size: u64) -> Result<()> {
+    let file = match fs.open(data) {
+        Ok(f) => f,
+        Err(e) if not_found(&e) => {
+            return Err(Error::BlobUploadInvalid {
+                reason: "the upload's bytes are gone (committed or cancelled meanwhile)".into(),
+            });
+        }
+        Err(e) => return Err(failed("opening", data)(e)),
+    };
+    let staged = file.size().map_err(failed("reading", data))?;
+    if staged < size {
+        // Never a crash's doing (a record is written after its bytes are fsynced); extending
+        // the file would publish made-up bytes under the digest.
+        return Err(Error::Corrupt {
+            key: data.display().to_string(),
+            reason: format!("{staged} bytes staged, but the upload state counts {size}"),
+        });
+    }
+    if staged > size {
+        // Bytes past the offset, left by an append that never finished.
+        file.set_len(size).map_err(failed("truncating", data))?;
+        file.sync_data().map_err(failed("fsyncing", data))?;
+    }
+    let parent = target.parent().ok_or_else(|| Error::Corrupt {
+        key: target.display().to_string(),
+        reason: "blob path has no parent".to_owned(),
+    })?;
+    // New directories must be durable too: fsync each one's parent, from the top down.
+    let mut missing = vec![];
+    let mut dir = parent;
+    while dir != root {
+        match fs.metadata(dir) {
+            Ok(_) => break,
+            Err(e) if not_found(&e) => missing.push(dir.to_path_buf()),
+            Err(e) => return Err(failed("reading", dir)(e)),
+        }
+        dir = dir.parent().unwrap_or(root);
+    }
+    fs.create_dir_all(parent)
+        .map_err(failed("creating", parent))?;
+    for created in missing.iter().rev() {
+        if let Some(p) = created.parent() {
+            fs.sync_dir(p).map_err(failed("fsyncing", p))?;
+        }
+    }
+    fs.rename(data, target)
+        .map_err(failed("publishing", target))?;
+    fs.sync_dir(parent).map_err(failed("fsyncing", parent))
+}
+
+/// Hashes the first `size` bytes of a staging file again, under every hash a session keeps
+/// once it has been asked for SHA-512. Runs as a job per step, so a long re-read holds no
+/// thread for longer than one step.
+async fn rehash(fs: &Arc<dyn FileSystem>, guard: &Guard, data: &Path, size: u64) -> Result<Hashes> {
+    let file = {
+        let (fs, data) = (Arc::clone(fs), data.to_path_buf());
+        job(guard, move || {
+            fs.open_read(&data).map_err(failed("opening", &data))
+        })
+        .await?
+    };
+    let mut hashes = Hashes::for_algorithm(Algorithm::Sha512);
+    let mut position = 0;
+    while position < size {
+        let n = (size - position).min(READ_STEP * 8);
+        let (file, what) = (Arc::clone(&file), context("reading", data));
+        hashes = job(guard, move || {
+            let mut buf = vec![0; usize::try_from(n).unwrap_or(usize::MAX)];
+            file.read_exact_at(&mut buf, position)
+                .map_err(|e| Error::io(what, e))?;
+            hashes.update(&buf);
+            Ok(hashes)
+        })
+        .await?;
+        position += n;
+    }
+    Ok(hashes)
+}
+
+impl FsEngine {
+    pub(crate) fn new(root: PathBuf, fs: Arc<dyn FileSystem>) -> Self {
+        Self { root, fs }
+    }
+
+    fn local(&self, key: &object_store::path::Path) -> PathBuf {
+        local_path(&self.root, key)
+    }
+
+    fn paths(&self, store: &Store, id: &UploadId) -> Paths {
+        let keys = store.keys();
+        Paths {
+            dir: self.local(&keys.upload_prefix(id.as_str())),
+            state: self.local(&keys.upload_state(id.as_str())),
+            data: self.local(&keys.upload_data(id.as_str())),
+            lock: self.local(&keys.upload_lock(id.as_str())),
+        }
+    }
+
+    /// Tries the session's lock once.
+    async fn try_lock(&self, paths: &Paths) -> Result<LockAttempt> {
+        let (fs, lock) = (Arc::clone(&self.fs), paths.lock.clone());
+        job(&Guard::none(), move || {
+            fs.try_lock(&lock).map_err(failed("locking", &lock))
+        })
+        .await
+    }
+
+    /// Takes the session's lock without waiting for another holder.
+    ///
+    /// # Errors
+    /// [`Error::BlobUploadUnknown`] if the session is gone; `busy` if the lock is held.
+    async fn lock_now(
+        &self,
+        paths: &Paths,
+        id: &UploadId,
+        busy: impl Fn() -> Error,
+    ) -> Result<Guard> {
+        match self.try_lock(paths).await? {
+            LockAttempt::Held(held) => Ok(Guard::holding(held)),
+            LockAttempt::Busy => Err(busy()),
+            LockAttempt::Missing => Err(Error::BlobUploadUnknown { id: id.to_string() }),
+        }
+    }
+
+    /// Takes the session's lock, waiting (up to `limit`, if given) while another holder has it.
+    /// Polled rather than blocking, so waiting holds no thread, and a caller that gives up
+    /// (drops the future) stops waiting at once.
+    async fn lock_waiting(
+        &self,
+        paths: &Paths,
+        id: &UploadId,
+        limit: Option<Duration>,
+    ) -> Result<Guard> {
+        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        loop {
+            match self.try_lock(paths).await? {
+                LockAttempt::Held(held) => return Ok(Guard::holding(held)),
+                LockAttempt::Missing => {
+                    return Err(Error::BlobUploadUnknown { id: id.to_string() });
+                }
+                LockAttempt::Busy => {}
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Err(Error::BlobUploadInvalid {
+                    reason: format!("upload {id} is receiving a chunk; try again after it"),
+                });
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+        }
+    }
+
+    /// Reads the session's state; under its lock when `guard` holds it.
+    async fn open_state(&self, paths: &Paths, id: &UploadId, guard: &Guard) -> Result<Opened> {
+        let (fs, paths, id) = (Arc::clone(&self.fs), paths.clone(), id.clone());
+        job(guard, move || open_state(&*fs, &paths, &id)).await
+    }
+
+    /// Ends a session under its lock: moves its directory into the trash in one rename (from
+    /// then on its path is gone for everyone), lets the lock go, and deletes it. A crash after
+    /// the rename leaves the trash to the next purge; one before it leaves the session whole.
+    async fn end_session(
+        &self,
+        store: &Store,
+        paths: &Paths,
+        id: &UploadId,
+        guard: Guard,
+    ) -> Result<()> {
+        let nonce = format!("{:016x}", rand::random::<u64>());
+        let trash = self.local(&store.keys().upload_trash(id.as_str(), &nonce));
+        let fs = Arc::clone(&self.fs);
+        let dir = paths.dir.clone();
+        let moved = {
+            let trash = trash.clone();
+            job(&guard, move || {
+                if let Some(parent) = trash.parent() {
+                    fs.create_dir_all(parent)
+                        .map_err(failed("creating", parent))?;
+                }
+                match fs.rename(&dir, &trash) {
+                    Ok(()) => Ok(true),
+                    Err(e) if not_found(&e) => Ok(false),
+                    Err(e) => Err(failed("moving to the trash", &dir)(e)),
+                }
+            })
+            .await?
+        };
+        drop(guard);
+        if moved {
+            let fs = Arc::clone(&self.fs);
+            job(&Guard::none(), move || match fs.remove_dir_all(&trash) {
+                Ok(()) => Ok(()),
+                Err(e) if not_found(&e) => Ok(()),
+                Err(e) => Err(failed("deleting", &trash)(e)),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends a session whose blob is published: what is left is only its state, so a failure
+    /// is logged, not reported (the client must not get an error for a stored blob); the
+    /// purger deletes what is left.
+    async fn end_published(&self, store: &Store, paths: &Paths, id: &UploadId, guard: Guard) {
+        if let Err(e) = self.end_session(store, paths, id, guard).await {
+            tracing::warn!(upload = %id, error = %e, "committed session not deleted; the purger will");
+        }
+    }
+
+    /// Publishes the staging file as `digest` unless the store has it already.
+    async fn publish(
+        &self,
+        store: &Store,
+        paths: &Paths,
+        digest: &Digest,
+        size: u64,
+        guard: &Guard,
+    ) -> Result<()> {
+        if store.blob_size(digest).await?.is_some() {
+            // The store has these bytes (dedupe, or a commit that crashed after publishing).
+            return Ok(());
+        }
+        let target = self.local(&store.keys().blob_data(digest));
+        let (fs, root, data) = (Arc::clone(&self.fs), self.root.clone(), paths.data.clone());
+        job(guard, move || publish(&*fs, &root, &data, &target, size)).await
+    }
+
+    /// One purge decision, under the session's lock: the bytes freed, `None` if kept.
+    async fn purge_one(
+        &self,
+        store: &Store,
+        id: &UploadId,
+        now: SystemTime,
+        options: PurgeOptions,
+    ) -> Result<Option<u64>> {
+        let paths = self.paths(store, id);
+        let guard = match self.try_lock(&paths).await? {
+            LockAttempt::Held(held) => Guard::holding(held),
+            // In use (an append, commit or cancel), or gone meanwhile.
+            LockAttempt::Busy | LockAttempt::Missing => return Ok(None),
+        };
+        let state = match self.open_state(&paths, id, &guard).await {
+            Ok(opened) => Some(opened.record.state),
+            Err(Error::BlobUploadUnknown { .. } | Error::Corrupt { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let (fs, p) = (Arc::clone(&self.fs), paths.clone());
+        let (newest, freed) = job(&guard, move || {
+            let info = |path: &Path| match fs.metadata(path) {
+                Ok(info) => Ok(Some(info)),
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(failed("reading", path)(e)),
+            };
+            let data = info(&p.data)?;
+            let newest = [info(&p.state)?, data, info(&p.dir)?]
+                .into_iter()
+                .flatten()
+                .map(|i| i.modified)
+                .max();
+            Ok((newest, data.map_or(0, |d| d.len)))
+        })
+        .await?;
+        // Without readable state (a start that crashed), the files' own times decide.
+        let idle = match (&state, newest) {
+            (Some(s), _) => s.idle(now),
+            (None, Some(t)) => now.duration_since(t).unwrap_or_default(),
+            (None, None) => Duration::MAX,
+        };
+        if idle <= options.older_than {
+            return Ok(None);
+        }
+        if !options.dry_run {
+            self.end_session(store, &paths, id, guard).await?;
+        }
+        Ok(Some(freed))
+    }
+
+    /// Deletes what ended sessions left in the trash (a crash between moving and deleting).
+    async fn empty_trash(&self, store: &Store, report: &mut PurgeReport) {
+        let trash = self.local(&store.keys().upload_trash_prefix());
+        let fs = Arc::clone(&self.fs);
+        let emptied = job(&Guard::none(), move || {
+            let names = match fs.read_dir(&trash) {
+                Ok(names) => names,
+                Err(e) if not_found(&e) => return Ok(vec![]),
+                Err(e) => return Err(failed("listing", &trash)(e)),
+            };
+            Ok(names
+                .into_iter()
+                .filter_map(|name| {
+                    let dir = trash.join(&name);
+                    match fs.remove_dir_all(&dir) {
+                        Ok(()) => None,
+                        Err(e) if not_found(&e) => None,
+                        Err(e) => Some(format!("trash/{name}: {}", failed("deleting", &dir)(e))),
+                    }
+                })
+                .collect::<Vec<_>>())
+        })
+        .await;
+        match emptied {
+            Ok(errors) => report.errors.extend(errors),
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
+}
+
+#[async_trait]
+impl UploadEngine for FsEngine {
+    /// Creates the session without fsyncing anything: a session that holds no acknowledged
+    /// byte loses nothing if a crash forgets it (the client's next request gets
+    /// `BLOB_UPLOAD_UNKNOWN` and starts over). The first append makes it durable. This saves
+    /// four fsyncs per upload.
+    async fn start(&self, store: &Store, repository: &RepositoryName) -> Result<UploadStatus> {
+        let id = UploadId::random();
+        let session = Session::new(repository.clone());
+        let status = session.status(&id);
+        let paths = self.paths(store, &id);
+        let (_, file) = Record::encode_file(session, &paths.state_key())?;
+        let fs = Arc::clone(&self.fs);
+        job(&Guard::none(), move || {
+            fs.create_dir_all(&paths.dir)
+                .map_err(failed("creating", &paths.dir))?;
+            let state = fs
+                .create(&paths.state)
+                .map_err(failed("creating", &paths.state))?;
+            state
+                .write_at(&[Bytes::from(file)], 0)
+                .map_err(failed("writing", &paths.state))?;
+            fs.create(&paths.data)
+                .map_err(failed("creating", &paths.data))?;
+            Ok(())
+        })
+        .await?;
+        Ok(status)
+    }
+
+    async fn status(&self, store: &Store, id: &UploadId) -> Result<UploadStatus> {
+        let paths = self.paths(store, id);
+        let opened = self.open_state(&paths, id, &Guard::none()).await?;
+        Ok(opened.record.state.status(id))
+    }
+
+    async fn append(
+        &self,
+        repo: &Repository,
+        id: &UploadId,
+        offset: u64,
+        chunk: ChunkStream<'_>,
+    ) -> Result<UploadStatus> {
+        let paths = self.paths(repo.store(), id);
+        // Appends are serialized: one that races another waits for it, then checks its offset
+        // against the one the other left, so the refusal names the real current offset.
+        let guard = self.lock_waiting(&paths, id, None).await?;
+        let Appending {
+            opened,
+            data,
+            hashes,
+        } = {
+            let (fs, p, id, name) = (
+                Arc::clone(&self.fs),
+                paths.clone(),
+                id.clone(),
+                repo.name().clone(),
+            );
+            job(&guard, move || {
+                open_for_append(&*fs, &p, &id, &name, offset)
+            })
+            .await?
+        };
+        let durable = {
+            let (fs, file, p) = (
+                Arc::clone(&self.fs),
+                Arc::clone(&opened.state_file),
+                paths.clone(),
+            );
+            job(&guard, move || make_durable(&*fs, &*file, &p, offset == 0))
+        };
+        let written = writer::write_and_hash(data, &paths.data, offset, hashes, chunk, &guard);
+        let (written, durable) = tokio::join!(written, durable);
+        // The bytes are durable before the record that covers them is written.
+        let written = written?;
+        durable?;
+
+        let mut session = opened.record.state.clone();
+        session.advance(written.len, &written.hashes);
+        let status = session.status(id);
+        let next = opened.record.next(session);
+        let (fs, p) = (Arc::clone(&self.fs), paths.clone());
+        job(&guard, move || {
+            write_record(&*fs, &*opened.state_file, &p, &opened.record, &next)
+        })
+        .await?;
+        Ok(status)
+    }
+
+    async fn commit(
+        &self,
+        repo: &Repository,
+        id: &UploadId,
+        expected: &Digest,
+        expected_size: Option<u64>,
+    ) -> Result<BlobInfo> {
+        let store = repo.store();
+        let paths = self.paths(store, id);
+        let guard = self
+            .lock_now(&paths, id, || Error::BlobUploadInvalid {
+                reason: format!("upload {id} is receiving a chunk; commit after it"),
+            })
+            .await?;
+        let opened = self.open_state(&paths, id, &guard).await?;
+        let session = opened.record.state.clone();
+        session.check_repository(repo.name(), id)?;
+        let size = session.offset;
+        let actual = match session.digest(expected.algorithm()) {
+            Some(digest) => digest,
+            None => {
+                // The first commit under a digest the session does not keep (SHA-512), or a
+                // hash state this build cannot read: hash the stored bytes once, and keep the
+                // hashes, so that no later commit or append of the session reads them again.
+                let hashes = rehash(&self.fs, &guard, &paths.data, size).await?;
+                let mut rehashed = session.clone();
+                rehashed.set_hashes(&hashes);
+                let next = opened.record.next(rehashed);
+                let (fs, p) = (Arc::clone(&self.fs), paths.clone());
+                let (file, record) = (Arc::clone(&opened.state_file), opened.record.clone());
+                job(&guard, move || {
+                    write_record(&*fs, &*file, &p, &record, &next)
+                })
+                .await?;
+                hashes
+                    .digest(expected.algorithm())
+                    .ok_or_else(|| Error::io("re-hashing", std::io::Error::other("no hash")))?
+            }
+        };
+        verify(&actual, size, expected, expected_size)?;
+        self.publish(store, &paths, expected, size, &guard).await?;
+        repo.link_blob(expected).await?;
+        self.end_published(store, &paths, id, guard).await;
+        Ok(published(expected, size))
+    }
+
+    async fn cancel(&self, repo: &Repository, id: &UploadId) -> Result<()> {
+        let paths = self.paths(repo.store(), id);
+        let guard = self.lock_waiting(&paths, id, Some(CANCEL_WAIT)).await?;
+        let opened = self.open_state(&paths, id, &guard).await?;
+        opened.record.state.check_repository(repo.name(), id)?;
+        self.end_session(repo.store(), &paths, id, guard).await
+    }
+
+    /// A whole blob from one stream, in a session directory of its own (locked, so no purge
+    /// deletes it underneath), but without a state file: written while it is hashed,
+    /// verified, fsynced and renamed into place. A crash leaves only the directory, which the
+    /// purger removes.
+    async fn put_stream(
+        &self,
+        repo: &Repository,
+        expected: &Digest,
+        expected_size: Option<u64>,
+        data: ChunkStream<'_>,
+    ) -> Result<BlobInfo> {
+        let store = repo.store();
+        let id = UploadId::random();
+        let paths = self.paths(store, &id);
+        {
+            let (fs, dir) = (Arc::clone(&self.fs), paths.dir.clone());
+            job(&Guard::none(), move || {
+                fs.create_dir_all(&dir).map_err(failed("creating", &dir))
+            })
+            .await?;
+        }
+        let guard = self
+            .lock_now(&paths, &id, || {
+                Error::io("locking a new upload", std::io::Error::other("busy"))
+            })
+            .await?;
+        let result = async {
+            let file = {
+                let (fs, data) = (Arc::clone(&self.fs), paths.data.clone());
+                job(&guard, move || {
+                    fs.create(&data).map_err(failed("creating", &data))
+                })
+                .await?
+            };
+            let hashes = Hashes::for_algorithm(expected.algorithm());
+            let written =
+                writer::write_and_hash(file, &paths.data, 0, hashes, data, &guard).await?;
+            let actual = written
+                .hashes
+                .digest(expected.algorithm())
+                .ok_or_else(|| Error::io("hashing", std::io::Error::other("no hash")))?;
+            verify(&actual, written.len, expected, expected_size)?;
+            self.publish(store, &paths, expected, written.len, &guard)
+                .await?;
+            repo.link_blob(expected).await?;
+            Ok(published(expected, written.len))
+        }
+        .await;
+        self.end_published(store, &paths, &id, guard).await;
+        result
+    }
+
+    async fn put_bytes(
+        &self,
+        repo: &Repository,
+        expected: &Digest,
+        data: Bytes,
+    ) -> Result<BlobInfo> {
+        let size = data.len() as u64;
+        if repo.store().blob_size(expected).await?.is_some() {
+            expected.verify(&data)?;
+            repo.link_blob(expected).await?;
+            return Ok(published(expected, size));
+        }
+        // Hashes while it writes, then verifies before it publishes.
+        let stream = futures::stream::once(async move { Ok(data) }).boxed();
+        self.put_stream(repo, expected, Some(size), stream).await
+    }
+
+    async fn purge(&self, store: &Store, options: PurgeOptions) -> Result<PurgeReport> {
+        let mut report = PurgeReport::default();
+        self.empty_trash(store, &mut report).await;
+        let uploads = self.local(&store.keys().uploads_prefix());
+        let fs = Arc::clone(&self.fs);
+        let names = job(&Guard::none(), move || match fs.read_dir(&uploads) {
+            Ok(names) => Ok(names),
+            Err(e) if not_found(&e) => Ok(vec![]),
+            Err(e) => Err(failed("listing", &uploads)(e)),
+        })
+        .await?;
+        let now = SystemTime::now();
+        purge::sweep(&mut report, names, |id| async move {
+            self.purge_one(store, &id, now, options).await
+        })
+        .await;
+        Ok(report)
+    }
+
+    async fn read_object(
+        &self,
+        _store: &Store,
+        key: &object_store::path::Path,
+        range: Option<std::ops::Range<u64>>,
+        digest: &Digest,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let path = self.local(key);
+        let fs = Arc::clone(&self.fs);
+        let opened = {
+            let path = path.clone();
+            job(&Guard::none(), move || match fs.open_read(&path) {
+                Ok(file) => {
+                    let len = file.size().map_err(failed("reading", &path))?;
+                    Ok(Some((file, len)))
+                }
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(failed("opening", &path)(e)),
+            })
+            .await?
+        };
+        let Some((file, len)) = opened else {
+            return Err(Error::BlobUnknown { digest: *digest });
+        };
+        let range = range.unwrap_or(0..len);
+        let path: Arc<Path> = Arc::from(path);
+        let stream = futures::stream::try_unfold(range.start, move |position| {
+            let (file, path) = (Arc::clone(&file), Arc::clone(&path));
+            let end = range.end;
+            async move {
+                if position >= end {
+                    return Ok(None);
+                }
+                let n = (end - position).min(READ_STEP);
+                let chunk = job(&Guard::none(), move || {
+                    let mut buf = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
+                    file.read_exact_at(&mut buf, position)
+                        .map_err(failed("reading", &path))?;
+                    Ok(buf)
+                })
+                .await?;
+                Ok(Some((Bytes::from(chunk), position + n)))
+            }
+        });
+        Ok(stream.boxed())
+    }
+}

@@ -1,0 +1,664 @@
+//! Receiving a chunk on an object store: sending parts as they fill, staging (and merging) what
+//! cannot fill one yet; or, without a `MultipartStore`, one segment object per chunk.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::StreamExt;
+use object_store::buffered::BufWriter;
+use object_store::multipart::MultipartStore;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload, UpdateVersion};
+use tokio::io::AsyncWriteExt;
+use tokio::task::JoinSet;
+
+use super::state::{
+    MIN_PART, ObjectSession, OpenMultipart, Part, Piece, absorbed, next_seq, staged_range,
+};
+use super::{ObjectEngine, Stop, load, piece_key, random_tag, read_staged, replace_state};
+use crate::error::{Error, RangeError, Result};
+use crate::store::{Repository, Segment, Store};
+use crate::upload::session::Hashes;
+use crate::upload::{ChunkStream, UploadId, UploadStatus, receiving};
+
+const MIB: usize = 1024 * 1024;
+/// Bytes of the first thousand parts of an upload; later parts are larger (see `part_size`).
+const PART_SIZE: usize = 8 * MIB;
+/// Parts of one append in flight at once: the append's memory is about this many parts.
+const PARTS_IN_FLIGHT: usize = 2;
+/// Parts an upload takes before the next append opens a new one (S3's limit is 10,000).
+const MAX_PARTS: usize = 9_000;
+/// The most parts one upload can hold.
+const PART_LIMIT: usize = 10_000;
+/// Buffer of the segment writer (no `MultipartStore`): larger chunks stream as a multipart.
+const SEGMENT_BUFFER: usize = 10 * MIB;
+/// How long a losing append waits for the append it lost to before reporting the offset.
+const LOSER_WAIT: Duration = Duration::from_secs(10);
+
+/// The smallest part but for the last, as a buffer length.
+const MIN_PART_LEN: usize = MIN_PART as usize;
+
+/// The size of part `index` of an upload: 8 MiB, growing by 8 MiB every thousand parts, so
+/// that 9,000 parts (where the next append opens a new upload) hold about 350 GiB, within
+/// S3's limit of 10,000 parts.
+fn part_size(index: usize) -> usize {
+    PART_SIZE * (1 + index / 1000)
+}
+
+/// The refusal a losing append gets: the offset the session is at now. If it lost to another
+/// append's claim (the offset has not moved yet), it first waits for that append to finish,
+/// so that its client is told where to go on rather than to retry where it is.
+async fn lost(store: &Store, id: &UploadId, offset: u64) -> Error {
+    let deadline = tokio::time::Instant::now() + LOSER_WAIT;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let current = match load(store, id).await {
+            Ok((current, _)) => current,
+            Err(e) => return e,
+        };
+        let in_progress = current.session.offset == offset && current.appending.is_some();
+        if !in_progress || tokio::time::Instant::now() + pause > deadline {
+            return Error::RangeInvalid(RangeError::UploadOffset {
+                current: current.session.offset,
+                requested: offset,
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Appends are refused once a commit has begun: the pieces may be a blob's already.
+fn check_not_committing(state: &ObjectSession, id: &UploadId) -> Result<()> {
+    match state.publishing {
+        Some(digest) => Err(Error::BlobUploadInvalid {
+            reason: format!("upload {id} is being committed as {digest}; commit it again"),
+        }),
+        None => Ok(()),
+    }
+}
+
+pub(super) async fn append(
+    engine: &ObjectEngine,
+    repo: &Repository,
+    id: &UploadId,
+    offset: u64,
+    chunk: ChunkStream<'_>,
+) -> Result<UploadStatus> {
+    let store = repo.store();
+    let (state, version) = load(store, id).await?;
+    state.session.check_repository(repo.name(), id)?;
+    check_not_committing(&state, id)?;
+    state.session.check_offset(offset)?;
+    let key = store.keys().upload_state(id.as_str());
+    let hashes = state.session.hashes_for_append(key.as_ref())?;
+    let result = match engine.multipart.clone() {
+        Some(multipart) => {
+            let staged_len = state.segments[staged_range(&state.segments)]
+                .iter()
+                .map(|p| p.size() as usize)
+                .sum();
+            let mut appender = Appender {
+                store,
+                multipart,
+                id,
+                state,
+                version,
+                hashes,
+                received: 0,
+                pending: Pending::default(),
+                staged_len,
+                target: None,
+                tag: random_tag(),
+                consumed: Vec::new(),
+                in_flight: JoinSet::new(),
+                sent: Vec::new(),
+            };
+            match appender.receive(chunk).await {
+                Ok(()) => appender.finish().await,
+                Err(stop) => Err(stop),
+            }
+        }
+        None => {
+            let segments = SegmentAppend {
+                engine,
+                store,
+                id,
+                state,
+                version,
+                hashes,
+            };
+            segments.append(chunk).await
+        }
+    };
+    match result {
+        Ok(status) => Ok(status),
+        Err(Stop::Lost) => Err(lost(store, id, offset).await),
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+/// Received bytes not yet sent, kept as the buffers they arrived in: parts are cut from them
+/// without copying (a `PutPayload` takes a list of buffers).
+#[derive(Default)]
+struct Pending {
+    buffers: std::collections::VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        self.len += bytes.len();
+        self.buffers.push_back(bytes);
+    }
+
+    /// The first `n` bytes (at most all), as buffers.
+    fn take(&mut self, mut n: usize) -> Vec<Bytes> {
+        let mut taken = Vec::new();
+        while n > 0 {
+            let Some(mut front) = self.buffers.pop_front() else {
+                break;
+            };
+            if front.len() > n {
+                let rest = front.split_off(n);
+                self.buffers.push_front(rest);
+            }
+            n -= front.len();
+            self.len -= front.len();
+            taken.push(front);
+        }
+        taken
+    }
+}
+
+/// Reads staged pieces back. One that is gone was taken in (and deleted) by a racing append
+/// that won: then this append has lost, which its conditional write would find out anyway.
+async fn read_back(
+    store: &Store,
+    id: &UploadId,
+    keys: &[Path],
+    version: &UpdateVersion,
+) -> std::result::Result<Vec<Bytes>, Stop> {
+    match read_staged(store, keys).await {
+        Ok(bytes) => Ok(bytes),
+        Err(Error::Backend {
+            source: object_store::Error::NotFound { path, .. },
+        }) => {
+            let key = store.keys().upload_state(id.as_str());
+            match store.read_versioned(&key).await? {
+                Some((_, now)) if now == *version => Err(Stop::Failed(Error::Corrupt {
+                    key: path,
+                    reason: "a staged piece the upload state lists is missing".to_owned(),
+                })),
+                _ => Err(Stop::Lost),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A new staged piece of `rest` bytes, taking in the staged pieces in `staged` that
+/// [`absorbed`] says it should: reads those back and writes the whole as one object.
+/// Returns the keys taken in (to delete once the new state is written) and the new piece's
+/// key, or `None` if there is nothing to stage.
+async fn stage(
+    store: &Store,
+    id: &UploadId,
+    version: &UpdateVersion,
+    pieces: &mut Vec<Piece>,
+    staged: Range<usize>,
+    rest: Vec<Bytes>,
+) -> std::result::Result<(Vec<Path>, Option<Path>), Stop> {
+    let new: u64 = rest.iter().map(|b| b.len() as u64).sum();
+    if new == 0 {
+        return Ok((Vec::new(), None));
+    }
+    let sizes: Vec<u64> = pieces[staged.clone()].iter().map(Piece::size).collect();
+    let taken = staged.end - absorbed(&sizes, new)..staged.end;
+    let keys: Vec<Path> = pieces[taken.clone()]
+        .iter()
+        .map(|p| piece_key(store, id, &p.segment))
+        .collect();
+    let mut body = read_back(store, id, &keys, version).await?;
+    body.extend(rest);
+    let segment = Segment {
+        seq: next_seq(pieces),
+        nonce: random_tag(),
+        size: body.iter().map(|b| b.len() as u64).sum(),
+    };
+    let key = piece_key(store, id, &segment);
+    store
+        .objects()
+        .put(&key, PutPayload::from_iter(body))
+        .await?;
+    pieces.drain(taken);
+    pieces.push(Piece {
+        segment,
+        multipart: None,
+    });
+    Ok((keys, Some(key)))
+}
+
+/// One append to a session on a store with multipart uploads.
+struct Appender<'a> {
+    store: &'a Store,
+    multipart: Arc<dyn MultipartStore>,
+    id: &'a UploadId,
+    /// The session as this append will leave it; persisted only by `claim` and `finish`.
+    state: ObjectSession,
+    /// The version of the state object this append last read or wrote.
+    version: UpdateVersion,
+    hashes: Hashes,
+    /// Bytes of the chunk received so far.
+    received: u64,
+    /// Received bytes in no part yet.
+    pending: Pending,
+    /// Bytes of the staged pieces not yet read back into a part.
+    staged_len: usize,
+    /// Once claimed: the index, in `state.segments`, of the upload receiving this append's
+    /// parts; the staged pieces are the ones after it until `consumed` takes them.
+    target: Option<usize>,
+    /// This append's claim tag.
+    tag: String,
+    /// Staged pieces read back into a part or merged: deleted once the new state is written.
+    consumed: Vec<Path>,
+    /// Parts being sent, each on a task of its own so that sending overlaps receiving;
+    /// dropping the set (an append that fails) aborts them.
+    in_flight: JoinSet<Result<(usize, Part)>>,
+    /// Parts sent and acknowledged: (part index, part).
+    sent: Vec<(usize, Part)>,
+}
+
+impl Appender<'_> {
+    /// Receives the chunk, sending parts as they fill; stages nothing yet.
+    async fn receive(&mut self, mut chunk: ChunkStream<'_>) -> std::result::Result<(), Stop> {
+        while let Some(bytes) = chunk.next().await {
+            let bytes = bytes.map_err(receiving)?;
+            self.hashes.update(&bytes);
+            self.received += bytes.len() as u64;
+            self.pending.push(bytes);
+            while self.staged_len + self.pending.len() >= part_size(self.next_part()) {
+                let size = part_size(self.next_part());
+                self.send_part(size).await?;
+            }
+        }
+        // The end of the chunk: what is left is a (last) part if S3 would take it as any part.
+        let left = self.staged_len + self.pending.len();
+        if left >= MIN_PART_LEN {
+            self.send_part(left).await?;
+        }
+        while let Some(sent) = self.in_flight.join_next().await {
+            self.sent.push(joined(sent)?);
+        }
+        Ok(())
+    }
+
+    /// The staged pieces not yet read back.
+    fn staged(&self) -> Range<usize> {
+        match self.target {
+            Some(_) if !self.consumed.is_empty() => 0..0,
+            Some(t) => t + 1..self.state.segments.len(),
+            None => staged_range(&self.state.segments),
+        }
+    }
+
+    /// The index the next part of this append gets.
+    fn next_part(&self) -> usize {
+        let recorded = self
+            .target
+            .and_then(|t| self.state.segments[t].multipart.as_ref())
+            .map_or(0, |m| m.parts.len());
+        recorded + self.sent.len() + self.in_flight.len()
+    }
+
+    /// Sends the staged pieces (if not yet sent) and then pending bytes, `size` in all, as
+    /// the next part.
+    async fn send_part(&mut self, size: usize) -> std::result::Result<(), Stop> {
+        self.claim().await?;
+        let index = self.next_part();
+        if index >= PART_LIMIT {
+            return Err(Stop::Failed(Error::Unsupported {
+                what: format!(
+                    "a chunk of more than {PART_LIMIT} parts; send the blob in several chunks"
+                ),
+            }));
+        }
+        let mut body: Vec<Bytes> = Vec::new();
+        let staged = self.staged();
+        let mut from_staged = 0;
+        if !staged.is_empty() {
+            let keys: Vec<Path> = self.state.segments[staged.clone()]
+                .iter()
+                .map(|p| piece_key(self.store, self.id, &p.segment))
+                .collect();
+            body = read_back(self.store, self.id, &keys, &self.version).await?;
+            from_staged = self
+                .state
+                .segments
+                .drain(staged)
+                .map(|p| p.size())
+                .sum::<u64>() as usize;
+            self.consumed = keys;
+            self.staged_len = 0;
+        }
+        body.extend(self.pending.take(size - from_staged));
+        let payload = PutPayload::from_iter(body);
+
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            if let Some(sent) = self.in_flight.join_next().await {
+                self.sent.push(joined(sent)?);
+            }
+        }
+        let t = self.target.unwrap_or_default();
+        let key = piece_key(self.store, self.id, &self.state.segments[t].segment);
+        let upload = self.state.segments[t]
+            .multipart
+            .as_ref()
+            .map(|m| m.id.clone())
+            .unwrap_or_default();
+        let multipart = Arc::clone(&self.multipart);
+        let size = size as u64;
+        self.in_flight.spawn(async move {
+            let part = multipart.put_part(&key, &upload, index, payload).await?;
+            Ok((
+                index,
+                Part {
+                    content_id: part.content_id,
+                    size,
+                },
+            ))
+        });
+        Ok(())
+    }
+
+    /// Before the first part: records in the state that this append sends parts, to the last
+    /// upload if nobody else may be sending to it, else to a new one (before the staged
+    /// pieces, which its first part takes in).
+    async fn claim(&mut self) -> std::result::Result<(), Stop> {
+        if self.target.is_some() {
+            return Ok(());
+        }
+        let mut next = self.state.clone();
+        let start = staged_range(&next.segments).start;
+        let last = start.checked_sub(1);
+        let reusable = last.is_some_and(|i| {
+            next.segments[i]
+                .multipart
+                .as_ref()
+                .is_some_and(|m| !m.sealed && m.parts.len() < MAX_PARTS)
+                && next.appending.is_none()
+        });
+        let mut created = None;
+        let target = if reusable {
+            start - 1
+        } else {
+            if let Some(m) = last.and_then(|i| next.segments[i].multipart.as_mut()) {
+                // Another append claimed it and may still be sending parts (or it is full).
+                m.sealed = true;
+            }
+            let segment = Segment {
+                seq: next_seq(&next.segments),
+                nonce: random_tag(),
+                size: 0,
+            };
+            let key = piece_key(self.store, self.id, &segment);
+            let upload = self.multipart.create_multipart(&key).await?;
+            created = Some((key, upload.clone()));
+            next.segments.insert(
+                start,
+                Piece {
+                    segment,
+                    multipart: Some(OpenMultipart {
+                        id: upload,
+                        parts: Vec::new(),
+                        sealed: false,
+                    }),
+                },
+            );
+            start
+        };
+        next.appending = Some(self.tag.clone());
+        next.session.last_active = Utc::now();
+        match self.write_state(&next).await {
+            Ok(()) => {
+                self.state = next;
+                self.target = Some(target);
+                Ok(())
+            }
+            Err(stop) => {
+                if let Some((key, upload)) = created {
+                    // Unrecorded (or recorded with no part, which commit and cancel skip).
+                    let _ = self.multipart.abort_multipart(&key, &upload).await;
+                }
+                Err(stop)
+            }
+        }
+    }
+
+    /// Replaces the state object if it is still at `self.version`.
+    async fn write_state(&mut self, state: &ObjectSession) -> std::result::Result<(), Stop> {
+        self.version = replace_state(self.store, self.id, state, self.version.clone()).await?;
+        Ok(())
+    }
+
+    /// Records the parts, stages what is left (merged with staged pieces where that keeps
+    /// them few), and writes the new state.
+    async fn finish(mut self) -> std::result::Result<UploadStatus, Stop> {
+        if let Some(t) = self.target {
+            self.sent.sort_by_key(|(index, _)| *index);
+            let piece = &mut self.state.segments[t];
+            if let Some(m) = piece.multipart.as_mut() {
+                for (_, part) in std::mem::take(&mut self.sent) {
+                    piece.segment.size += part.size;
+                    m.parts.push(part);
+                }
+            }
+            // This append's claim ends with it.
+            self.state.appending = None;
+        }
+        let rest = self.pending.take(self.pending.len());
+        let staged = self.staged();
+        let (merged, new) = stage(
+            self.store,
+            self.id,
+            &self.version,
+            &mut self.state.segments,
+            staged,
+            rest,
+        )
+        .await?;
+        self.consumed.extend(merged);
+        let mut state = self.state.clone();
+        state.session.advance(self.received, &self.hashes);
+        match self.write_state(&state).await {
+            Ok(()) => {
+                for key in &self.consumed {
+                    // Their bytes are in a recorded part or piece now; a leftover is only
+                    // garbage, which the commit's sweep deletes.
+                    let _ = self.store.remove(key).await;
+                }
+                Ok(state.session.status(self.id))
+            }
+            Err(Stop::Lost) => {
+                if let Some(key) = new {
+                    self.store.remove(&key).await?;
+                }
+                Err(Stop::Lost)
+            }
+            // The outcome is unknown: the write may have landed, so the new piece stays.
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The result of a part's task.
+fn joined(
+    result: std::result::Result<Result<(usize, Part)>, tokio::task::JoinError>,
+) -> Result<(usize, Part)> {
+    result.map_err(|e| Error::io("sending a part", std::io::Error::other(e)))?
+}
+
+/// An append on a store without multipart uploads.
+struct SegmentAppend<'a> {
+    engine: &'a ObjectEngine,
+    store: &'a Store,
+    id: &'a UploadId,
+    state: ObjectSession,
+    version: UpdateVersion,
+    hashes: Hashes,
+}
+
+impl SegmentAppend<'_> {
+    /// Receives the first 5 MiB of the chunk before it decides: a smaller chunk is staged
+    /// like a multipart remainder (merged with the staged pieces as they accumulate); a larger
+    /// one is written as one object that takes all staged pieces in at its head. So every
+    /// piece but a few trailing ones is at least 5 MiB, whatever the chunk pattern.
+    async fn append(
+        mut self,
+        mut chunk: ChunkStream<'_>,
+    ) -> std::result::Result<UploadStatus, Stop> {
+        let mut head = Pending::default();
+        let mut ended = false;
+        while head.len() < MIN_PART_LEN {
+            match chunk.next().await {
+                Some(bytes) => {
+                    let bytes = bytes.map_err(receiving)?;
+                    self.hashes.update(&bytes);
+                    head.push(bytes);
+                }
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        let staged = staged_range(&self.state.segments);
+        let (merged, new, received) = if ended {
+            let received = head.len() as u64;
+            let rest = head.take(head.len());
+            let (merged, new) = stage(
+                self.store,
+                self.id,
+                &self.version,
+                &mut self.state.segments,
+                staged,
+                rest,
+            )
+            .await?;
+            (merged, new, received)
+        } else {
+            self.write_large(staged, head, chunk).await?
+        };
+        let mut state = self.state.clone();
+        state.session.advance(received, &self.hashes);
+        match replace_state(self.store, self.id, &state, self.version.clone()).await {
+            Ok(_) => {
+                for key in &merged {
+                    let _ = self.store.remove(key).await;
+                }
+                Ok(state.session.status(self.id))
+            }
+            Err(Stop::Lost) => {
+                // Another append won the race for this offset (or a commit, cancel or purge
+                // came first): drop ours, report where it stands.
+                if let Some(key) = new {
+                    self.store.remove(&key).await?;
+                }
+                Err(Stop::Lost)
+            }
+            // The outcome is unknown: the write may have landed, so the segment stays.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Streams a chunk of at least 5 MiB into one new object, led by the staged pieces.
+    /// Returns the staged keys taken in, the new key, and the chunk's bytes.
+    async fn write_large(
+        &mut self,
+        staged: Range<usize>,
+        mut head: Pending,
+        mut chunk: ChunkStream<'_>,
+    ) -> std::result::Result<(Vec<Path>, Option<Path>, u64), Stop> {
+        let keys: Vec<Path> = self.state.segments[staged.clone()]
+            .iter()
+            .map(|p| piece_key(self.store, self.id, &p.segment))
+            .collect();
+        let lead = read_back(self.store, self.id, &keys, &self.version).await?;
+        let segment = Segment {
+            seq: next_seq(&self.state.segments),
+            nonce: random_tag(),
+            size: 0,
+        };
+        let key = piece_key(self.store, self.id, &segment);
+        let mut writer = BufWriter::with_capacity(
+            Arc::clone(&self.engine.objects),
+            key.clone(),
+            SEGMENT_BUFFER,
+        );
+        let mut size = 0u64;
+        let mut received = head.len() as u64;
+        let written: Result<()> = async {
+            for bytes in lead.into_iter().chain(head.take(head.len())) {
+                size += bytes.len() as u64;
+                writer.put(bytes).await?;
+            }
+            while let Some(bytes) = chunk.next().await {
+                let bytes = bytes.map_err(receiving)?;
+                self.hashes.update(&bytes);
+                received += bytes.len() as u64;
+                size += bytes.len() as u64;
+                writer.put(bytes).await?;
+            }
+            writer
+                .shutdown()
+                .await
+                .map_err(|e| Error::io("writing the segment", e))
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = writer.abort().await;
+            return Err(Stop::Failed(e));
+        }
+        self.state.segments.drain(staged);
+        self.state.segments.push(Piece {
+            segment: Segment { size, ..segment },
+            multipart: None,
+        });
+        Ok((keys, Some(key), received))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_bytes_are_cut_at_any_length_in_order_without_loss() {
+        let mut pending = Pending::default();
+        for piece in [&b"abc"[..], b"", b"defgh", b"i"] {
+            pending.push(Bytes::copy_from_slice(piece));
+        }
+        assert_eq!(pending.len(), 9);
+        assert_eq!(pending.take(4).concat(), b"abcd");
+        assert_eq!(pending.len(), 5);
+        assert_eq!(pending.take(0).concat(), b"");
+        assert_eq!(pending.take(100).concat(), b"efghi");
+        assert_eq!(pending.len(), 0);
+    }
+
+    #[test]
+    fn part_sizes_grow_so_that_one_upload_holds_hundreds_of_gib() {
+        assert_eq!(part_size(0), 8 * MIB);
+        assert_eq!(part_size(999), 8 * MIB);
+        assert_eq!(part_size(1000), 16 * MIB);
+        let held: usize = (0..PART_LIMIT).map(part_size).sum();
+        assert!(held as u64 > 300 * 1024 * MIB as u64, "{held}");
+    }
+}
