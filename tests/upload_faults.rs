@@ -5,9 +5,10 @@
 //! never in between, must be able to redo the failed step and commit, and must never read
 //! wrong bytes under the digest.
 //!
-//! Object-store path only (memory, S3, Azure): the fault wrapper sits between the store and an
-//! object store, and the filesystem backend's own upload path does its staging with local
-//! file I/O that no wrapper sees. The filesystem variants therefore return at once.
+//! Every backend runs the engine production runs: on the filesystem, the real filesystem
+//! backend, with its `object_store` requests and its upload engine's file-system calls
+//! (create, write, fsync, lock, rename, remove) numbered in one sequence, so every call of the
+//! staging file, the two-slot state, the writer and the publish-by-rename is failed in turn.
 
 mod common;
 
@@ -54,14 +55,22 @@ impl Fault {
     }
 }
 
+/// Runs an operation under a fault: it must end (with any result), never hang — a request
+/// that waits forever after a failed write would hold its session, and its client, for good.
+async fn ends<T>(fault: Fault, op: impl Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), op)
+        .await
+        .unwrap_or_else(|_| panic!("{fault:?}: the operation hung"))
+}
+
 /// Counts the writes and reads `op` makes through a fault wrapper without faults.
 async fn probe<F, Fut>(b: &TestBackend, op: F) -> (u64, u64)
 where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let faulty = b.faulty();
-    op(store_over(faulty.clone(), faulty.multipart_store())).await;
+    let (store, faulty) = faulty_store_on(b);
+    op(store).await;
     (faulty.writes_seen(), faulty.reads_seen())
 }
 
@@ -109,14 +118,11 @@ async fn assert_reads_back(r: &Repository, digest: &Digest, want: &[u8], fault: 
 /// Runs an append of `chunk` after a 1000-byte head, failed at every point, then checks the
 /// session and finishes it from a healthy store.
 async fn append_at_every_fault(b: TestBackend, chunk_len: usize) {
-    if b.kind == BackendKind::Filesystem {
-        return; // see the module docs
-    }
     let head = pattern(0, 1000);
     let chunk = pattern(1, chunk_len);
     let all = [head.clone(), chunk.clone()].concat();
     let digest = Digest::sha256(&all);
-    let setup = store_over(b.store.clone(), b.multipart.clone());
+    let setup = store_on(&b);
     let probe_id = session_with(&setup.repository(repo("faults/probe")), &head).await;
     let (writes, reads) = probe(&b, |store| async move {
         let r = store.repository(repo("faults/probe"));
@@ -130,14 +136,17 @@ async fn append_at_every_fault(b: TestBackend, chunk_len: usize) {
     for (i, fault) in Fault::all_along(writes, reads).into_iter().enumerate() {
         let name = repo(&format!("faults/append{i}"));
         let id = session_with(&setup.repository(name.clone()), &head).await;
-        let faulty = b.faulty();
+        let (store, faulty) = faulty_store_on(&b);
         fault.arm(&faulty);
-        let result = store_over(faulty.clone(), faulty.multipart_store())
-            .repository(name.clone())
-            .append_upload(&id, 1000, stream_of(&chunk))
-            .await;
+        let result = ends(
+            fault,
+            store
+                .repository(name.clone())
+                .append_upload(&id, 1000, stream_of(&chunk)),
+        )
+        .await;
 
-        let r = store_over(b.store.clone(), b.multipart.clone()).repository(name);
+        let r = store_on(&b).repository(name);
         let offset = r.upload_status(&id).await.unwrap().offset;
         match &result {
             Ok(status) => assert_eq!(
@@ -186,7 +195,7 @@ fn commit_content(alg: Algorithm) -> (Vec<u8>, Vec<u8>, Digest) {
 /// A session in `name` with both commit chunks staged, from a healthy store.
 async fn staged_for_commit(b: &TestBackend, name: &RepositoryName) -> UploadId {
     let (head, tail, _) = commit_content(Algorithm::Sha256);
-    let r = store_over(b.store.clone(), b.multipart.clone()).repository(name.clone());
+    let r = store_on(&b).repository(name.clone());
     let id = session_with(&r, &head).await;
     r.append_upload(&id, head.len() as u64, stream_of(&tail))
         .await
@@ -204,12 +213,15 @@ async fn commit_with_fault(
 ) -> (UploadId, bool) {
     let (_, _, digest) = commit_content(alg);
     let id = staged_for_commit(b, name).await;
-    let faulty = b.faulty();
+    let (store, faulty) = faulty_store_on(b);
     fault.arm(&faulty);
-    let result = store_over(faulty.clone(), faulty.multipart_store())
-        .repository(name.clone())
-        .commit_upload(&id, &digest, None)
-        .await;
+    let result = ends(
+        fault,
+        store
+            .repository(name.clone())
+            .commit_upload(&id, &digest, None),
+    )
+    .await;
     (id, result.is_ok())
 }
 
@@ -232,16 +244,13 @@ async fn commit_faults(b: &TestBackend, alg: Algorithm) -> Vec<Fault> {
 }
 
 async fn redo_commit_after_every_fault(b: TestBackend, alg: Algorithm) {
-    if b.kind == BackendKind::Filesystem {
-        return; // see the module docs
-    }
     let (head, tail, digest) = commit_content(alg);
     let all = [head, tail].concat();
     for (i, fault) in commit_faults(&b, alg).await.into_iter().enumerate() {
         let name = repo(&format!("faults/commit{i}"));
         let (id, committed) = commit_with_fault(&b, &name, fault, alg).await;
 
-        let r = store_over(b.store.clone(), b.multipart.clone()).repository(name);
+        let r = store_on(&b).repository(name);
         assert_absent_or_whole(&r, &digest, &all, fault).await;
         match r.upload_status(&id).await {
             // The commit failed, or it succeeded and only the delete of its state failed
@@ -263,8 +272,7 @@ async fn redo_commit_after_every_fault(b: TestBackend, alg: Algorithm) {
         }
         assert_reads_back(&r, &digest, &all, fault).await;
         // Every later push of the same content finds it whole.
-        let other = store_over(b.store.clone(), b.multipart.clone())
-            .repository(repo(&format!("faults/again{i}")));
+        let other = store_on(&b).repository(repo(&format!("faults/again{i}")));
         other
             .put_blob_stream(&digest, None, stream_of(&all))
             .await
@@ -310,23 +318,19 @@ async fn clear(b: &TestBackend) {
 }
 
 async fn cancel_after_every_commit_fault(b: TestBackend, alg: Algorithm) {
-    if b.kind == BackendKind::Filesystem {
-        return; // see the module docs
-    }
     // A client that gets an error on commit may give up and cancel the session.
     let (head, tail, digest) = commit_content(alg);
     let all = [head, tail].concat();
     for (i, fault) in commit_faults(&b, alg).await.into_iter().enumerate() {
         let name = repo(&format!("faults/cancel{i}"));
         let (id, _) = commit_with_fault(&b, &name, fault, alg).await;
-        let r = store_over(b.store.clone(), b.multipart.clone()).repository(name);
+        let r = store_on(&b).repository(name);
         match r.cancel_upload(&id).await {
             Ok(()) => {}
             Err(e) => assert_eq!(e.kind(), ErrorKind::BlobUploadUnknown, "{fault:?}: {e}"),
         }
         assert_absent_or_whole(&r, &digest, &all, fault).await;
-        let other = store_over(b.store.clone(), b.multipart.clone())
-            .repository(repo(&format!("faults/after{i}")));
+        let other = store_on(&b).repository(repo(&format!("faults/after{i}")));
         other
             .put_blob_stream(&digest, None, stream_of(&all))
             .await
@@ -337,16 +341,13 @@ async fn cancel_after_every_commit_fault(b: TestBackend, alg: Algorithm) {
 }
 
 async fn purge_after_every_commit_fault(b: TestBackend, alg: Algorithm) {
-    if b.kind == BackendKind::Filesystem {
-        return; // see the module docs
-    }
     let (head, tail, digest) = commit_content(alg);
     let all = [head, tail].concat();
     for (i, fault) in commit_faults(&b, alg).await.into_iter().enumerate() {
         let name = repo(&format!("faults/purge{i}"));
         let (_, _) = commit_with_fault(&b, &name, fault, alg).await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let report = store_over(b.store.clone(), b.multipart.clone())
+        let report = store_on(&b)
             .purge_uploads(PurgeOptions {
                 older_than: std::time::Duration::ZERO,
                 dry_run: false,
@@ -355,10 +356,9 @@ async fn purge_after_every_commit_fault(b: TestBackend, alg: Algorithm) {
             .unwrap();
         assert!(report.errors.is_empty(), "{fault:?}: {report:?}");
         assert!(keys(&b, "uploads").await.is_empty(), "{fault:?}");
-        let r = store_over(b.store.clone(), b.multipart.clone()).repository(name);
+        let r = store_on(&b).repository(name);
         assert_absent_or_whole(&r, &digest, &all, fault).await;
-        let other = store_over(b.store.clone(), b.multipart.clone())
-            .repository(repo(&format!("faults/after{i}")));
+        let other = store_on(&b).repository(repo(&format!("faults/after{i}")));
         other
             .put_blob_stream(&digest, None, stream_of(&all))
             .await
@@ -369,16 +369,13 @@ async fn purge_after_every_commit_fault(b: TestBackend, alg: Algorithm) {
 }
 
 async fn a_failed_cancel_leaves_the_session_whole_or_gone(b: TestBackend) {
-    if b.kind == BackendKind::Filesystem {
-        return; // see the module docs
-    }
     // Three segments, so a cancel has several deletes to fail between.
     let chunks = [pattern(20, 1000), pattern(21, 2000), pattern(22, 3000)];
     let all = chunks.concat();
     let digest = Digest::sha256(&all);
     let stage = |name: RepositoryName| {
         let chunks = chunks.clone();
-        let store = store_over(b.store.clone(), b.multipart.clone());
+        let store = store_on(&b);
         async move {
             let r = store.repository(name);
             let id = r.start_upload().await.unwrap().id;
@@ -402,13 +399,10 @@ async fn a_failed_cancel_leaves_the_session_whole_or_gone(b: TestBackend) {
     for (i, fault) in Fault::all_along(writes, reads).into_iter().enumerate() {
         let name = repo(&format!("faults/cancel{i}"));
         let id = stage(name.clone()).await;
-        let faulty = b.faulty();
+        let (store, faulty) = faulty_store_on(&b);
         fault.arm(&faulty);
-        let cancelled = store_over(faulty.clone(), faulty.multipart_store())
-            .repository(name.clone())
-            .cancel_upload(&id)
-            .await;
-        let r = store_over(b.store.clone(), b.multipart.clone()).repository(name);
+        let cancelled = ends(fault, store.repository(name.clone()).cancel_upload(&id)).await;
+        let r = store_on(&b).repository(name);
         match r.upload_status(&id).await {
             // Still there: it must still be the whole session, committable to the right bytes.
             Ok(status) => {
@@ -430,7 +424,7 @@ async fn a_failed_cancel_leaves_the_session_whole_or_gone(b: TestBackend) {
                         Err(e) => assert_eq!(e.kind(), ErrorKind::BlobUploadUnknown, "{e}"),
                     }
                 } else {
-                    let report = store_over(b.store.clone(), b.multipart.clone())
+                    let report = store_on(&b)
                         .purge_uploads(PurgeOptions::default())
                         .await
                         .unwrap();

@@ -30,7 +30,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -50,9 +50,11 @@ const STORE: &str = "FaultyStore";
 const CRASH: u64 = 1 << 63;
 
 /// Counters and fault plans, shared with the uploads the store hands out so that parts and
-/// completes are numbered in the same sequence as every other write.
+/// completes are numbered in the same sequence as every other write — and with a
+/// [`super::faulty_fs::FaultyFs`], so that the filesystem engine's calls are numbered in the
+/// same sequence as the object-store requests of the same store.
 #[derive(Debug, Default)]
-struct FaultState {
+pub struct FaultState {
     writes: AtomicU64,
     reads: AtomicU64,
     faults: AtomicU64,
@@ -60,20 +62,64 @@ struct FaultState {
     /// so a plan is never seen half-updated.
     write_plan: AtomicU64,
     read_plan: AtomicU64,
+    /// 0 = no pause; otherwise the write that waits, before it is made, until released.
+    pause_at: AtomicU64,
+    paused: AtomicBool,
+    released: AtomicBool,
 }
 
+/// An injected fault, as the filesystem seam reports it.
+#[derive(Debug)]
+pub struct Injected(pub String);
+
 impl FaultState {
-    fn write(&self, op: &str, location: &Path) -> Result<()> {
+    /// Numbers a write and fails it if planned; returns its number.
+    pub fn write_check(&self, op: &str, location: &str) -> std::result::Result<u64, Injected> {
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
-        self.check(&self.write_plan, n, "write", op, location)
+        self.check(&self.write_plan, n, "write", op, location)?;
+        Ok(n)
     }
 
-    fn read(&self, op: &str, location: &Path) -> Result<()> {
+    /// Numbers a read and fails it if planned.
+    pub fn read_check(&self, op: &str, location: &str) -> std::result::Result<(), Injected> {
         let n = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
         self.check(&self.read_plan, n, "read", op, location)
     }
 
-    fn check(&self, plan: &AtomicU64, n: u64, what: &str, op: &str, location: &Path) -> Result<()> {
+    fn write(&self, op: &str, location: &Path) -> Result<u64> {
+        self.write_check(op, location.as_ref()).map_err(generic)
+    }
+
+    /// A write from async code: numbered, failed if planned, and held if a pause is set on it.
+    async fn write_async(&self, op: &str, location: &Path) -> Result<()> {
+        let n = self.write(op, location)?;
+        while self.holds(n) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
+    /// Whether write `n` must wait now (it is the paused one, not yet released).
+    pub fn holds(&self, n: u64) -> bool {
+        if self.pause_at.load(Ordering::SeqCst) != n {
+            return false;
+        }
+        self.paused.store(true, Ordering::SeqCst);
+        !self.released.load(Ordering::SeqCst)
+    }
+
+    fn read(&self, op: &str, location: &Path) -> Result<()> {
+        self.read_check(op, location.as_ref()).map_err(generic)
+    }
+
+    fn check(
+        &self,
+        plan: &AtomicU64,
+        n: u64,
+        what: &str,
+        op: &str,
+        location: &str,
+    ) -> std::result::Result<(), Injected> {
         let plan = plan.load(Ordering::SeqCst);
         let target = plan & !CRASH;
         let fails = target != 0 && (n == target || (plan & CRASH != 0 && n > target));
@@ -81,10 +127,16 @@ impl FaultState {
             return Ok(());
         }
         self.faults.fetch_add(1, Ordering::SeqCst);
-        Err(Error::Generic {
-            store: STORE,
-            source: format!("injected fault at {what} {n} ({op} {location})").into(),
-        })
+        Err(Injected(format!(
+            "injected fault at {what} {n} ({op} {location})"
+        )))
+    }
+}
+
+fn generic(Injected(message): Injected) -> Error {
+    Error::Generic {
+        store: STORE,
+        source: message.into(),
     }
 }
 
@@ -144,6 +196,31 @@ impl FaultyStore {
     pub fn fail_nth_read(&self, n: u64) {
         assert!(n > 0 && n < CRASH, "read numbers start at 1");
         self.state.read_plan.store(n, Ordering::SeqCst);
+    }
+
+    /// Write `n` waits, before it is made, until [`Self::release`]; the test sees it waiting
+    /// with [`Self::paused`]. Holds the operation making it at that step.
+    pub fn pause_at(&self, n: u64) {
+        assert!(n > 0, "write numbers start at 1");
+        self.state.released.store(false, Ordering::SeqCst);
+        self.state.paused.store(false, Ordering::SeqCst);
+        self.state.pause_at.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether the write set by [`Self::pause_at`] has been reached (and is waiting, unless
+    /// released).
+    pub fn paused(&self) -> bool {
+        self.state.paused.load(Ordering::SeqCst)
+    }
+
+    /// Lets the paused write go on.
+    pub fn release(&self) {
+        self.state.released.store(true, Ordering::SeqCst);
+    }
+
+    /// The counters and plans, to share with a wrapper of another seam of the same store.
+    pub fn state(&self) -> Arc<FaultState> {
+        Arc::clone(&self.state)
     }
 
     /// Removes every planned fault; counters keep counting.
@@ -210,7 +287,7 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        self.state.write("put", location)?;
+        self.state.write_async("put", location).await?;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -219,7 +296,7 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        self.state.write("put_multipart", location)?;
+        self.state.write_async("put_multipart", location).await?;
         let upload = self.inner.put_multipart_opts(location, opts).await?;
         Ok(Box::new(FaultyUpload {
             inner: upload,
@@ -252,7 +329,7 @@ impl ObjectStore for FaultyStore {
                 let state = Arc::clone(&state);
                 async move {
                     let location = location?;
-                    state.write("delete", &location)?;
+                    state.write_async("delete", &location).await?;
                     let mut deleted = inner.delete_stream(stream::iter([Ok(location)]).boxed());
                     deleted.next().await.unwrap_or_else(|| {
                         Err(Error::Generic {
@@ -293,12 +370,12 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.state.write("copy", to)?;
+        self.state.write_async("copy", to).await?;
         self.inner.copy_opts(from, to, options).await
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
-        self.state.write("rename", to)?;
+        self.state.write_async("rename", to).await?;
         self.inner.rename_opts(from, to, options).await
     }
 }
@@ -308,7 +385,7 @@ impl ObjectStore for FaultyStore {
 impl MultipartStore for FaultyStore {
     async fn create_multipart(&self, path: &Path) -> Result<MultipartId> {
         let inner = self.multipart("create_multipart")?;
-        self.state.write("create_multipart", path)?;
+        self.state.write_async("create_multipart", path).await?;
         inner.create_multipart(path).await
     }
 
@@ -318,7 +395,7 @@ impl MultipartStore for FaultyStore {
         opts: PutMultipartOptions,
     ) -> Result<MultipartId> {
         let inner = self.multipart("create_multipart_opts")?;
-        self.state.write("create_multipart", path)?;
+        self.state.write_async("create_multipart", path).await?;
         inner.create_multipart_opts(path, opts).await
     }
 
@@ -330,7 +407,7 @@ impl MultipartStore for FaultyStore {
         data: PutPayload,
     ) -> Result<PartId> {
         let inner = self.multipart("put_part")?;
-        self.state.write("put_part", path)?;
+        self.state.write_async("put_part", path).await?;
         inner.put_part(path, id, part_idx, data).await
     }
 
@@ -341,13 +418,13 @@ impl MultipartStore for FaultyStore {
         parts: Vec<PartId>,
     ) -> Result<PutResult> {
         let inner = self.multipart("complete_multipart")?;
-        self.state.write("complete_multipart", path)?;
+        self.state.write_async("complete_multipart", path).await?;
         inner.complete_multipart(path, id, parts).await
     }
 
     async fn abort_multipart(&self, path: &Path, id: &MultipartId) -> Result<()> {
         let inner = self.multipart("abort_multipart")?;
-        self.state.write("abort_multipart", path)?;
+        self.state.write_async("abort_multipart", path).await?;
         inner.abort_multipart(path, id).await
     }
 }
@@ -365,18 +442,22 @@ impl MultipartUpload for FaultyUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
         // Numbered when called, not when polled: that is the order the caller issued them in.
         match self.state.write("upload.put_part", &self.location) {
-            Ok(()) => self.inner.put_part(data),
+            Ok(_) => self.inner.put_part(data),
             Err(e) => async move { Err(e) }.boxed(),
         }
     }
 
     async fn complete(&mut self) -> Result<PutResult> {
-        self.state.write("upload.complete", &self.location)?;
+        self.state
+            .write_async("upload.complete", &self.location)
+            .await?;
         self.inner.complete().await
     }
 
     async fn abort(&mut self) -> Result<()> {
-        self.state.write("upload.abort", &self.location)?;
+        self.state
+            .write_async("upload.abort", &self.location)
+            .await?;
         self.inner.abort().await
     }
 }

@@ -23,6 +23,7 @@ pub mod backends;
 pub mod counting;
 pub mod data;
 pub mod faulty;
+pub mod faulty_fs;
 pub mod server;
 pub mod stores;
 
@@ -30,7 +31,7 @@ pub use backends::{BackendKind, TestBackend, make, run_backend_test};
 pub use counting::{CountingStore, Counts};
 pub use data::{in_pieces, keys, keys_of, pattern, repo};
 pub use faulty::FaultyStore;
-pub use stores::{store_on, store_over};
+pub use stores::{faulty_store_on, store_on, store_over};
 
 /// For each `async fn name(b: TestBackend)` listed, generates one test per backend kind:
 /// `memory::name`, `filesystem::name`, `s3::name` and `azure::name`, each on a two-worker

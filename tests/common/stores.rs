@@ -6,6 +6,8 @@ use layerstore::{Backend, Store};
 use object_store::ObjectStore;
 use object_store::multipart::MultipartStore;
 
+use super::faulty::FaultyStore;
+use super::faulty_fs::FaultyFs;
 use super::{BackendKind, TestBackend};
 
 /// The store a registry would build on this backend: for the filesystem kind the real
@@ -30,4 +32,20 @@ pub fn store_over(
         Some(m) => backend.with_multipart(m),
         None => backend,
     })
+}
+
+/// The store a registry would build on this backend ([`store_on`]), with every backend request
+/// — and on the filesystem every call of its upload engine — numbered, failed or held by the
+/// one [`FaultyStore`] returned: fault tests run the production engines.
+pub fn faulty_store_on(b: &TestBackend) -> (Store, Arc<FaultyStore>) {
+    let faulty = b.faulty();
+    let store = match (b.kind, &b.fs_root) {
+        (BackendKind::Filesystem, Some(root)) => Store::new(Backend::filesystem_with(
+            root,
+            faulty.clone(),
+            Arc::new(FaultyFs::sharing(&faulty)),
+        )),
+        _ => store_over(faulty.clone(), faulty.multipart_store()),
+    };
+    (store, faulty)
 }

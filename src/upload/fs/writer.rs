@@ -54,7 +54,9 @@ pub(super) async fn write_and_hash(
     let (to_hasher, mut hasher_jobs) = mpsc::channel::<Batch>(QUEUED);
     let (to_writer, mut writer_jobs) = mpsc::channel::<Batch>(QUEUED);
 
-    let hashing = async {
+    // Each lane owns its queue's receiver: a lane that fails drops it, so the feeder's next
+    // send fails at once instead of waiting for room that never comes.
+    let hashing = async move {
         let mut hashes = hashes;
         while let Some(batch) = hasher_jobs.recv().await {
             hashes = job(guard, move || {
@@ -67,11 +69,12 @@ pub(super) async fn write_and_hash(
         }
         Ok::<_, Error>(hashes)
     };
-    let writing = async {
+    let lane_file = Arc::clone(&file);
+    let writing = async move {
         let mut position = offset;
         while let Some(batch) = writer_jobs.recv().await {
             let n: u64 = batch.iter().map(|b| b.len() as u64).sum();
-            let (file, what) = (Arc::clone(&file), context("writing", path));
+            let (file, what) = (Arc::clone(&lane_file), context("writing", path));
             job(guard, move || {
                 file.write_at(&batch, position)
                     .map_err(|e| Error::io(what, e))?;
