@@ -39,10 +39,10 @@ where
         let result = op(store, n).await;
         // (The number of writes can differ between runs: a blob whose directories exist
         // already needs fewer. A crash point past the end is a run without a crash.)
-        if faulty.faults_injected() == 0 {
-            if let Err(e) = &result {
-                panic!("run without a crash failed: {e}");
-            }
+        if faulty.faults_injected() == 0
+            && let Err(e) = &result
+        {
+            panic!("run without a crash failed: {e}");
         }
         check(store_on(b), n, Acknowledged(result.is_ok())).await;
         // The restarted process can redo the operation.

@@ -195,7 +195,7 @@ fn commit_content(alg: Algorithm) -> (Vec<u8>, Vec<u8>, Digest) {
 /// A session in `name` with both commit chunks staged, from a healthy store.
 async fn staged_for_commit(b: &TestBackend, name: &RepositoryName) -> UploadId {
     let (head, tail, _) = commit_content(Algorithm::Sha256);
-    let r = store_on(&b).repository(name.clone());
+    let r = store_on(b).repository(name.clone());
     let id = session_with(&r, &head).await;
     r.append_upload(&id, head.len() as u64, stream_of(&tail))
         .await
