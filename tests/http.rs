@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
 mod common;
-use common::server::{layerstore, spawn_server};
+use common::server::{layerstore, read_log, spawn_server};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -41,7 +41,7 @@ struct Server {
     addr: String,
     client: reqwest::Client,
     /// The storage root and log; removed after the server is gone (fields drop after `drop`).
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Server {
@@ -83,7 +83,7 @@ impl Server {
             _stdout: stdout,
             addr,
             client,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -234,6 +234,12 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows why the server answered as it did (a 500's cause is only logged).
+        if std::thread::panicking() {
+            let log = read_log(&self.dir.path().join("server.log"));
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+            eprintln!("server log, errors only:\n{}", errors.join("\n"));
+        }
     }
 }
 
