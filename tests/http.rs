@@ -348,17 +348,58 @@ fn upload_id(location: &str) -> &str {
 /// A raw HTTP/1.1 exchange, for requests an HTTP client would rewrite (such as `..` segments,
 /// which URL parsers remove). Returns the status and the body.
 fn raw_request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    let response = raw_exchange(addr, &request, false);
+    (response.status, response.body)
+}
+
+/// A response read off a raw connection.
+struct RawResponse {
+    status: u16,
+    /// The status line and headers, as sent.
+    head: String,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// Checks the status and that the body is an OCI error document whose first error has
+    /// `code`.
+    #[track_caller]
+    fn assert_error(&self, status: u16, code: &str, context: &str) {
+        let body = String::from_utf8_lossy(&self.body);
+        assert_eq!(self.status, status, "{context}: {}{body}", self.head);
+        let json: Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{context}: not JSON ({e}): {}{body}", self.head));
+        assert_eq!(json["errors"][0]["code"], code, "{context}: {json}");
+        assert!(
+            json["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{context}: no message in {json}"
+        );
+    }
+}
+
+/// Writes `request` as it is, byte for byte (broken framing included) and reads the response
+/// until the server closes the connection. With `half_close`, the client then shuts its
+/// sending side, as a client does whose body ends before what it announced.
+fn raw_exchange(addr: &str, request: &[u8], half_close: bool) -> RawResponse {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).expect("write head");
-    stream.write_all(body).expect("write body");
+    stream.write_all(request).expect("write request");
+    if half_close {
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shut the sending side");
+    }
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("read response");
     let text = String::from_utf8_lossy(&response);
@@ -367,11 +408,11 @@ fn raw_request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let body = match text.find("\r\n\r\n") {
-        Some(i) => response[i + 4..].to_vec(),
-        None => Vec::new(),
+    let (head, body) = match text.find("\r\n\r\n") {
+        Some(i) => (text[..i + 2].to_owned(), response[i + 4..].to_vec()),
+        None => (text.into_owned(), Vec::new()),
     };
-    (status, body)
+    RawResponse { status, head, body }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1069,6 +1110,150 @@ async fn upload_is_unknown_through_another_repository() {
     let response = srv.patch_chunk(&elsewhere, 0, TWENTY).await;
     assert_error(response, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN").await;
     assert_eq!(srv.get(&location).await.status(), StatusCode::NO_CONTENT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Uploads: bodies broken in transit (the client's fault: a 400, never a 500)
+
+/// A request body broken in transit: what is wrong, the header that frames it, its bytes, and
+/// whether the client then stops sending (a body shorter than it announced).
+struct BrokenBody {
+    what: &'static str,
+    framing: &'static str,
+    bytes: &'static [u8],
+    half_close: bool,
+}
+
+const CHUNKED: &str = "Transfer-Encoding: chunked";
+
+/// Each way a client can break a body that hyper rejects while the handler reads it. Every
+/// body would carry `hello` if it were read as far as it goes.
+const BROKEN_BODIES: &[BrokenBody] = &[
+    BrokenBody {
+        what: "a chunk size that is not hex",
+        framing: CHUNKED,
+        bytes: b"zz\r\nhello\r\n0\r\n\r\n",
+        half_close: false,
+    },
+    BrokenBody {
+        what: "a chunk size that overflows",
+        framing: CHUNKED,
+        bytes: b"ffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        half_close: false,
+    },
+    BrokenBody {
+        what: "a malformed chunk after a good one",
+        framing: CHUNKED,
+        bytes: b"5\r\nhello\r\nzz\r\n\r\n",
+        half_close: false,
+    },
+    BrokenBody {
+        what: "a chunked body that ends before its last chunk",
+        framing: CHUNKED,
+        bytes: b"5\r\nhello\r\n",
+        half_close: true,
+    },
+    BrokenBody {
+        what: "a Content-Length larger than the body",
+        framing: "Content-Length: 100",
+        bytes: b"hello",
+        half_close: true,
+    },
+];
+
+/// Sends `method path` with `body` exactly as framed, over a raw connection.
+fn send_broken(addr: &str, method: &str, path: &str, body: &BrokenBody) -> RawResponse {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\n{}\r\n\r\n",
+        body.framing
+    )
+    .into_bytes();
+    request.extend_from_slice(body.bytes);
+    raw_exchange(addr, &request, body.half_close)
+}
+
+#[tokio::test]
+async fn a_patch_with_a_broken_body_is_refused_with_400_and_changes_nothing() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    let response = srv.patch_chunk(&location, 0, &TWENTY[..10]).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    for body in BROKEN_BODIES {
+        let response = send_broken(&srv.addr, "PATCH", &location, body);
+        response.assert_error(400, "BLOB_UPLOAD_INVALID", body.what);
+        assert_upload_status(&srv, &location, "0-9").await;
+    }
+    // Still resumable where it was.
+    let response = srv.patch_chunk(&location, 10, &TWENTY[10..]).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let digest = digest_of(TWENTY);
+    assert_eq!(
+        srv.commit(&location, &digest).await.status(),
+        StatusCode::CREATED
+    );
+    let pulled = srv.get(&format!("/v2/library/hello/blobs/{digest}")).await;
+    assert_eq!(body_of(pulled).await, TWENTY);
+}
+
+#[tokio::test]
+async fn a_closing_put_with_a_broken_body_is_refused_with_400_and_changes_nothing() {
+    let srv = Server::start();
+    let location = srv.start_upload("library/hello").await;
+    let response = srv.patch_chunk(&location, 0, &TWENTY[..10]).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    // The digest of what the upload would hold had the broken body been taken as complete.
+    let partial = digest_of(&[&TWENTY[..10], b"hello"].concat());
+    let put = with_query(&location, &format!("digest={partial}"));
+    for body in BROKEN_BODIES {
+        let response = send_broken(&srv.addr, "PUT", &put, body);
+        response.assert_error(400, "BLOB_UPLOAD_INVALID", body.what);
+        assert_upload_status(&srv, &location, "0-9").await;
+        let head = srv
+            .head(&format!("/v2/library/hello/blobs/{partial}"))
+            .await;
+        assert_eq!(head.status(), StatusCode::NOT_FOUND, "{}", body.what);
+    }
+    let digest = digest_of(TWENTY);
+    let response = srv
+        .request(
+            Method::PUT,
+            &with_query(&location, &format!("digest={digest}")),
+        )
+        .header(header::CONTENT_RANGE, "10-19")
+        .body(TWENTY[10..].to_vec())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let pulled = srv.get(&format!("/v2/library/hello/blobs/{digest}")).await;
+    assert_eq!(body_of(pulled).await, TWENTY);
+}
+
+#[tokio::test]
+async fn a_monolithic_post_with_a_broken_body_is_refused_with_400_and_stores_nothing() {
+    let srv = Server::start();
+    // Taken as complete, each broken body would be exactly `hello`.
+    let digest = digest_of(b"hello");
+    let post = format!("/v2/library/hello/blobs/uploads/?digest={digest}");
+    for body in BROKEN_BODIES {
+        let response = send_broken(&srv.addr, "POST", &post, body);
+        response.assert_error(400, "BLOB_UPLOAD_INVALID", body.what);
+        let head = srv.head(&format!("/v2/library/hello/blobs/{digest}")).await;
+        assert_eq!(head.status(), StatusCode::NOT_FOUND, "{}", body.what);
+    }
+    assert_eq!(srv.push_blob("library/hello", b"hello").await, digest);
+}
+
+#[tokio::test]
+async fn a_manifest_put_with_a_broken_body_is_refused_with_400_and_stores_nothing() {
+    let srv = Server::start();
+    for body in BROKEN_BODIES {
+        let response = send_broken(&srv.addr, "PUT", "/v2/library/hello/manifests/v1", body);
+        response.assert_error(400, "MANIFEST_INVALID", body.what);
+        let head = srv.head("/v2/library/hello/manifests/v1").await;
+        assert_eq!(head.status(), StatusCode::NOT_FOUND, "{}", body.what);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use layerstore::upload::{ChunkStream, UploadStatus};
 use layerstore::{ByteRange, Digest, Paginated, Reference, Repository, Store};
 
 use super::AppState;
-use super::error::{ApiError, upload_range};
+use super::error::{ApiError, ClientBodyError, upload_range};
 use super::routes::{self, Route};
 
 type ApiResult = Result<Response, ApiError>;
@@ -302,7 +302,7 @@ async fn put_manifest(
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "MANIFEST_INVALID",
-                    format!("reading the body: {e}"),
+                    ClientBodyError(e).to_string(),
                 )
             }
         })?;
@@ -416,9 +416,13 @@ async fn get_blob(r: &Repository, digest: &Digest, req: &Meta) -> ApiResult {
 // ---------------------------------------------------------------------------------------------
 // Uploads
 
+/// The request body as the store takes it. A body that breaks while it is received (malformed
+/// chunked framing, fewer bytes than its `Content-Length`, a connection closed midway) is the
+/// client's fault: its error is marked so that it is answered with a 400, not as a failure of
+/// the store (see [`ClientBodyError`]).
 fn body_stream(body: Body) -> ChunkStream<'static> {
     body.into_data_stream()
-        .map_err(std::io::Error::other)
+        .map_err(|e| std::io::Error::other(ClientBodyError(e)))
         .boxed()
 }
 
