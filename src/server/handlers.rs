@@ -513,8 +513,9 @@ fn content_range_start(headers: &HeaderMap, offset: u64) -> Result<Option<u64>, 
     if end < start {
         return Err(bad());
     }
+    // `0-18446744073709551615` names one byte more than a u64 counts.
     if let Some(length) = content_length(headers)
-        && length != end - start + 1
+        && Some(length) != (end - start).checked_add(1)
     {
         return Err(bad());
     }
