@@ -1431,11 +1431,116 @@ async fn manifest_with_an_invalid_tag_is_400_and_not_stored() {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "PUT {path}");
         let body = json_of(response).await;
         assert!(body["errors"][0]["code"].is_string(), "PUT {path}: {body}");
+        // No manifest can be under a reference that is no tag (see the GET/HEAD test below).
+        let response = srv.get(&path).await;
+        assert_error(response, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+    }
+    let tags = json_of(srv.get("/v2/library/hello/tags/list").await).await;
+    assert_eq!(tags["tags"], json!([]));
+}
+
+/// References that are neither a tag nor a digest of a supported algorithm: what is wrong with
+/// each, and the code a PUT or DELETE of it gets.
+fn references_neither_tag_nor_digest() -> Vec<(&'static str, String, &'static str)> {
+    vec![
+        (
+            "a tag starting with '-' and holding '!'",
+            "-bad-tag!".to_owned(),
+            "NAME_INVALID",
+        ),
+        (
+            "the conformance suite's nonexistent manifest",
+            ".INVALID_MANIFEST_NAME".to_owned(),
+            "NAME_INVALID",
+        ),
+        (
+            "a tag of 129 characters",
+            format!("v{}", "1".repeat(128)),
+            "NAME_INVALID",
+        ),
+        (
+            "the conformance suite's wrong digest",
+            "sha256:totallywrong".to_owned(),
+            "DIGEST_INVALID",
+        ),
+        (
+            "a digest that is not hex",
+            "sha256:xyz".to_owned(),
+            "DIGEST_INVALID",
+        ),
+        (
+            "a digest one character short",
+            format!("sha256:{}", "a".repeat(63)),
+            "DIGEST_INVALID",
+        ),
+        (
+            "a digest in upper-case hex",
+            format!("sha256:{}", "A".repeat(64)),
+            "DIGEST_INVALID",
+        ),
+        ("an empty digest", "sha256:".to_owned(), "DIGEST_INVALID"),
+        (
+            "a digest of an unknown algorithm",
+            "md5:abcdef".to_owned(),
+            "UNSUPPORTED",
+        ),
+    ]
+}
+
+/// The conformance suite pulls `.INVALID_MANIFEST_NAME` and expects 404: no manifest is
+/// known under a reference that cannot name one.
+#[tokio::test]
+async fn manifest_get_or_head_of_a_reference_neither_tag_nor_digest_is_404_manifest_unknown() {
+    let srv = Server::start();
+    srv.push_image("library/hello", "v1", "a").await;
+    for (what, reference, _) in references_neither_tag_nor_digest() {
+        let path = format!("/v2/library/hello/manifests/{reference}");
+        let (status, body) = raw_request(&srv.addr, "GET", &path, b"");
+        let body: Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!(
+                "GET {path} ({what}): not JSON ({e}): {}",
+                String::from_utf8_lossy(&body)
+            )
+        });
+        assert_eq!(status, 404, "GET {path} ({what}): {body}");
         assert_eq!(
-            srv.get(&path).await.status(),
-            StatusCode::BAD_REQUEST,
-            "GET {path}"
+            body["errors"][0]["code"], "MANIFEST_UNKNOWN",
+            "{what}: {body}"
         );
+        let (status, _) = raw_request(&srv.addr, "HEAD", &path, b"");
+        assert_eq!(status, 404, "HEAD {path} ({what})");
+    }
+}
+
+/// The conformance suite PUTs to `sha256:totallywrong` and expects 400 with an OCI error code:
+/// a PUT (or DELETE) of a reference that cannot name a manifest is the client's mistake.
+#[tokio::test]
+async fn manifest_put_or_delete_of_a_reference_neither_tag_nor_digest_is_400() {
+    let srv = Server::start();
+    srv.push_blob("library/hello", b"config").await;
+    let manifest = oci_manifest(b"config", &[], json!({}));
+    for (what, reference, code) in references_neither_tag_nor_digest() {
+        let path = format!("/v2/library/hello/manifests/{reference}");
+        let mut put = format!(
+            "PUT {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+             Content-Type: {OCI_MANIFEST}\r\nContent-Length: {}\r\n\r\n",
+            srv.addr,
+            manifest.len()
+        )
+        .into_bytes();
+        put.extend_from_slice(&manifest);
+        let response = raw_exchange(&srv.addr, &put, false);
+        response.assert_error(400, code, &format!("PUT {path} ({what})"));
+        let response = raw_exchange(
+            &srv.addr,
+            format!(
+                "DELETE {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                srv.addr
+            )
+            .as_bytes(),
+            false,
+        );
+        response.assert_error(400, code, &format!("DELETE {path} ({what})"));
     }
     let tags = json_of(srv.get("/v2/library/hello/tags/list").await).await;
     assert_eq!(tags["tags"], json!([]));

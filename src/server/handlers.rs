@@ -45,13 +45,24 @@ pub async fn dispatch(state: &AppState, route: Route<'_>, req: Request) -> ApiRe
         (Route::Tags { name }, Method::GET) => tags(&repo(store, name)?, name, &req.meta).await,
         (Route::Manifest { name, reference }, m) => {
             let r = repo(store, name)?;
-            let reference = routes::reference(reference)?;
             match m {
-                Method::GET | Method::HEAD => get_manifest(&r, &reference, &req.meta).await,
-                Method::PUT => put_manifest(&r, name, &reference, req).await,
+                Method::GET | Method::HEAD => {
+                    let reference = Reference::parse(reference).map_err(|e| {
+                        // What the conformance suite expects of a pull: no manifest is known
+                        // under a reference that cannot name one. A push or delete of one
+                        // stays a 400 (its own conformance test).
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "MANIFEST_UNKNOWN",
+                            format!("manifest unknown: {e}"),
+                        )
+                    })?;
+                    get_manifest(&r, &reference, &req.meta).await
+                }
+                Method::PUT => put_manifest(&r, name, &routes::reference(reference)?, req).await,
                 Method::DELETE => {
                     deletes_enabled(state, &allow)?;
-                    delete_manifest(&r, &reference).await
+                    delete_manifest(&r, &routes::reference(reference)?).await
                 }
                 _ => Err(not_allowed("method not allowed on manifests")),
             }
