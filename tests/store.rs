@@ -722,6 +722,147 @@ async fn catalog_lists_repositories_in_lexical_order_with_n_and_last(b: TestBack
     assert_eq!(names(page), ["a/c", "b"]);
 }
 
+/// Rounds of a write racing a delete of the same name. On the filesystem, a delete that removed
+/// a file and its emptied directory while a write was between publishing that file and syncing
+/// the directory failed the write, a few rounds in a thousand; the object stores have no
+/// directories but must give the same outcomes (fewer rounds: each is a dozen requests).
+fn race_rounds(b: &TestBackend) -> usize {
+    match b.kind {
+        BackendKind::Memory | BackendKind::Filesystem => 2000,
+        BackendKind::S3 | BackendKind::Azure => 50,
+    }
+}
+
+/// Whether a read found the name (`Ok`) or not (`unknown`); any other error fails the test.
+fn found<T>(read: layerstore::Result<T>, unknown: ErrorKind, context: &str) -> Option<T> {
+    match read {
+        Ok(x) => Some(x),
+        Err(e) if e.kind() == unknown => None,
+        Err(e) => panic!("{context}: {e}"),
+    }
+}
+
+/// Linearizable outcomes of a write racing a delete: a delete that found nothing ran before
+/// the write, so the name is there; one that removed a name that was not there before ran
+/// after the write, so the name is gone.
+fn assert_linearizable(round: usize, before: bool, deleted: bool, after: bool) {
+    if deleted {
+        assert!(
+            before || !after,
+            "round {round}: the delete removed what only the write made, yet it is there"
+        );
+    } else {
+        assert!(
+            after,
+            "round {round}: the delete found nothing, yet the write is lost"
+        );
+    }
+}
+
+/// Most rounds start with the name there (only a delete that finds it removes directories);
+/// every fifth may start without.
+fn restore_before(round: usize, before: bool) -> bool {
+    !before && round % 5 != 4
+}
+
+async fn a_tag_put_racing_its_delete_ends_put_or_deleted_without_error(b: TestBackend) {
+    let store = store_on(&b);
+    let r = store.repository(repo("race"));
+    let (m, _) = push_image(&store, "race", "m", 1).await;
+    let t = Tag::parse("t").unwrap();
+    let reference = tag("t");
+    let put = || r.put_manifest(&reference, m.clone(), Some(media_type::OCI_MANIFEST));
+    let mut before = false;
+    for round in 0..race_rounds(&b) {
+        if restore_before(round, before) {
+            put().await.unwrap();
+            before = true;
+        }
+        let (written, deleted) = tokio::join!(put(), r.delete_tag(&t));
+        written.unwrap_or_else(|e| panic!("round {round}: put: {e}"));
+        let deleted = found(deleted, ErrorKind::ManifestUnknown, "delete").is_some();
+        let got = found(
+            r.get_manifest(&reference).await,
+            ErrorKind::ManifestUnknown,
+            "get",
+        );
+        if let Some(got) = &got {
+            assert_eq!(got.bytes, m, "round {round}");
+        }
+        assert_linearizable(round, before, deleted, got.is_some());
+        before = got.is_some();
+    }
+}
+
+async fn a_manifest_put_by_digest_racing_its_delete_ends_put_or_deleted_without_error(
+    b: TestBackend,
+) {
+    let store = store_on(&b);
+    let r = store.repository(repo("race"));
+    let (m, _) = push_image(&store, "race", "m", 1).await;
+    let digest = Digest::sha256(&m);
+    let by_digest = Reference::Digest(digest);
+    let put = || r.put_manifest(&by_digest, m.clone(), Some(media_type::OCI_MANIFEST));
+    let mut before = false;
+    for round in 0..race_rounds(&b) {
+        if restore_before(round, before) {
+            put().await.unwrap();
+            before = true;
+        }
+        let (written, deleted) = tokio::join!(put(), r.delete_manifest(&digest));
+        written.unwrap_or_else(|e| panic!("round {round}: put: {e}"));
+        let deleted = found(deleted, ErrorKind::ManifestUnknown, "delete").is_some();
+        let got = found(
+            r.get_manifest(&by_digest).await,
+            ErrorKind::ManifestUnknown,
+            "get",
+        );
+        if let Some(got) = &got {
+            assert_eq!(got.bytes, m, "round {round}");
+        }
+        assert_linearizable(round, before, deleted, got.is_some());
+        before = got.is_some();
+    }
+}
+
+async fn a_blob_link_racing_its_unlink_ends_linked_or_unlinked_without_error(b: TestBackend) {
+    let store = store_on(&b);
+    let data = Bytes::from_static(b"linked and unlinked");
+    let digest = Digest::sha256(&data);
+    store
+        .repository(repo("source"))
+        .put_blob(&digest, data.clone())
+        .await
+        .unwrap();
+    let r = store.repository(repo("race"));
+    let source = repo("source");
+    let mount = || r.mount_blob(&source, &digest);
+    let mut before = false;
+    for round in 0..race_rounds(&b) {
+        if restore_before(round, before) {
+            assert!(mount().await.unwrap());
+            before = true;
+        }
+        let (mounted, unlinked) = tokio::join!(mount(), r.unlink_blob(&digest));
+        let mounted = mounted.unwrap_or_else(|e| panic!("round {round}: mount: {e}"));
+        assert!(mounted, "round {round}: the source has it");
+        let deleted = found(unlinked, ErrorKind::BlobUnknown, "unlink").is_some();
+        let read = found(
+            r.read_blob(&digest, None).await,
+            ErrorKind::BlobUnknown,
+            "read",
+        );
+        let stat = found(r.stat_blob(&digest).await, ErrorKind::BlobUnknown, "stat");
+        assert_eq!(
+            read.is_some(),
+            stat.is_some(),
+            "round {round}: stat disagrees with read"
+        );
+        assert_linearizable(round, before, deleted, read.is_some());
+        before = read.is_some();
+    }
+}
+
 backend_tests!(
     blob_put_then_read_returns_the_same_bytes,
     blob_put_with_wrong_digest_is_refused_and_writes_nothing,
@@ -750,4 +891,7 @@ backend_tests!(
     referrers_disappear_when_the_referring_manifest_is_deleted,
     referrers_of_a_subject_without_any_is_an_empty_index,
     catalog_lists_repositories_in_lexical_order_with_n_and_last,
+    a_tag_put_racing_its_delete_ends_put_or_deleted_without_error,
+    a_manifest_put_by_digest_racing_its_delete_ends_put_or_deleted_without_error,
+    a_blob_link_racing_its_unlink_ends_linked_or_unlinked_without_error,
 );

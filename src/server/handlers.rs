@@ -11,7 +11,7 @@ use layerstore::upload::{ChunkStream, UploadStatus};
 use layerstore::{ByteRange, Digest, Paginated, Reference, Repository, Store};
 
 use super::AppState;
-use super::error::{ApiError, upload_range};
+use super::error::{ApiError, ClientBodyError, upload_range};
 use super::routes::{self, Route};
 
 type ApiResult = Result<Response, ApiError>;
@@ -45,13 +45,24 @@ pub async fn dispatch(state: &AppState, route: Route<'_>, req: Request) -> ApiRe
         (Route::Tags { name }, Method::GET) => tags(&repo(store, name)?, name, &req.meta).await,
         (Route::Manifest { name, reference }, m) => {
             let r = repo(store, name)?;
-            let reference = routes::reference(reference)?;
             match m {
-                Method::GET | Method::HEAD => get_manifest(&r, &reference, &req.meta).await,
-                Method::PUT => put_manifest(&r, name, &reference, req).await,
+                Method::GET | Method::HEAD => {
+                    let reference = Reference::parse(reference).map_err(|e| {
+                        // What the conformance suite expects of a pull: no manifest is known
+                        // under a reference that cannot name one. A push or delete of one
+                        // stays a 400 (its own conformance test).
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "MANIFEST_UNKNOWN",
+                            format!("manifest unknown: {e}"),
+                        )
+                    })?;
+                    get_manifest(&r, &reference, &req.meta).await
+                }
+                Method::PUT => put_manifest(&r, name, &routes::reference(reference)?, req).await,
                 Method::DELETE => {
                     deletes_enabled(state, &allow)?;
-                    delete_manifest(&r, &reference).await
+                    delete_manifest(&r, &routes::reference(reference)?).await
                 }
                 _ => Err(not_allowed("method not allowed on manifests")),
             }
@@ -302,7 +313,7 @@ async fn put_manifest(
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "MANIFEST_INVALID",
-                    format!("reading the body: {e}"),
+                    ClientBodyError(e).to_string(),
                 )
             }
         })?;
@@ -416,9 +427,13 @@ async fn get_blob(r: &Repository, digest: &Digest, req: &Meta) -> ApiResult {
 // ---------------------------------------------------------------------------------------------
 // Uploads
 
+/// The request body as the store takes it. A body that breaks while it is received (malformed
+/// chunked framing, fewer bytes than its `Content-Length`, a connection closed midway) is the
+/// client's fault: its error is marked so that it is answered with a 400, not as a failure of
+/// the store (see [`ClientBodyError`]).
 fn body_stream(body: Body) -> ChunkStream<'static> {
     body.into_data_stream()
-        .map_err(std::io::Error::other)
+        .map_err(|e| std::io::Error::other(ClientBodyError(e)))
         .boxed()
 }
 
@@ -509,8 +524,9 @@ fn content_range_start(headers: &HeaderMap, offset: u64) -> Result<Option<u64>, 
     if end < start {
         return Err(bad());
     }
+    // `0-18446744073709551615` names one byte more than a u64 counts.
     if let Some(length) = content_length(headers)
-        && length != end - start + 1
+        && Some(length) != (end - start).checked_add(1)
     {
         return Err(bad());
     }
