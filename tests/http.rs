@@ -2515,3 +2515,27 @@ fn tls_is_served_with_the_configured_certificate() {
         "{headers}"
     );
 }
+
+#[tokio::test]
+async fn an_upload_cancel_racing_its_commit_or_chunk_never_gets_5xx() {
+    let srv = Server::start();
+    let digest = digest_of(TWENTY);
+    for round in 0..50 {
+        let location = srv.start_upload("library/hello").await;
+        srv.patch_chunk(&location, 0, TWENTY).await;
+        let (commit, cancel) = tokio::join!(srv.commit(&location, &digest), srv.delete(&location));
+        let (a, b) = (commit.status(), cancel.status());
+        assert!(
+            !a.is_server_error() && !b.is_server_error(),
+            "round {round}: commit {a}, cancel {b}"
+        );
+        let location = srv.start_upload("library/hello").await;
+        let (patch, cancel) =
+            tokio::join!(srv.patch_chunk(&location, 0, TWENTY), srv.delete(&location));
+        let (a, b) = (patch.status(), cancel.status());
+        assert!(
+            !a.is_server_error() && !b.is_server_error(),
+            "round {round}: patch {a}, cancel {b}"
+        );
+    }
+}
