@@ -55,7 +55,7 @@ pub(super) async fn commit(
         state.session.last_active = Utc::now();
         let version = commit_write(store, id, &state, version).await?;
         if !state.verified {
-            verify_by_rehashing(
+            let verified = verify_by_rehashing(
                 engine,
                 store,
                 id,
@@ -64,7 +64,10 @@ pub(super) async fn commit(
                 expected,
                 expected_size,
             )
-            .await?;
+            .await;
+            if let Err(e) = verified {
+                return Err(unless_ended(store, id, e).await);
+            }
         }
     }
     match finish_publishing(engine, store, id, &state.segments, expected, size).await? {
@@ -83,6 +86,22 @@ pub(super) async fn commit(
         tracing::warn!(upload = %id, error = %e, "committed session not deleted; the purger will");
     }
     Ok(published(expected, size))
+}
+
+/// A piece or upload the re-hash needed was gone. If a cancel or purge won the session while
+/// it ran (its conditional write came before our verified one, which would fail anyway), that
+/// is a race between clients, not a backend failure: the session is unknown now.
+async fn unless_ended(store: &Store, id: &UploadId, e: Error) -> Error {
+    let Error::Backend {
+        source: object_store::Error::NotFound { .. },
+    } = &e
+    else {
+        return e;
+    };
+    match super::load(store, id).await {
+        Err(ended @ Error::BlobUploadUnknown { .. }) => ended,
+        _ => e,
+    }
 }
 
 fn committed_as(id: &UploadId, digest: Option<Digest>) -> Error {
