@@ -344,6 +344,102 @@ async fn an_upload_commits_under_a_sha512_digest_by_rehashing_what_is_stored(b: 
     assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
 }
 
+/// What an operation read back of the stored bytes: through the object store, or on the
+/// filesystem through the upload engine's file reads.
+struct ReadBack {
+    store: Store,
+    faulty: Option<Arc<FaultyStore>>,
+    counting: Option<Arc<CountingStore>>,
+}
+
+impl ReadBack {
+    fn on(b: &TestBackend) -> Self {
+        if b.kind == BackendKind::Filesystem {
+            let (store, faulty) = faulty_store_on(b);
+            return Self {
+                store,
+                faulty: Some(faulty),
+                counting: None,
+            };
+        }
+        let counting = b.counting();
+        Self {
+            store: counted_store(&counting),
+            faulty: None,
+            counting: Some(counting),
+        }
+    }
+
+    /// Runs `op` and tells whether it read a MiB or more of uploaded bytes back.
+    async fn rereads<T>(&self, op: impl Future<Output = T>) -> (T, bool) {
+        let bytes = self.now();
+        let out = op.await;
+        let bytes_after = self.now();
+        (out, bytes_after - bytes >= MIB as u64)
+    }
+
+    /// Bytes read so far (state objects and files are a few KiB).
+    fn now(&self) -> u64 {
+        match (&self.faulty, &self.counting) {
+            (Some(f), _) => f.file_bytes_read(),
+            (_, Some(c)) => c.snapshot().bytes_read,
+            _ => 0,
+        }
+    }
+}
+
+async fn wrong_sha512_commits_read_the_stored_bytes_back_once_not_on_every_try(b: TestBackend) {
+    // Sessions hash SHA-256 as bytes arrive. The first SHA-512 commit must read the bytes back;
+    // it keeps the SHA-512 state, so a client repeating wrong SHA-512 digests cannot make the
+    // store re-read a large upload again and again, and later chunks are hashed as they come.
+    let counted = ReadBack::on(&b);
+    let r = counted.store.repository(repo("up/sha512tries"));
+    let id = r.start_upload().await.unwrap().id;
+    let mut all = pattern(40, 20 * MIB);
+    append(&r, &id, 0, &all).await.unwrap();
+    let wrong = Digest::compute(Algorithm::Sha512, b"not these bytes");
+    let (refused, reread) = counted.rereads(r.commit_upload(&id, &wrong, None)).await;
+    assert_kind(refused, ErrorKind::DigestInvalid);
+    assert!(reread, "the first SHA-512 commit must read the bytes back");
+    for _ in 0..3 {
+        let (refused, reread) = counted.rereads(r.commit_upload(&id, &wrong, None)).await;
+        assert_kind(refused, ErrorKind::DigestInvalid);
+        assert!(
+            !reread,
+            "a repeated wrong SHA-512 commit read the upload again"
+        );
+    }
+    // The session is still resumable, and keeps both hashes.
+    let tail = pattern(41, 3 * MIB);
+    append(&r, &id, all.len() as u64, &tail).await.unwrap();
+    all.extend_from_slice(&tail);
+    let digest = Digest::compute(Algorithm::Sha512, &all);
+    let (info, reread) = counted
+        .rereads(r.commit_upload(&id, &digest, Some(all.len() as u64)))
+        .await;
+    assert_eq!(info.unwrap().digest, digest);
+    assert!(
+        !reread,
+        "a SHA-512 commit after the first read the upload again"
+    );
+    assert!(read_all(&r, &digest, None).await == all);
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
+}
+
+async fn a_monolithic_sha512_upload_reads_nothing_back(b: TestBackend) {
+    // The digest is known before the first byte: the session hashes SHA-512 from the start.
+    let counted = ReadBack::on(&b);
+    let r = counted.store.repository(repo("up/sha512mono"));
+    let all = pattern(42, 12 * MIB);
+    let digest = Digest::compute(Algorithm::Sha512, &all);
+    let (info, reread) = counted
+        .rereads(r.put_blob_stream(&digest, None, stream_of(&all)))
+        .await;
+    assert_eq!(info.unwrap().size, all.len() as u64);
+    assert!(!reread, "a monolithic SHA-512 upload read its bytes back");
+    assert!(read_all(&r, &digest, None).await == all);
+}
+
 async fn a_second_store_over_the_same_backend_resumes_the_session(b: TestBackend) {
     let first_process = store_on(&b);
     let r1 = first_process.repository(repo("up/resume"));
@@ -1526,6 +1622,8 @@ backend_tests!(
     a_commit_with_the_wrong_digest_publishes_nothing_and_the_session_stays_resumable,
     a_commit_with_the_wrong_size_publishes_nothing_and_the_session_stays_resumable,
     an_upload_commits_under_a_sha512_digest_by_rehashing_what_is_stored,
+    wrong_sha512_commits_read_the_stored_bytes_back_once_not_on_every_try,
+    a_monolithic_sha512_upload_reads_nothing_back,
     a_second_store_over_the_same_backend_resumes_the_session,
     resuming_in_a_new_store_and_committing_reads_no_uploaded_byte,
     commit_cost_does_not_grow_with_the_upload_size,

@@ -62,6 +62,8 @@ pub struct FaultState {
     /// so a plan is never seen half-updated.
     write_plan: AtomicU64,
     read_plan: AtomicU64,
+    /// Bytes the filesystem seam read from files (`read_exact_at`).
+    pub file_bytes_read: AtomicU64,
     /// 0 = no pause; otherwise the write that waits, before it is made, until released.
     pause_at: AtomicU64,
     paused: AtomicBool,
@@ -245,6 +247,11 @@ impl FaultyStore {
     /// Reads attempted so far, including the ones that were made to fail.
     pub fn reads_seen(&self) -> u64 {
         self.state.reads.load(Ordering::SeqCst)
+    }
+
+    /// Bytes read from files through the filesystem seam so far (see `FaultyFs`).
+    pub fn file_bytes_read(&self) -> u64 {
+        self.state.file_bytes_read.load(Ordering::SeqCst)
     }
 
     /// Requests failed by an injected fault so far.

@@ -146,7 +146,12 @@ impl FileHandle for FaultyFile {
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.fs.read("read_exact_at", &self.path)?;
-        self.inner.read_exact_at(buf, offset)
+        self.inner.read_exact_at(buf, offset)?;
+        self.fs
+            .state
+            .file_bytes_read
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
