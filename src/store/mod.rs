@@ -199,32 +199,9 @@ impl Store {
     }
 
     /// Writes an object in one atomic put, replacing any previous one.
-    ///
-    /// A delete of the same name (or of a neighbour) may run at the same time: as for any two
-    /// clients, the outcome is one order of the two, never an error. See [`raced_delete`].
     pub(crate) async fn write(&self, key: &Path, bytes: impl Into<PutPayload>) -> Result<()> {
-        let payload = bytes.into();
-        let mut attempt = 1;
-        loop {
-            let Err(e) = self.objects().put(key, payload.clone()).await else {
-                return Ok(());
-            };
-            match raced_delete(&e) {
-                Some(RacedDelete::Published) => {
-                    tracing::debug!(%key, "written, then deleted by a concurrent delete");
-                    return Ok(());
-                }
-                Some(RacedDelete::NotWritten) if attempt < WRITE_ATTEMPTS => {
-                    tracing::debug!(
-                        %key,
-                        attempt,
-                        "a concurrent delete removed a directory being made; writing again"
-                    );
-                    attempt += 1;
-                }
-                _ => return Err(e.into()),
-            }
-        }
+        self.objects().put(key, bytes.into()).await?;
+        Ok(())
     }
 
     pub(crate) async fn write_link<T: serde::Serialize>(
@@ -279,62 +256,6 @@ impl Store {
     }
 }
 
-/// How many times [`Store::write`] tries a put that a concurrent delete undid before it could
-/// publish anything. Each retry needs another delete to empty the directory at that moment.
-const WRITE_ATTEMPTS: usize = 8;
-
-/// How a concurrent delete made a put fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RacedDelete {
-    /// The object was published, then deleted (with its emptied directory) before the put could
-    /// sync that directory: the put did take effect, followed by the delete.
-    Published,
-    /// A directory the put had just made was removed as empty by a delete's cleanup before the
-    /// object was in it: nothing was published, and the put can be made again.
-    NotWritten,
-}
-
-/// Whether `e`, from a put, is the work of a concurrent delete rather than a failure.
-///
-/// Only object_store's `LocalFileSystem` fails so: with automatic cleanup, a delete removes the
-/// directories it empties, and a put (fsynced) creates its directories, writes a staged file
-/// beside the destination, renames it into place and fsyncs the directory. A directory that
-/// vanishes under the put shows as a `NotFound` I/O error. The staged file keeps the directory
-/// from being empty until the rename, so when the error is `UnableToRenameFile` (what 0.14
-/// reports for the rename and the directory fsync after it) the object was published before
-/// the delete removed it; any other step failed before anything was published.
-fn raced_delete(e: &object_store::Error) -> Option<RacedDelete> {
-    let object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source,
-    } = e
-    else {
-        return None;
-    };
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
-    let mut not_found = false;
-    while let Some(error) = next {
-        not_found |= error
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
-        next = error.source();
-    }
-    if !not_found {
-        return None;
-    }
-    if failed_at_rename(source.as_ref()) {
-        Some(RacedDelete::Published)
-    } else {
-        Some(RacedDelete::NotWritten)
-    }
-}
-
-/// Whether a `LocalFileSystem` error is its `UnableToRenameFile`. The type is private to
-/// object_store, so the variant is known by its name only (a test pins it).
-fn failed_at_rename(local: &(dyn std::error::Error + Send + Sync)) -> bool {
-    format!("{local:?}").starts_with("UnableToRenameFile")
-}
-
 /// A handle on one repository of a [`Store`].
 #[derive(Clone, Debug)]
 pub struct Repository {
@@ -369,44 +290,6 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The error of a failed put to `key` on the filesystem backend over `root`.
-    async fn failed_put(root: &std::path::Path, key: &str) -> object_store::Error {
-        let backend = Backend::filesystem(root).unwrap();
-        backend
-            .objects
-            .put(&Path::from(key), Bytes::from_static(b"x").into())
-            .await
-            .unwrap_err()
-    }
-
-    fn local_source(e: &object_store::Error) -> &(dyn std::error::Error + Send + Sync) {
-        match e {
-            object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source,
-            } => source.as_ref(),
-            other => panic!("not a LocalFileSystem error: {other:?}"),
-        }
-    }
-
-    /// `raced_delete` tells the two races apart by the variant name of object_store's private
-    /// error: a release that renamed it must fail here, not quietly retry published writes.
-    #[tokio::test]
-    async fn a_put_failing_at_its_rename_is_told_from_one_failing_before() {
-        let root = tempfile::tempdir().unwrap();
-        // A non-empty directory where the object goes: the rename into place fails.
-        std::fs::create_dir_all(root.path().join("dir/inside")).unwrap();
-        let at_rename = failed_put(root.path(), "dir").await;
-        assert!(failed_at_rename(local_source(&at_rename)), "{at_rename:?}");
-        // A file where a directory goes: the staged file cannot even be opened.
-        std::fs::write(root.path().join("file"), b"").unwrap();
-        let before = failed_put(root.path(), "file/key").await;
-        assert!(!failed_at_rename(local_source(&before)), "{before:?}");
-        // Neither is a delete's doing: both stay errors.
-        assert_eq!(raced_delete(&at_rename), None);
-        assert_eq!(raced_delete(&before), None);
-    }
 
     #[test]
     fn pages_are_sorted_deduplicated_and_cut_after_last() {

@@ -5,6 +5,8 @@
 //! (see [`Backend::filesystem`]). Capabilities that only some backends have (multipart
 //! uploads, a local directory) are explicit fields, not runtime surprises.
 
+mod local;
+
 use std::fmt;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -245,6 +247,7 @@ impl Backend {
     /// same `root`, as [`Self::filesystem`] builds it), and `fs`, the file-system calls of its
     /// upload engine ([`StdFileSystem`] in production). For tests and instrumentation: wrap
     /// either to count, delay or fail calls, and the store still runs the production engine.
+    /// (Either way, a put racing a delete of the same name ends as one order of the two.)
     #[must_use]
     pub fn filesystem_with(
         root: &FsPath,
@@ -252,7 +255,7 @@ impl Backend {
         fs: Arc<dyn FileSystem>,
     ) -> Self {
         Self {
-            objects,
+            objects: Arc::new(local::LocalObjects::new(objects)),
             engine: Arc::new(FsEngine::new(root.to_path_buf(), fs)),
             local_root: Some(root.to_path_buf()),
             multipart: false,
