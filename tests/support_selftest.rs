@@ -188,6 +188,49 @@ async fn faulty_store_fails_exactly_the_nth_write(b: TestBackend) {
     }
 }
 
+async fn faulty_store_makes_the_nth_write_then_reports_it_failed(b: TestBackend) {
+    let faulty = b.faulty();
+    for n in 1..=4u64 {
+        let dir = format!("lost-{n}");
+        setup_four_writes(&*b.store, &dir).await;
+        faulty.reset();
+        faulty.fail_after_nth(n);
+        let results = four_writes(&*faulty, &dir).await;
+        let effects = four_writes_effects(&*b.store, &dir).await;
+        // Every write took effect; only write n says it failed.
+        assert_eq!(effects, [true; 4], "fail_after_nth({n})");
+        for (i, result) in results.into_iter().enumerate() {
+            let write = i as u64 + 1;
+            if write == n {
+                let e = result.expect_err("the lost reply must be an error");
+                assert!(e.to_string().contains("injected fault after write"), "{e}");
+            } else {
+                result.unwrap_or_else(|e| panic!("write {write} with fail_after_nth({n}): {e}"));
+            }
+        }
+        assert_eq!(faulty.faults_injected(), 1);
+    }
+}
+
+async fn filesystem_seam_makes_the_nth_call_then_reports_it_failed(b: TestBackend) {
+    use layerstore::upload::FileSystem;
+    let Some(root) = b.fs_root.clone() else {
+        return; // the filesystem engine's seam exists on the filesystem backend only
+    };
+    let faulty = b.faulty();
+    let fs = FaultyFs::sharing(&faulty);
+    let dir = root.join("seam");
+    fs.create_dir_all(&dir).unwrap();
+    // Numbered in the same sequence as the store's requests.
+    faulty.fail_after_nth(faulty.writes_seen() + 1);
+    let e = fs.create(&dir.join("file")).unwrap_err();
+    assert!(e.to_string().contains("injected fault after write"), "{e}");
+    assert!(dir.join("file").exists(), "the call was made");
+    faulty.crash_at(faulty.writes_seen() + 1);
+    assert!(fs.create_dir_all(&dir.join("later")).is_err());
+    assert!(!dir.join("later").exists(), "a crashed call is not made");
+}
+
 async fn faulty_store_crash_fails_every_later_write_but_no_read(b: TestBackend) {
     let faulty = b.faulty();
     setup_four_writes(&*b.store, "crash").await;
@@ -369,6 +412,8 @@ backend_tests!(
     multipart_store_round_trips_when_present,
     same_kind_backends_do_not_see_each_others_keys,
     faulty_store_fails_exactly_the_nth_write,
+    faulty_store_makes_the_nth_write_then_reports_it_failed,
+    filesystem_seam_makes_the_nth_call_then_reports_it_failed,
     faulty_store_crash_fails_every_later_write_but_no_read,
     faulty_store_fails_exactly_the_nth_read,
     faulty_store_numbers_multipart_upload_writes,

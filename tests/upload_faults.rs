@@ -1,6 +1,7 @@
 //! Uploads under backend faults: for every request along an append, a commit and a cancel,
-//! that request fails once (`fail_nth`, `fail_nth_read`) or the process dies just before it
-//! (`crash_at`). A healthy store over the same backend — the retrying client's next request,
+//! that request fails once (`fail_nth`, `fail_nth_read`), is made but its reply is lost
+//! (`fail_after_nth`: the caller cannot know whether it happened), or the process dies just
+//! before it (`crash_at`). A healthy store over the same backend — the retrying client's next request,
 //! or the restarted process — must then see the session at its old offset or its new one,
 //! never in between, must be able to redo the failed step and commit, and must never read
 //! wrong bytes under the digest.
@@ -32,6 +33,8 @@ enum Fault {
     FailRead(u64),
     /// Write n and every later one fail (the process dies before write n).
     Crash(u64),
+    /// Write n is made, then reported failed (its reply is lost: the caller cannot know).
+    LostReply(u64),
 }
 
 impl Fault {
@@ -40,6 +43,7 @@ impl Fault {
             Fault::FailWrite(n) => store.fail_nth(n),
             Fault::FailRead(n) => store.fail_nth_read(n),
             Fault::Crash(n) => store.crash_at(n),
+            Fault::LostReply(n) => store.fail_after_nth(n),
         }
     }
 
@@ -49,6 +53,7 @@ impl Fault {
         for n in 1..=writes {
             faults.push(Fault::FailWrite(n));
             faults.push(Fault::Crash(n));
+            faults.push(Fault::LostReply(n));
         }
         faults.extend((1..=reads).map(Fault::FailRead));
         faults

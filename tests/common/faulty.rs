@@ -48,6 +48,9 @@ const STORE: &str = "FaultyStore";
 
 /// High bit of a plan: the fault is a crash (this request and every later one fail).
 const CRASH: u64 = 1 << 63;
+/// Next bit: the request is made, then reported failed (a reply lost on the way back, so the
+/// caller cannot tell whether it happened).
+const AFTER: u64 = 1 << 62;
 
 /// Counters and fault plans, shared with the uploads the store hands out so that parts and
 /// completes are numbered in the same sequence as every other write — and with a
@@ -75,11 +78,25 @@ pub struct FaultState {
 pub struct Injected(pub String);
 
 impl FaultState {
-    /// Numbers a write and fails it if planned; returns its number.
-    pub fn write_check(&self, op: &str, location: &str) -> std::result::Result<u64, Injected> {
+    /// Numbers a write and fails it if planned; returns its number, and the failure to report
+    /// after making it if one is planned so.
+    pub fn write_check(
+        &self,
+        op: &str,
+        location: &str,
+    ) -> std::result::Result<(u64, Option<Injected>), Injected> {
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        let plan = self.write_plan.load(Ordering::SeqCst);
+        if plan & AFTER != 0 {
+            if n != plan & !AFTER {
+                return Ok((n, None));
+            }
+            self.faults.fetch_add(1, Ordering::SeqCst);
+            let lost = format!("injected fault after write {n} ({op} {location}): it was made");
+            return Ok((n, Some(Injected(lost))));
+        }
         self.check(&self.write_plan, n, "write", op, location)?;
-        Ok(n)
+        Ok((n, None))
     }
 
     /// Numbers a read and fails it if planned.
@@ -88,17 +105,19 @@ impl FaultState {
         self.check(&self.read_plan, n, "read", op, location)
     }
 
-    fn write(&self, op: &str, location: &Path) -> Result<u64> {
-        self.write_check(op, location.as_ref()).map_err(generic)
+    fn write(&self, op: &str, location: &Path) -> Result<(u64, Option<Error>)> {
+        let (n, lost) = self.write_check(op, location.as_ref()).map_err(generic)?;
+        Ok((n, lost.map(generic)))
     }
 
     /// A write from async code: numbered, failed if planned, and held if a pause is set on it.
-    async fn write_async(&self, op: &str, location: &Path) -> Result<()> {
-        let n = self.write(op, location)?;
+    /// Returns the failure to report after making it, if one is planned so (see [`after`]).
+    async fn write_async(&self, op: &str, location: &Path) -> Result<Option<Error>> {
+        let (n, lost) = self.write(op, location)?;
         while self.holds(n) {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        Ok(())
+        Ok(lost)
     }
 
     /// Whether write `n` must wait now (it is the paused one, not yet released).
@@ -132,6 +151,15 @@ impl FaultState {
         Err(Injected(format!(
             "injected fault at {what} {n} ({op} {location})"
         )))
+    }
+}
+
+/// The result of a write that was made: its own, or, if its reply is planned to be lost, the
+/// injected failure (unless the write failed by itself).
+fn after<T>(result: Result<T>, lost: Option<Error>) -> Result<T> {
+    match (result, lost) {
+        (Ok(_), Some(e)) => Err(e),
+        (result, _) => result,
     }
 }
 
@@ -192,6 +220,13 @@ impl FaultyStore {
     pub fn crash_at(&self, n: u64) {
         assert!(n > 0 && n < CRASH, "write numbers start at 1");
         self.state.write_plan.store(n | CRASH, Ordering::SeqCst);
+    }
+
+    /// Write `n` (1-based) is made, then reported failed, as if its reply was lost: the caller
+    /// cannot tell whether it happened. The writes before and after it go through.
+    pub fn fail_after_nth(&self, n: u64) {
+        assert!(n > 0 && n < AFTER, "write numbers start at 1");
+        self.state.write_plan.store(n | AFTER, Ordering::SeqCst);
     }
 
     /// Read `n` (1-based) fails; the reads before and after it go through.
@@ -294,8 +329,8 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        self.state.write_async("put", location).await?;
-        self.inner.put_opts(location, payload, opts).await
+        let lost = self.state.write_async("put", location).await?;
+        after(self.inner.put_opts(location, payload, opts).await, lost)
     }
 
     async fn put_multipart_opts(
@@ -303,8 +338,8 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        self.state.write_async("put_multipart", location).await?;
-        let upload = self.inner.put_multipart_opts(location, opts).await?;
+        let lost = self.state.write_async("put_multipart", location).await?;
+        let upload = after(self.inner.put_multipart_opts(location, opts).await, lost)?;
         Ok(Box::new(FaultyUpload {
             inner: upload,
             location: location.clone(),
@@ -336,14 +371,15 @@ impl ObjectStore for FaultyStore {
                 let state = Arc::clone(&state);
                 async move {
                     let location = location?;
-                    state.write_async("delete", &location).await?;
+                    let lost = state.write_async("delete", &location).await?;
                     let mut deleted = inner.delete_stream(stream::iter([Ok(location)]).boxed());
-                    deleted.next().await.unwrap_or_else(|| {
+                    let deleted = deleted.next().await.unwrap_or_else(|| {
                         Err(Error::Generic {
                             store: STORE,
                             source: "inner delete_stream yielded nothing for one location".into(),
                         })
-                    })
+                    });
+                    after(deleted, lost)
                 }
             })
             .boxed()
@@ -377,13 +413,13 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.state.write_async("copy", to).await?;
-        self.inner.copy_opts(from, to, options).await
+        let lost = self.state.write_async("copy", to).await?;
+        after(self.inner.copy_opts(from, to, options).await, lost)
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
-        self.state.write_async("rename", to).await?;
-        self.inner.rename_opts(from, to, options).await
+        let lost = self.state.write_async("rename", to).await?;
+        after(self.inner.rename_opts(from, to, options).await, lost)
     }
 }
 
@@ -392,8 +428,8 @@ impl ObjectStore for FaultyStore {
 impl MultipartStore for FaultyStore {
     async fn create_multipart(&self, path: &Path) -> Result<MultipartId> {
         let inner = self.multipart("create_multipart")?;
-        self.state.write_async("create_multipart", path).await?;
-        inner.create_multipart(path).await
+        let lost = self.state.write_async("create_multipart", path).await?;
+        after(inner.create_multipart(path).await, lost)
     }
 
     async fn create_multipart_opts(
@@ -402,8 +438,8 @@ impl MultipartStore for FaultyStore {
         opts: PutMultipartOptions,
     ) -> Result<MultipartId> {
         let inner = self.multipart("create_multipart_opts")?;
-        self.state.write_async("create_multipart", path).await?;
-        inner.create_multipart_opts(path, opts).await
+        let lost = self.state.write_async("create_multipart", path).await?;
+        after(inner.create_multipart_opts(path, opts).await, lost)
     }
 
     async fn put_part(
@@ -414,8 +450,8 @@ impl MultipartStore for FaultyStore {
         data: PutPayload,
     ) -> Result<PartId> {
         let inner = self.multipart("put_part")?;
-        self.state.write_async("put_part", path).await?;
-        inner.put_part(path, id, part_idx, data).await
+        let lost = self.state.write_async("put_part", path).await?;
+        after(inner.put_part(path, id, part_idx, data).await, lost)
     }
 
     async fn complete_multipart(
@@ -425,14 +461,14 @@ impl MultipartStore for FaultyStore {
         parts: Vec<PartId>,
     ) -> Result<PutResult> {
         let inner = self.multipart("complete_multipart")?;
-        self.state.write_async("complete_multipart", path).await?;
-        inner.complete_multipart(path, id, parts).await
+        let lost = self.state.write_async("complete_multipart", path).await?;
+        after(inner.complete_multipart(path, id, parts).await, lost)
     }
 
     async fn abort_multipart(&self, path: &Path, id: &MultipartId) -> Result<()> {
         let inner = self.multipart("abort_multipart")?;
-        self.state.write_async("abort_multipart", path).await?;
-        inner.abort_multipart(path, id).await
+        let lost = self.state.write_async("abort_multipart", path).await?;
+        after(inner.abort_multipart(path, id).await, lost)
     }
 }
 
@@ -449,22 +485,27 @@ impl MultipartUpload for FaultyUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
         // Numbered when called, not when polled: that is the order the caller issued them in.
         match self.state.write("upload.put_part", &self.location) {
-            Ok(_) => self.inner.put_part(data),
+            Ok((_, lost)) => {
+                let part = self.inner.put_part(data);
+                async move { after(part.await, lost) }.boxed()
+            }
             Err(e) => async move { Err(e) }.boxed(),
         }
     }
 
     async fn complete(&mut self) -> Result<PutResult> {
-        self.state
+        let lost = self
+            .state
             .write_async("upload.complete", &self.location)
             .await?;
-        self.inner.complete().await
+        after(self.inner.complete().await, lost)
     }
 
     async fn abort(&mut self) -> Result<()> {
-        self.state
+        let lost = self
+            .state
             .write_async("upload.abort", &self.location)
             .await?;
-        self.inner.abort().await
+        after(self.inner.abort().await, lost)
     }
 }

@@ -13,7 +13,8 @@
 //!
 //! The hints (`start_writeback`, `drop_cache`) are not counted: they change nothing a crash
 //! could observe. An injected fault fails the call before it reaches the disk, so a crash
-//! leaves exactly what the calls before it did (a process crash: the page cache survives).
+//! leaves exactly what the calls before it did (a process crash: the page cache survives) —
+//! except a `fail_after_nth` fault, which makes the call and then reports it failed.
 
 use std::io;
 use std::path::Path;
@@ -40,8 +41,10 @@ impl FaultyFs {
         }
     }
 
-    fn write(&self, op: &str, path: &Path) -> io::Result<()> {
-        let n = self
+    /// Numbers a write, fails it if planned, holds it if paused; returns the failure to report
+    /// after making it, if one is planned so (see [`after`]).
+    fn write(&self, op: &str, path: &Path) -> io::Result<Option<io::Error>> {
+        let (n, lost) = self
             .state
             .write_check(op, &path.display().to_string())
             .map_err(failure)?;
@@ -49,7 +52,7 @@ impl FaultyFs {
         while self.state.holds(n) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        Ok(())
+        Ok(lost.map(failure))
     }
 
     fn read(&self, op: &str, path: &Path) -> io::Result<()> {
@@ -74,15 +77,25 @@ fn failure(Injected(message): Injected) -> io::Error {
     io::Error::other(message)
 }
 
+/// The result of a call that was made: its own, or, if its reply is planned to be lost, the
+/// injected failure (unless the call failed by itself).
+fn after<T>(result: io::Result<T>, lost: Option<io::Error>) -> io::Result<T> {
+    match (result, lost) {
+        (Ok(_), Some(e)) => Err(e),
+        (result, _) => result,
+    }
+}
+
 impl FileSystem for FaultyFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.write("create_dir_all", dir)?;
-        self.inner.create_dir_all(dir)
+        let lost = self.write("create_dir_all", dir)?;
+        after(self.inner.create_dir_all(dir), lost)
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
-        self.write("create", path)?;
-        Ok(self.wrap(self.inner.create(path)?, path))
+        let lost = self.write("create", path)?;
+        let file = after(self.inner.create(path), lost)?;
+        Ok(self.wrap(file, path))
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
@@ -96,28 +109,28 @@ impl FileSystem for FaultyFs {
     }
 
     fn try_lock(&self, path: &Path) -> io::Result<LockAttempt> {
-        self.write("try_lock", path)?;
-        self.inner.try_lock(path)
+        let lost = self.write("try_lock", path)?;
+        after(self.inner.try_lock(path), lost)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.write("rename", to)?;
-        self.inner.rename(from, to)
+        let lost = self.write("rename", to)?;
+        after(self.inner.rename(from, to), lost)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.write("sync_dir", dir)?;
-        self.inner.sync_dir(dir)
+        let lost = self.write("sync_dir", dir)?;
+        after(self.inner.sync_dir(dir), lost)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.write("remove_file", path)?;
-        self.inner.remove_file(path)
+        let lost = self.write("remove_file", path)?;
+        after(self.inner.remove_file(path), lost)
     }
 
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.write("remove_dir_all", dir)?;
-        self.inner.remove_dir_all(dir)
+        let lost = self.write("remove_dir_all", dir)?;
+        after(self.inner.remove_dir_all(dir), lost)
     }
 
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -140,8 +153,8 @@ struct FaultyFile {
 
 impl FileHandle for FaultyFile {
     fn write_at(&self, pieces: &[Bytes], offset: u64) -> io::Result<()> {
-        self.fs.write("write_at", &self.path)?;
-        self.inner.write_at(pieces, offset)
+        let lost = self.fs.write("write_at", &self.path)?;
+        after(self.inner.write_at(pieces, offset), lost)
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -155,13 +168,13 @@ impl FileHandle for FaultyFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.fs.write("sync_data", &self.path)?;
-        self.inner.sync_data()
+        let lost = self.fs.write("sync_data", &self.path)?;
+        after(self.inner.sync_data(), lost)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.fs.write("set_len", &self.path)?;
-        self.inner.set_len(len)
+        let lost = self.fs.write("set_len", &self.path)?;
+        after(self.inner.set_len(len), lost)
     }
 
     fn size(&self) -> io::Result<u64> {

@@ -31,6 +31,7 @@ pub use backends::{BackendKind, TestBackend, make, run_backend_test};
 pub use counting::{CountingStore, Counts};
 pub use data::{in_pieces, keys, keys_of, pattern, repo};
 pub use faulty::FaultyStore;
+pub use faulty_fs::FaultyFs;
 pub use stores::{faulty_store_on, store_on, store_over};
 
 /// For each `async fn name(b: TestBackend)` listed, generates one test per backend kind:
