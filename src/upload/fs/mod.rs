@@ -46,8 +46,11 @@ use crate::layout::local_path;
 use crate::name::RepositoryName;
 use crate::store::{BlobInfo, Repository, Store};
 
-/// How often a waiting append tries the session's lock again.
-const LOCK_POLL: Duration = Duration::from_millis(5);
+/// How soon a waiting append first tries the session's lock again, and how far apart its
+/// tries grow: a racing append waits a few milliseconds, one behind a stalled client costs
+/// a try every 100 ms, not hundreds a second.
+const LOCK_POLL: Duration = Duration::from_millis(2);
+const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
 /// How long a cancel waits for an append in progress before it reports the session busy.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// Bytes read per job when a file is read back (a GET, or a re-hash).
@@ -394,6 +397,7 @@ impl FsEngine {
         limit: Option<Duration>,
     ) -> Result<Guard> {
         let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        let mut pause = LOCK_POLL;
         loop {
             match self.try_lock(paths).await? {
                 LockAttempt::Held(held) => return Ok(Guard::holding(held)),
@@ -407,7 +411,8 @@ impl FsEngine {
                     reason: format!("upload {id} is receiving a chunk; try again after it"),
                 });
             }
-            tokio::time::sleep(LOCK_POLL).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LOCK_POLL_MAX);
         }
     }
 
