@@ -477,24 +477,46 @@ impl Appender<'_> {
         self.consumed.extend(merged);
         let mut state = self.state.clone();
         state.session.advance(self.received, &self.hashes);
-        match self.write_state(&state).await {
-            Ok(()) => {
-                for key in &self.consumed {
-                    // Their bytes are in a recorded part or piece now; a leftover is only
-                    // garbage, which the commit's sweep deletes.
-                    let _ = self.store.remove(key).await;
-                }
-                Ok(state.session.status(self.id))
+        settle(
+            self.store,
+            self.id,
+            &state,
+            self.version,
+            &self.consumed,
+            new,
+        )
+        .await
+    }
+}
+
+/// The last write of an append: the new state, if the session is still at `version`. Then the
+/// staged pieces the append took in (read back into a part, or merged) go; if another writer
+/// came first, the piece this append staged goes instead, and the caller reports the offset.
+async fn settle(
+    store: &Store,
+    id: &UploadId,
+    state: &ObjectSession,
+    version: UpdateVersion,
+    taken_in: &[Path],
+    staged: Option<Path>,
+) -> std::result::Result<UploadStatus, Stop> {
+    match replace_state(store, id, state, version).await {
+        Ok(_) => {
+            for key in taken_in {
+                // Their bytes are in a recorded part or piece now; a leftover is only garbage,
+                // which the commit's sweep deletes.
+                let _ = store.remove(key).await;
             }
-            Err(Stop::Lost) => {
-                if let Some(key) = new {
-                    self.store.remove(&key).await?;
-                }
-                Err(Stop::Lost)
-            }
-            // The outcome is unknown: the write may have landed, so the new piece stays.
-            Err(e) => Err(e),
+            Ok(state.session.status(id))
         }
+        Err(Stop::Lost) => {
+            if let Some(key) = staged {
+                store.remove(&key).await?;
+            }
+            Err(Stop::Lost)
+        }
+        // The outcome is unknown: the write may have landed, so the new piece stays.
+        Err(e) => Err(e),
     }
 }
 
@@ -558,24 +580,7 @@ impl SegmentAppend<'_> {
         };
         let mut state = self.state.clone();
         state.session.advance(received, &self.hashes);
-        match replace_state(self.store, self.id, &state, self.version.clone()).await {
-            Ok(_) => {
-                for key in &merged {
-                    let _ = self.store.remove(key).await;
-                }
-                Ok(state.session.status(self.id))
-            }
-            Err(Stop::Lost) => {
-                // Another append won the race for this offset (or a commit, cancel or purge
-                // came first): drop ours, report where it stands.
-                if let Some(key) = new {
-                    self.store.remove(&key).await?;
-                }
-                Err(Stop::Lost)
-            }
-            // The outcome is unknown: the write may have landed, so the segment stays.
-            Err(e) => Err(e),
-        }
+        settle(self.store, self.id, &state, self.version, &merged, new).await
     }
 
     /// Streams a chunk of at least 5 MiB into one new object, led by the staged pieces.
