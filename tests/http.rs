@@ -4,19 +4,18 @@
 //! Each test starts the built `layerstore` binary on an ephemeral port over a fresh
 //! filesystem root, reads the bound address from its stdout, and kills it when the test ends.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use tempfile::TempDir;
 
 mod common;
-use common::server::{layerstore, read_log, spawn_server};
+use common::server::{Running, layerstore, spawn_server};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -32,25 +31,18 @@ const SIGNATURE: &str = "application/vnd.example.signature.v1";
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-/// A running `layerstore serve`, killed on drop.
+/// A running `layerstore serve` (killed on drop) and an HTTP client for it.
 struct Server {
-    child: Child,
-    /// Kept open so the server never writes to a closed pipe.
-    _stdout: BufReader<ChildStdout>,
+    _running: Running,
     /// `127.0.0.1:PORT`
     addr: String,
     client: reqwest::Client,
-    /// The storage root and log; removed after the server is gone (fields drop after `drop`).
-    dir: TempDir,
 }
 
 impl Server {
     /// `serve --addr 127.0.0.1:0 --root <fresh dir>`.
     fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("data");
-        let root = root.to_str().expect("utf-8 path").to_owned();
-        Self::start_with(dir, &["--addr", "127.0.0.1:0", "--root", &root])
+        Self::over(Running::start())
     }
 
     /// `serve --config <file>`, the file written by `write_config` into the server's dir.
@@ -60,30 +52,19 @@ impl Server {
         let file = dir.path().join("config.yml");
         std::fs::write(&file, yaml).expect("write config");
         let file = file.to_str().expect("utf-8 path").to_owned();
-        Self::start_with(dir, &["--config", &file])
+        Self::over(Running::start_with(dir, &["--config", &file]))
     }
 
-    fn start_with(dir: TempDir, args: &[&str]) -> Self {
-        let mut command = layerstore();
-        command.arg("serve").args(args);
-        let spawned = spawn_server(
-            command,
-            &dir.path().join("server.log"),
-            Duration::from_secs(30),
-        );
-        let addr = spawned.host("http");
-        let (child, stdout) = (spawned.child, spawned.stdout);
+    fn over(running: Running) -> Self {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(60))
             .build()
             .expect("http client");
         Self {
-            child,
-            _stdout: stdout,
-            addr,
+            addr: running.addr.clone(),
+            _running: running,
             client,
-            dir,
         }
     }
 
@@ -227,19 +208,6 @@ impl Server {
             .put_manifest(repo, &digest, OCI_MANIFEST, &manifest)
             .await;
         (digest, response)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // A failed test shows why the server answered as it did (a 500's cause is only logged).
-        if std::thread::panicking() {
-            let log = read_log(&self.dir.path().join("server.log"));
-            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
-            eprintln!("server log, errors only:\n{}", errors.join("\n"));
-        }
     }
 }
 

@@ -93,6 +93,7 @@ async fn log_and_version(request: Request<Body>, next: Next) -> Response {
 /// stops midway, leave their upload session resumable at its last persisted offset).
 pub async fn serve(config: Config) -> Result<(), String> {
     init_logging(&config.log.level);
+    raise_open_files_limit();
     for warning in &config.warnings {
         tracing::warn!("configuration: {warning}");
     }
@@ -151,6 +152,48 @@ fn announce(addr: std::net::SocketAddr, scheme: &str) {
     println!("layerstore listening on {scheme}://{addr}");
     tracing::info!(%addr, "listening");
 }
+
+/// Raises the soft limit on open files to the hard limit, as Go servers (CNCF Distribution's
+/// among them) do at start. Each client the server holds costs file descriptors (a stalled
+/// upload: its connection and its session's lock, state and data files), so this limit bounds
+/// how many stalled or slow clients it can hold while serving the others; a soft limit of
+/// 1024 would make that a few hundred. Logs the limit in force.
+#[cfg(target_os = "linux")]
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct they are given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "cannot read the limit on open files");
+        return;
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            limit = raised;
+        } else {
+            let error = std::io::Error::last_os_error();
+            let hard = limit.rlim_max;
+            tracing::warn!(%error, soft = before, hard, "cannot raise the limit on open files");
+        }
+    }
+    tracing::info!(
+        limit = limit.rlim_cur,
+        was = before,
+        "limit on open files (it bounds the clients served at once)"
+    );
+}
+
+#[cfg(not(target_os = "linux"))]
+fn raise_open_files_limit() {}
 
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

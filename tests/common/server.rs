@@ -6,6 +6,8 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use tempfile::TempDir;
+
 /// The binary under test, to which a test adds `serve` and its arguments.
 pub fn layerstore() -> Command {
     Command::new(env!("CARGO_BIN_EXE_layerstore"))
@@ -85,4 +87,68 @@ pub fn read_log(log: &Path) -> String {
         let _ = f.read_to_string(&mut text);
     }
     text
+}
+
+/// `layerstore serve` on an ephemeral loopback port, killed when dropped. A test that fails
+/// prints the errors the server logged (a 500's cause is only logged).
+pub struct Running {
+    pub child: Child,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    /// Kept open so the server never writes to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    /// The storage root, the log and any configuration; removed after the server is gone
+    /// (fields drop after `drop`).
+    pub dir: TempDir,
+}
+
+impl Running {
+    /// `serve --addr 127.0.0.1:0 --root <fresh dir>`: the filesystem backend.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        let root = root.to_str().expect("utf-8 path").to_owned();
+        Self::start_with(dir, &["--addr", "127.0.0.1:0", "--root", &root])
+    }
+
+    /// `serve` with `args`, logging to `server.log` in `dir`.
+    pub fn start_with(dir: TempDir, args: &[&str]) -> Self {
+        let mut command = layerstore();
+        command.arg("serve").args(args);
+        let spawned = spawn_server(
+            command,
+            &dir.path().join("server.log"),
+            Duration::from_secs(30),
+        );
+        Self {
+            addr: spawned.host("http"),
+            child: spawned.child,
+            _stdout: spawned.stdout,
+            dir,
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        read_log(&self.dir.path().join("server.log"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log();
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+            // The last few: a test with hundreds of clients can log thousands.
+            let shown = &errors[errors.len().saturating_sub(20)..];
+            eprintln!(
+                "server log, errors only (the last {} of {}):\n{}",
+                shown.len(),
+                errors.len(),
+                shown.join("\n")
+            );
+        }
+    }
 }
