@@ -147,7 +147,27 @@ where
     Fut: Future<Output = ()>,
 {
     if let Some(backend) = make(kind).await {
+        // S3 and Azure tests share one bucket/container under a prefix each; a test that passes
+        // leaves nothing there, so that the emulators' memory (Azurite keeps every object in
+        // RAM) does not grow with every suite run. A failing test keeps its objects to look at.
+        let leftovers = backend
+            .key_prefix
+            .is_some()
+            .then(|| Arc::clone(&backend.store));
         test(backend).await;
+        if let Some(store) = leftovers {
+            delete_everything(store.as_ref()).await;
+        }
+    }
+}
+
+/// Deletes every object `store` lists (best effort: a cleanup never fails a test).
+async fn delete_everything(store: &dyn ObjectStore) {
+    use futures::{StreamExt, TryStreamExt};
+    let locations = store.list(None).map_ok(|meta| meta.location).boxed();
+    let deleted = store.delete_stream(locations).try_collect::<Vec<_>>().await;
+    if let Err(e) = deleted {
+        let _ = writeln!(std::io::stderr(), "cleanup of a test prefix: {e}");
     }
 }
 
