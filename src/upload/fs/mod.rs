@@ -370,41 +370,64 @@ impl FsEngine {
         .await
     }
 
-    /// Takes the session's lock without waiting for another holder.
+    /// Tries the session's lock once and, if it is taken, runs `then` under it in the same
+    /// job: one trip to the blocking pool for both (on an append's critical path).
+    /// `Ok(None)` if another holder has it.
+    async fn try_lock_then<T: Send + 'static>(
+        &self,
+        paths: &Paths,
+        id: &UploadId,
+        then: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<Option<(Guard, T)>> {
+        let (fs, lock, id) = (Arc::clone(&self.fs), paths.lock.clone(), id.clone());
+        let attempt = job(&Guard::none(), move || {
+            match fs.try_lock(&lock).map_err(failed("locking", &lock))? {
+                LockAttempt::Held(held) => {
+                    let guard = Guard::holding(held);
+                    // On an error the guard goes, and with it the lock.
+                    Ok(Some((guard, then())))
+                }
+                LockAttempt::Busy => Ok(None),
+                LockAttempt::Missing => Err(Error::BlobUploadUnknown { id: id.to_string() }),
+            }
+        })
+        .await?;
+        match attempt {
+            Some((guard, out)) => Ok(Some((guard, out?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes the session's lock without waiting for another holder, and runs `then` under it.
     ///
     /// # Errors
-    /// [`Error::BlobUploadUnknown`] if the session is gone; `busy` if the lock is held.
-    async fn lock_now(
+    /// [`Error::BlobUploadUnknown`] if the session is gone; `busy` if the lock is held;
+    /// `then`'s.
+    async fn lock_now_then<T: Send + 'static>(
         &self,
         paths: &Paths,
         id: &UploadId,
         busy: impl Fn() -> Error,
-    ) -> Result<Guard> {
-        match self.try_lock(paths).await? {
-            LockAttempt::Held(held) => Ok(Guard::holding(held)),
-            LockAttempt::Busy => Err(busy()),
-            LockAttempt::Missing => Err(Error::BlobUploadUnknown { id: id.to_string() }),
-        }
+        then: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<(Guard, T)> {
+        self.try_lock_then(paths, id, then).await?.ok_or_else(busy)
     }
 
-    /// Takes the session's lock, waiting (up to `limit`, if given) while another holder has it.
-    /// Polled rather than blocking, so waiting holds no thread, and a caller that gives up
-    /// (drops the future) stops waiting at once.
-    async fn lock_waiting(
+    /// Takes the session's lock, waiting (up to `limit`, if given) while another holder has
+    /// it, and runs `then` under it. Polled rather than blocking, so waiting holds no thread,
+    /// and a caller that gives up (drops the future) stops waiting at once.
+    async fn lock_waiting_then<T: Send + 'static>(
         &self,
         paths: &Paths,
         id: &UploadId,
         limit: Option<Duration>,
-    ) -> Result<Guard> {
+        then: impl FnOnce() -> Result<T> + Clone + Send + 'static,
+    ) -> Result<(Guard, T)> {
         let deadline = limit.map(|l| tokio::time::Instant::now() + l);
         let mut pause = LOCK_POLL;
         loop {
-            match self.try_lock(paths).await? {
-                LockAttempt::Held(held) => return Ok(Guard::holding(held)),
-                LockAttempt::Missing => {
-                    return Err(Error::BlobUploadUnknown { id: id.to_string() });
-                }
-                LockAttempt::Busy => {}
+            if let Some(taken) = self.try_lock_then(paths, id, then.clone()).await? {
+                return Ok(taken);
             }
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Err(Error::BlobUploadInvalid {
@@ -414,6 +437,17 @@ impl FsEngine {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(LOCK_POLL_MAX);
         }
+    }
+
+    /// What reads a session's state, for [`Self::lock_now_then`] and
+    /// [`Self::lock_waiting_then`] to run under the lock.
+    fn opener(
+        &self,
+        paths: &Paths,
+        id: &UploadId,
+    ) -> impl FnOnce() -> Result<Opened> + Clone + Send + 'static {
+        let (fs, paths, id) = (Arc::clone(&self.fs), paths.clone(), id.clone());
+        move || open_state(&*fs, &paths, &id)
     }
 
     /// Reads the session's state; under its lock when `guard` holds it.
@@ -617,23 +651,21 @@ impl UploadEngine for FsEngine {
         let paths = self.paths(repo.store(), id);
         // Appends are serialized: one that races another waits for it, then checks its offset
         // against the one the other left, so the refusal names the real current offset.
-        let guard = self.lock_waiting(&paths, id, None).await?;
-        let Appending {
-            opened,
-            data,
-            hashes,
-        } = {
-            let (fs, p, id, name) = (
-                Arc::clone(&self.fs),
-                paths.clone(),
-                id.clone(),
-                repo.name().clone(),
-            );
-            job(&guard, move || {
-                open_for_append(&*fs, &p, &id, &name, offset)
-            })
-            .await?
-        };
+        let (fs, p, i, name) = (
+            Arc::clone(&self.fs),
+            paths.clone(),
+            id.clone(),
+            repo.name().clone(),
+        );
+        let open = move || open_for_append(&*fs, &p, &i, &name, offset);
+        let (
+            guard,
+            Appending {
+                opened,
+                data,
+                hashes,
+            },
+        ) = self.lock_waiting_then(&paths, id, None, open).await?;
         let durable = {
             let (fs, file, p) = (
                 Arc::clone(&self.fs),
@@ -669,12 +701,11 @@ impl UploadEngine for FsEngine {
     ) -> Result<BlobInfo> {
         let store = repo.store();
         let paths = self.paths(store, id);
-        let guard = self
-            .lock_now(&paths, id, || Error::BlobUploadInvalid {
-                reason: format!("upload {id} is receiving a chunk; commit after it"),
-            })
-            .await?;
-        let opened = self.open_state(&paths, id, &guard).await?;
+        let busy = || Error::BlobUploadInvalid {
+            reason: format!("upload {id} is receiving a chunk; commit after it"),
+        };
+        let open = self.opener(&paths, id);
+        let (guard, opened) = self.lock_now_then(&paths, id, busy, open).await?;
         let session = opened.record.state.clone();
         session.check_repository(repo.name(), id)?;
         let size = session.offset;
@@ -708,8 +739,10 @@ impl UploadEngine for FsEngine {
 
     async fn cancel(&self, repo: &Repository, id: &UploadId) -> Result<()> {
         let paths = self.paths(repo.store(), id);
-        let guard = self.lock_waiting(&paths, id, Some(CANCEL_WAIT)).await?;
-        let opened = self.open_state(&paths, id, &guard).await?;
+        let open = self.opener(&paths, id);
+        let (guard, opened) = self
+            .lock_waiting_then(&paths, id, Some(CANCEL_WAIT), open)
+            .await?;
         opened.record.state.check_repository(repo.name(), id)?;
         self.end_session(repo.store(), &paths, id, guard).await
     }
@@ -735,19 +768,11 @@ impl UploadEngine for FsEngine {
             })
             .await?;
         }
-        let guard = self
-            .lock_now(&paths, &id, || {
-                Error::io("locking a new upload", std::io::Error::other("busy"))
-            })
-            .await?;
+        let (fs, staging) = (Arc::clone(&self.fs), paths.data.clone());
+        let create = move || fs.create(&staging).map_err(failed("creating", &staging));
+        let busy = || Error::io("locking a new upload", std::io::Error::other("busy"));
+        let (guard, file) = self.lock_now_then(&paths, &id, busy, create).await?;
         let result = async {
-            let file = {
-                let (fs, data) = (Arc::clone(&self.fs), paths.data.clone());
-                job(&guard, move || {
-                    fs.create(&data).map_err(failed("creating", &data))
-                })
-                .await?
-            };
             let hashes = Hashes::for_algorithm(expected.algorithm());
             let written =
                 writer::write_and_hash(file, &paths.data, 0, hashes, data, &guard).await?;
