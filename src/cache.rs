@@ -12,7 +12,9 @@
 //!
 //! # Staleness
 //!
-//! Within one [`crate::Store`], unlinking a blob invalidates its entry at once. Stores that
+//! Within one [`crate::Store`], unlinking a blob invalidates its entry at once, and a stat
+//! racing the unlink cannot put it back once the unlink returned (see
+//! [`BlobDescriptorCache::generation`]). Stores that
 //! share a backend (replicas) do not tell each other: a positive entry in one replica can
 //! outlive an unlink made through another by at most the cache's time-to-live, during which
 //! that replica's `HEAD` may still say the blob is there (its `GET` will not serve it).
@@ -71,6 +73,11 @@ pub trait BlobDescriptorCache: Send + Sync + fmt::Debug {
     async fn remove_link(&self, repository: &RepositoryName, digest: &Digest);
     /// Hit, miss and eviction counters.
     fn stats(&self) -> CacheStats;
+    /// A number that changes (before the entry goes) whenever an entry is removed. A filler
+    /// that read the backend inserts, then compares this with what it was before the read,
+    /// and removes what it inserted if it changed: so a fill that raced a removal never
+    /// leaves behind an entry the removal meant to drop.
+    fn generation(&self) -> u64;
 }
 
 /// Settings of the in-memory cache.
@@ -98,6 +105,7 @@ pub struct MemoryCache {
     blobs: Cache<Digest, CachedBlob>,
     links: Cache<(RepositoryName, Digest), ()>,
     counters: Arc<Counters>,
+    removals: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -154,6 +162,7 @@ impl MemoryCache {
             blobs,
             links,
             counters,
+            removals: AtomicU64::new(0),
         }
     }
 
@@ -184,6 +193,7 @@ impl BlobDescriptorCache for MemoryCache {
     }
 
     async fn remove_blob(&self, digest: &Digest) {
+        self.removals.fetch_add(1, Ordering::SeqCst);
         self.blobs.invalidate(digest).await;
     }
 
@@ -198,6 +208,7 @@ impl BlobDescriptorCache for MemoryCache {
     }
 
     async fn remove_link(&self, repository: &RepositoryName, digest: &Digest) {
+        self.removals.fetch_add(1, Ordering::SeqCst);
         self.links.invalidate(&(repository.clone(), *digest)).await;
     }
 
@@ -207,5 +218,9 @@ impl BlobDescriptorCache for MemoryCache {
             misses: self.counters.misses.load(Ordering::Relaxed),
             evictions: self.counters.evictions.load(Ordering::Relaxed),
         }
+    }
+
+    fn generation(&self) -> u64 {
+        self.removals.load(Ordering::SeqCst)
     }
 }

@@ -91,6 +91,34 @@ async fn unlinking_a_blob_invalidates_its_entry(b: TestBackend) {
     assert!(!r.blob_exists(&d).await.unwrap());
 }
 
+/// A stat that read the backend before a concurrent unlink, and fills the cache after the
+/// unlink returned, must not leave the unlinked blob cached as present.
+async fn a_stat_racing_an_unlink_leaves_no_entry_behind(b: TestBackend) {
+    let faulty = b.faulty();
+    let store = cached_store(faulty.clone(), Duration::from_secs(600));
+    let d = pushed(&store, "app", b"raced").await;
+    let r = store.repository(repo("app"));
+    // The uncached stat reads the link, then the blob's data object; hold it at the second.
+    let before = faulty.reads_seen();
+    faulty.pause_read_at(before + 2);
+    let stat = {
+        let r = r.clone();
+        tokio::spawn(async move { r.stat_blob(&d).await })
+    };
+    while !faulty.paused() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    r.unlink_blob(&d).await.unwrap();
+    faulty.release();
+    // Concurrent with the unlink, the stat may answer either way...
+    let _ = stat.await.unwrap();
+    // ...but once both returned, the blob is gone, also for the cache.
+    assert_eq!(
+        r.stat_blob(&d).await.unwrap_err().kind(),
+        ErrorKind::BlobUnknown
+    );
+}
+
 async fn a_read_of_a_blob_deleted_behind_the_cache_fails_and_evicts_it(b: TestBackend) {
     let store = cached_store(b.store.clone(), Duration::from_secs(600));
     let d = pushed(&store, "app", b"deleted by gc").await;
@@ -208,6 +236,7 @@ backend_tests!(
     a_miss_fills_the_cache_and_the_counters_show_it,
     a_failed_lookup_is_not_cached,
     unlinking_a_blob_invalidates_its_entry,
+    a_stat_racing_an_unlink_leaves_no_entry_behind,
     a_read_of_a_blob_deleted_behind_the_cache_fails_and_evicts_it,
     a_mount_never_trusts_the_cache,
     a_push_never_skips_bytes_the_backend_lacks,

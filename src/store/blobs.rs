@@ -178,10 +178,17 @@ impl Repository {
         {
             return Ok(info_of(digest, blob.size));
         }
+        let generation = cache.map(|c| c.generation());
         let (info, location) = self.locate_linked(digest).await?;
-        if let Some(cache) = cache {
+        if let (Some(cache), Some(generation)) = (cache, generation) {
             cache.insert_link(&self.name, digest).await;
             cache.insert_blob(digest, location.cached()).await;
+            if cache.generation() != generation {
+                // Something was removed while the backend was read: it may have been this
+                // blob, after the read saw it. Drop what was just inserted.
+                cache.remove_link(&self.name, digest).await;
+                cache.remove_blob(digest).await;
+            }
         }
         Ok(info)
     }
@@ -286,13 +293,20 @@ impl Repository {
     /// [`Error::BlobUnknown`] if it is not linked here.
     pub async fn unlink_blob(&self, digest: &Digest) -> Result<()> {
         let link = self.store.keys().layer_link(&self.name, digest);
-        if let Some(cache) = self.store.cache() {
+        let cache = self.store.cache();
+        if let Some(cache) = cache {
             cache.remove_link(&self.name, digest).await;
         }
         if !self.store.exists(&link).await? {
             return Err(Error::BlobUnknown { digest: *digest });
         }
-        self.store.remove(&link).await
+        self.store.remove(&link).await?;
+        // Again after the delete: a stat that read the link before it went and filled the
+        // cache since sees this removal and drops its entry (see `stat_blob`).
+        if let Some(cache) = cache {
+            cache.remove_link(&self.name, digest).await;
+        }
+        Ok(())
     }
 
     /// Makes a blob the store holds visible in this repository.

@@ -69,6 +69,8 @@ pub struct FaultState {
     pub file_bytes_read: AtomicU64,
     /// 0 = no pause; otherwise the write that waits, before it is made, until released.
     pause_at: AtomicU64,
+    /// 0 = no pause; otherwise the read that waits, before it is made, until released.
+    pause_read_at: AtomicU64,
     paused: AtomicBool,
     released: AtomicBool,
 }
@@ -101,8 +103,31 @@ impl FaultState {
 
     /// Numbers a read and fails it if planned.
     pub fn read_check(&self, op: &str, location: &str) -> std::result::Result<(), Injected> {
+        self.read_numbered(op, location).map(drop)
+    }
+
+    /// Numbers a read and fails it if planned; returns its number.
+    fn read_numbered(&self, op: &str, location: &str) -> std::result::Result<u64, Injected> {
         let n = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
-        self.check(&self.read_plan, n, "read", op, location)
+        self.check(&self.read_plan, n, "read", op, location)?;
+        Ok(n)
+    }
+
+    /// A read from async code: numbered, failed if planned, and held if a pause is set on it.
+    async fn read_async(&self, op: &str, location: &Path) -> Result<()> {
+        let n = self.read_numbered(op, location.as_ref()).map_err(generic)?;
+        while self.holds_read(n) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
+    fn holds_read(&self, n: u64) -> bool {
+        if self.pause_read_at.load(Ordering::SeqCst) != n {
+            return false;
+        }
+        self.paused.store(true, Ordering::SeqCst);
+        !self.released.load(Ordering::SeqCst)
     }
 
     fn write(&self, op: &str, location: &Path) -> Result<(u64, Option<Error>)> {
@@ -244,6 +269,15 @@ impl FaultyStore {
         self.state.pause_at.store(n, Ordering::SeqCst);
     }
 
+    /// Read `n` (`get`, `head`: see the module docs) waits, before it is made, until
+    /// [`Self::release`]; seen with [`Self::paused`] like a paused write.
+    pub fn pause_read_at(&self, n: u64) {
+        assert!(n > 0, "read numbers start at 1");
+        self.state.released.store(false, Ordering::SeqCst);
+        self.state.paused.store(false, Ordering::SeqCst);
+        self.state.pause_read_at.store(n, Ordering::SeqCst);
+    }
+
     /// Whether the write set by [`Self::pause_at`] has been reached (and is waiting, unless
     /// released).
     pub fn paused(&self) -> bool {
@@ -348,7 +382,7 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.state.read("get", location)?;
+        self.state.read_async("get", location).await?;
         self.inner.get_opts(location, options).await
     }
 
