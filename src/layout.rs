@@ -241,6 +241,90 @@ impl KeyLayout {
     }
 }
 
+/// What a key under [`KeyLayout::blobs_prefix`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobKey {
+    /// `blobs/…/data`: the blob's bytes in one object.
+    Data(Digest),
+    /// `blobs/…/segments`: the index of a blob kept as upload pieces.
+    Segments(Digest),
+}
+
+impl KeyLayout {
+    /// The prefix of every blob's objects.
+    #[must_use]
+    pub fn blobs_prefix(self) -> Path {
+        path([BLOBS])
+    }
+
+    /// Reads a blob key back; `None` for anything that is not a blob's data or index (or is
+    /// filed under the wrong shard).
+    #[must_use]
+    pub fn blob_from_key(self, key: &Path) -> Option<BlobKey> {
+        let parts: Vec<_> = key.prefix_match(&self.blobs_prefix())?.collect();
+        let [alg, shard, hex, leaf] = parts.as_slice() else {
+            return None;
+        };
+        let digest = Digest::parse(&format!("{}:{}", alg.as_ref(), hex.as_ref())).ok()?;
+        if digest.hex().get(..2) != Some(shard.as_ref()) {
+            return None;
+        }
+        match leaf.as_ref() {
+            "data" => Some(BlobKey::Data(digest)),
+            "segments" => Some(BlobKey::Segments(digest)),
+            _ => None,
+        }
+    }
+
+    /// The prefix under which a repository's blob links live.
+    #[must_use]
+    pub fn layers_prefix(self, repo: &RepositoryName) -> Path {
+        path(repo_parts(repo, &["_layers"]))
+    }
+
+    /// The prefix under which a repository's manifest revision links live.
+    #[must_use]
+    pub fn revisions_prefix(self, repo: &RepositoryName) -> Path {
+        path(repo_parts(repo, &["_manifests", "revisions"]))
+    }
+
+    /// The prefix under which all referrer links of a repository live.
+    #[must_use]
+    pub fn all_referrers_prefix(self, repo: &RepositoryName) -> Path {
+        path(repo_parts(repo, &["_referrers"]))
+    }
+
+    /// Reads the digest back from a blob link or revision link key (`{prefix}/{alg}/{hex}/link`).
+    #[must_use]
+    pub fn linked_digest(self, prefix: &Path, key: &Path) -> Option<Digest> {
+        let parts: Vec<_> = key.prefix_match(prefix)?.collect();
+        let [alg, hex, link] = parts.as_slice() else {
+            return None;
+        };
+        if link.as_ref() != LINK {
+            return None;
+        }
+        Digest::parse(&format!("{}:{}", alg.as_ref(), hex.as_ref())).ok()
+    }
+
+    /// Reads `(subject, referrer)` back from a referrer link key.
+    #[must_use]
+    pub fn referrer_from_key(self, repo: &RepositoryName, key: &Path) -> Option<(Digest, Digest)> {
+        let parts: Vec<_> = key
+            .prefix_match(&self.all_referrers_prefix(repo))?
+            .collect();
+        let [salg, shex, ralg, rhex, link] = parts.as_slice() else {
+            return None;
+        };
+        if link.as_ref() != LINK {
+            return None;
+        }
+        let subject = Digest::parse(&format!("{}:{}", salg.as_ref(), shex.as_ref())).ok()?;
+        let referrer = Digest::parse(&format!("{}:{}", ralg.as_ref(), rhex.as_ref())).ok()?;
+        Some((subject, referrer))
+    }
+}
+
 /// Where `key` lives under the filesystem backend's root directory: one directory level per
 /// key part. The one mapping from keys to local paths in the crate; it agrees with
 /// `object_store`'s `LocalFileSystem`, which stores the same keys under the same root, because
@@ -300,6 +384,58 @@ mod tests {
             inner_layer
                 .prefix_match(&KeyLayout.layer_link(&repo("a"), &d))
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn blob_link_revision_and_referrer_keys_round_trip() {
+        let keys = KeyLayout;
+        let d = Digest::sha256(b"x");
+        let s = Digest::sha256(b"subject");
+        let r = repo("library/alpine");
+        assert_eq!(
+            keys.blob_from_key(&keys.blob_data(&d)),
+            Some(BlobKey::Data(d))
+        );
+        assert_eq!(
+            keys.blob_from_key(&keys.blob_segments(&d)),
+            Some(BlobKey::Segments(d))
+        );
+        let layers = keys.layers_prefix(&r);
+        assert_eq!(
+            keys.linked_digest(&layers, &keys.layer_link(&r, &d)),
+            Some(d)
+        );
+        let revisions = keys.revisions_prefix(&r);
+        assert_eq!(
+            keys.linked_digest(&revisions, &keys.manifest_revision(&r, &d)),
+            Some(d)
+        );
+        assert_eq!(
+            keys.referrer_from_key(&r, &keys.referrer_link(&r, &s, &d)),
+            Some((s, d))
+        );
+    }
+
+    #[test]
+    fn foreign_keys_are_not_read_as_blobs_or_links() {
+        let keys = KeyLayout;
+        let d = Digest::sha256(b"x");
+        let hex = d.hex();
+        let wrong_shard = Path::from(format!("blobs/sha256/zz/{hex}/data"));
+        assert_eq!(keys.blob_from_key(&wrong_shard), None);
+        let other_leaf = Path::from(format!("blobs/sha256/{}/{hex}/condemned", &hex[..2]));
+        assert_eq!(keys.blob_from_key(&other_leaf), None);
+        assert_eq!(
+            keys.blob_from_key(&Path::from("blobs/sha256/ab/nothex/data")),
+            None
+        );
+        let r = repo("a");
+        let nested = repo("a/b");
+        // A nested repository's link is not under the outer one's prefix.
+        assert_eq!(
+            keys.linked_digest(&keys.layers_prefix(&r), &keys.layer_link(&nested, &d)),
+            None
         );
     }
 

@@ -282,7 +282,7 @@ impl Repository {
         Ok(Paginated::page(tags, n, last))
     }
 
-    async fn all_tags(&self) -> Result<Vec<Tag>> {
+    pub(super) async fn all_tags(&self) -> Result<Vec<Tag>> {
         let keys = self.store.keys();
         let listed = self.store.list_keys(&keys.tags_prefix(&self.name)).await?;
         Ok(listed
