@@ -95,6 +95,7 @@ pub mod backend;
 pub mod cache;
 pub mod digest;
 pub mod error;
+pub mod gc;
 pub mod layout;
 pub mod manifest;
 pub mod name;

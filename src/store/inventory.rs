@@ -3,9 +3,6 @@
 //! referrer links. Listings stream or stay per repository, so memory does not grow with
 //! the size of the store.
 
-// Used by garbage collection and scrub, which land next.
-#![allow(dead_code)]
-
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;

@@ -220,6 +220,37 @@ impl Repository {
         }
     }
 
+    /// Reads and parses a revision of this repository for whole-store maintenance: `None` if
+    /// the revision link is gone; an error if its bytes are missing or do not parse (as the
+    /// media type the link records), since then nobody can tell what it references.
+    pub(crate) async fn load_revision(&self, digest: &Digest) -> Result<Option<Manifest>> {
+        let keys = self.store.keys();
+        let revision = keys.manifest_revision(&self.name, digest);
+        let Some(link) = self.store.read_link::<RevisionLink>(&revision).await? else {
+            return Ok(None);
+        };
+        let data = keys.blob_data(digest);
+        let Some(bytes) = self
+            .store
+            .read_small(&data, MAX_MANIFEST_SIZE as u64)
+            .await?
+        else {
+            return Err(Error::Corrupt {
+                key: data.to_string(),
+                reason: format!(
+                    "the bytes of manifest {digest} of {} are missing",
+                    self.name
+                ),
+            });
+        };
+        Manifest::parse(bytes, Some(&link.info.media_type))
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                key: data.to_string(),
+                reason: format!("manifest {digest} of {} does not parse: {e}", self.name),
+            })
+    }
+
     /// Deletes a manifest revision, every tag pointing at it, and its referrer entry.
     ///
     /// Writes, in order: the tags are removed (the manifest stays whole and addressable by

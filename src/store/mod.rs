@@ -25,8 +25,6 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
 pub(crate) use blobs::BlobLocation;
 pub use blobs::{BLOB_MEDIA_TYPE, BlobInfo, BlobRead, ByteRange};
-#[allow(unused_imports)] // used by gc and scrub, next
-pub(crate) use inventory::BlobObject;
 pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
 pub(crate) use segments::{Segment, SegmentIndex};
 
