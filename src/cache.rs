@@ -71,6 +71,9 @@ pub trait BlobDescriptorCache: Send + Sync + fmt::Debug {
     async fn insert_link(&self, repository: &RepositoryName, digest: &Digest);
     /// Forgets a link (it was removed).
     async fn remove_link(&self, repository: &RepositoryName, digest: &Digest);
+    /// Forgets every entry (a garbage collection run may have deleted any of them); changes
+    /// the generation like a removal.
+    async fn clear(&self);
     /// Hit, miss and eviction counters.
     fn stats(&self) -> CacheStats;
     /// A number that changes (before the entry goes) whenever an entry is removed. A filler
@@ -218,6 +221,12 @@ impl BlobDescriptorCache for MemoryCache {
             misses: self.counters.misses.load(Ordering::Relaxed),
             evictions: self.counters.evictions.load(Ordering::Relaxed),
         }
+    }
+
+    async fn clear(&self) {
+        self.removals.fetch_add(1, Ordering::SeqCst);
+        self.blobs.invalidate_all();
+        self.links.invalidate_all();
     }
 
     fn generation(&self) -> u64 {

@@ -21,6 +21,8 @@ const SEGMENTS: &str = "segments";
 const LINK: &str = "link";
 const CATALOG_MARKER: &str = "_repository";
 const TRASH: &str = "trash";
+const GC: &str = "gc";
+const VERDICTS: &str = "verdicts";
 
 /// Builds every backend key. Cheap to copy; holds no state.
 #[derive(Debug, Clone, Copy, Default)]
@@ -238,6 +240,83 @@ impl KeyLayout {
             &hex,
             "segments",
         ])
+    }
+}
+
+impl KeyLayout {
+    /// Garbage collection's lock: created (create-only) by the one run in progress.
+    #[must_use]
+    pub fn gc_lock(self) -> Path {
+        path([GC, "lock"])
+    }
+
+    /// Garbage collection's state: its generation and whether a run is in progress; every
+    /// store reads it to know whether to pin what it acknowledges.
+    #[must_use]
+    pub fn gc_state(self) -> Path {
+        path([GC, "state"])
+    }
+
+    /// The prefix of every verdict of one GC generation.
+    #[must_use]
+    pub fn gc_verdicts_prefix(self, generation: u64) -> Path {
+        let generation = generation.to_string();
+        path([GC, VERDICTS, &generation])
+    }
+
+    /// The prefix of the verdicts of every generation.
+    #[must_use]
+    pub fn gc_all_verdicts_prefix(self) -> Path {
+        path([GC, VERDICTS])
+    }
+
+    /// Reads the generation back from a key under [`Self::gc_all_verdicts_prefix`].
+    #[must_use]
+    pub fn gc_generation_from_key(self, key: &Path) -> Option<u64> {
+        key.prefix_match(&self.gc_all_verdicts_prefix())?
+            .next()?
+            .as_ref()
+            .parse()
+            .ok()
+    }
+
+    /// The verdict on a blob in one GC generation: `keep` (a pin) or `delete`, create-only.
+    #[must_use]
+    pub fn gc_blob_verdict(self, generation: u64, digest: &Digest) -> Path {
+        let (generation, hex) = (generation.to_string(), digest.hex());
+        path([
+            GC,
+            VERDICTS,
+            &generation,
+            BLOBS,
+            digest.algorithm().as_str(),
+            &hex,
+        ])
+    }
+
+    /// The verdict on one manifest revision of a repository in one GC generation.
+    #[must_use]
+    pub fn gc_revision_verdict(
+        self,
+        generation: u64,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Path {
+        let (generation, hex) = (generation.to_string(), digest.hex());
+        let mut parts = vec![GC, VERDICTS, &generation, REPOSITORIES];
+        parts.extend(repo.components());
+        parts.extend(["_revisions", digest.algorithm().as_str(), &hex]);
+        path(parts)
+    }
+
+    /// The verdict on a repository's catalog entry in one GC generation.
+    #[must_use]
+    pub fn gc_repository_verdict(self, generation: u64, repo: &RepositoryName) -> Path {
+        let generation = generation.to_string();
+        let mut parts = vec![GC, VERDICTS, &generation, REPOSITORIES];
+        parts.extend(repo.components());
+        parts.push(CATALOG_MARKER);
+        path(parts)
     }
 }
 

@@ -5,15 +5,25 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use layerstore::gc::{GcOptions, GcPlan};
+use std::time::Duration;
+
+use layerstore::gc::{GcLockTiming, GcOptions, GcPlan};
 use layerstore::{Digest, ErrorKind, Reference, Store};
 
-const KEEP_UNTAGGED: GcOptions = GcOptions {
-    delete_untagged: false,
-};
-const DELETE_UNTAGGED: GcOptions = GcOptions {
-    delete_untagged: true,
-};
+const KEEP_UNTAGGED: GcOptions = options(false);
+const DELETE_UNTAGGED: GcOptions = options(true);
+
+const fn options(delete_untagged: bool) -> GcOptions {
+    GcOptions {
+        delete_untagged,
+        grace: Duration::ZERO,
+        dry_run: true,
+        lock: GcLockTiming {
+            heartbeat: Duration::from_secs(60),
+            stale_after: Duration::from_secs(1),
+        },
+    }
+}
 
 async fn plan(store: &Store, options: GcOptions) -> GcPlan {
     store.gc_plan(options, &|_| {}).await.unwrap()

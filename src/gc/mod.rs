@@ -20,10 +20,15 @@
 //! repairs such manifests).
 
 mod markset;
+pub(crate) mod protocol;
+mod run;
 
 pub use markset::MarkSet;
+pub use protocol::{MARGIN, STATE_MAX_AGE};
+pub use run::{GcLockTiming, GcRemoved, GcReport};
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
@@ -32,28 +37,50 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::BlobKey;
 use crate::manifest::Role;
-use crate::store::{Repository, Store};
+use crate::name::RepositoryName;
+use crate::store::{BlobObject, Repository, Store};
 
 /// Backend requests a phase keeps in flight.
 const CONCURRENCY: usize = 16;
 
-/// What a garbage collection run collects.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a garbage collection run collects, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GcOptions {
     /// Also collect manifests no tag reaches (Distribution's `--delete-untagged`): a tag
     /// keeps its manifest, that manifest's index children and referrers, recursively.
     pub delete_untagged: bool,
+    /// What a client was told exists or was stored within this long before the run is
+    /// never deleted (the run waits this long, plus a few seconds, before it marks).
+    pub grace: Duration,
+    /// Only find and count; delete nothing, take no lock, do not wait.
+    pub dry_run: bool,
+    /// How the run holds its lock.
+    pub lock: GcLockTiming,
+}
+
+impl Default for GcOptions {
+    /// Untagged manifests kept, one hour of grace, a real run.
+    fn default() -> Self {
+        Self {
+            delete_untagged: false,
+            grace: Duration::from_secs(3600),
+            dry_run: false,
+            lock: GcLockTiming::default(),
+        }
+    }
 }
 
 /// Where a run is, for a progress display.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GcPhase {
+    /// Waiting, after announcing the run, until every store pins what it acknowledges.
+    Wait,
     /// Walking repositories and manifests.
     Mark,
-    /// Listing stored blobs against the mark set.
+    /// Listing stored blobs against the mark set (and deleting the unmarked ones).
     Scan,
-    /// Counting the links and repositories the sweep would remove.
+    /// Going through each repository's links (and deleting what goes).
     Links,
 }
 
@@ -104,8 +131,21 @@ pub struct GcPlan {
 
 /// What marking one repository found.
 struct RepositoryMark {
-    revisions: u64,
+    revisions: HashSet<Digest>,
     kept: HashSet<Digest>,
+}
+
+/// What the mark phase found.
+pub(crate) struct Marked {
+    /// The repositories of the catalog when the mark began.
+    pub repositories: Vec<RepositoryName>,
+    /// Every blob a kept manifest references (manifests included).
+    pub marks: MarkSet,
+    /// Per repository, the revisions not kept (only with `delete_untagged`).
+    pub collected_revisions: HashMap<RepositoryName, Vec<Digest>>,
+    /// Repositories with at least one kept revision.
+    pub with_kept_revisions: HashSet<RepositoryName>,
+    pub plan: GcPlan,
 }
 
 impl Store {
@@ -122,47 +162,17 @@ impl Store {
         options: GcOptions,
         progress: &(dyn Fn(&GcProgress) + Send + Sync),
     ) -> Result<GcPlan> {
-        let repositories = self.catalog(None, None).await?.items;
-        let mut counts = GcProgress {
-            phase: GcPhase::Mark,
-            repositories: 0,
-            repositories_total: repositories.len() as u64,
-            manifests: 0,
-            blobs: 0,
-            bytes: 0,
-        };
-        progress(&counts);
-        let mut plan = GcPlan {
-            repositories: repositories.len() as u64,
-            ..GcPlan::default()
-        };
-        let mut marks = MarkSet::new();
-        let mut kept_by_repository = HashMap::new();
-        for name in &repositories {
-            let repository = self.repository(name.clone());
-            let found = mark_repository(&repository, options, &mut marks).await?;
-            plan.manifests += found.revisions;
-            plan.manifests_kept += found.kept.len() as u64;
-            counts.repositories += 1;
-            counts.manifests += found.kept.len() as u64;
-            progress(&counts);
-            kept_by_repository.insert(name.clone(), found.kept.len());
-        }
-        marks.seal();
-        plan.manifests_collected = plan.manifests - plan.manifests_kept;
-        plan.blobs_marked = marks.len() as u64;
-        plan.mark_set_bytes = marks.memory_bytes() as u64;
+        let mut counts = GcProgress::new(GcPhase::Mark);
+        let marked = self.mark(options, progress, &mut counts).await?;
+        let mut plan = marked.plan;
+        let marks = &marked.marks;
 
         counts.phase = GcPhase::Scan;
         let mut objects = self.blob_objects();
         while let Some(object) = objects.try_next().await? {
             let digest = object.digest();
-            let size = match object.key {
-                BlobKey::Data(_) => object.meta.size,
-                BlobKey::Segments(_) => match self.read_segment_index(&digest).await? {
-                    Some(index) => index.size,
-                    None => continue,
-                },
+            let Some(size) = self.blob_object_size(&object).await? else {
+                continue;
             };
             plan.blobs += 1;
             plan.bytes += size;
@@ -180,18 +190,93 @@ impl Store {
 
         counts.phase = GcPhase::Links;
         counts.repositories = 0;
-        for name in &repositories {
+        for name in &marked.repositories {
             let repository = self.repository(name.clone());
             let links = repository.layer_links().await?;
             let surviving = links.iter().filter(|d| marks.contains(d)).count();
             plan.links_collected += (links.len() - surviving) as u64;
-            if surviving == 0 && kept_by_repository.get(name).copied().unwrap_or(0) == 0 {
+            if surviving == 0 && !marked.with_kept_revisions.contains(name) {
                 plan.repositories_emptied += 1;
             }
             counts.repositories += 1;
             progress(&counts);
         }
         Ok(plan)
+    }
+
+    /// The size of the blob a listed object holds: the object's for data, the index's
+    /// recorded size for a segmented blob (`None` if the index went since the listing).
+    pub(crate) async fn blob_object_size(&self, object: &BlobObject) -> Result<Option<u64>> {
+        Ok(match object.key {
+            BlobKey::Data(_) => Some(object.meta.size),
+            BlobKey::Segments(d) => self.read_segment_index(&d).await?.map(|i| i.size),
+        })
+    }
+
+    /// The mark phase: every repository of the catalog, its roots, children and referrers.
+    pub(crate) async fn mark(
+        &self,
+        options: GcOptions,
+        progress: &(dyn Fn(&GcProgress) + Send + Sync),
+        counts: &mut GcProgress,
+    ) -> Result<Marked> {
+        let repositories = self.catalog(None, None).await?.items;
+        counts.phase = GcPhase::Mark;
+        counts.repositories = 0;
+        counts.repositories_total = repositories.len() as u64;
+        progress(counts);
+        let mut plan = GcPlan {
+            repositories: repositories.len() as u64,
+            ..GcPlan::default()
+        };
+        let mut marks = MarkSet::new();
+        let mut collected_revisions = HashMap::new();
+        let mut with_kept_revisions = HashSet::new();
+        for name in &repositories {
+            let repository = self.repository(name.clone());
+            let found = mark_repository(&repository, options, &mut marks).await?;
+            plan.manifests += found.revisions.len() as u64;
+            plan.manifests_kept += found.kept.len() as u64;
+            counts.repositories += 1;
+            counts.manifests += found.kept.len() as u64;
+            progress(counts);
+            if !found.kept.is_empty() {
+                with_kept_revisions.insert(name.clone());
+            }
+            let collected: Vec<Digest> = found
+                .revisions
+                .iter()
+                .filter(|d| !found.kept.contains(d))
+                .copied()
+                .collect();
+            if !collected.is_empty() {
+                collected_revisions.insert(name.clone(), collected);
+            }
+        }
+        marks.seal();
+        plan.manifests_collected = plan.manifests - plan.manifests_kept;
+        plan.blobs_marked = marks.len() as u64;
+        plan.mark_set_bytes = marks.memory_bytes() as u64;
+        Ok(Marked {
+            repositories,
+            marks,
+            collected_revisions,
+            with_kept_revisions,
+            plan,
+        })
+    }
+}
+
+impl GcProgress {
+    fn new(phase: GcPhase) -> Self {
+        Self {
+            phase,
+            repositories: 0,
+            repositories_total: 0,
+            manifests: 0,
+            blobs: 0,
+            bytes: 0,
+        }
     }
 }
 
@@ -253,8 +338,5 @@ async fn mark_repository(
             }
         }
     }
-    Ok(RepositoryMark {
-        revisions: revisions.len() as u64,
-        kept,
-    })
+    Ok(RepositoryMark { revisions, kept })
 }

@@ -12,6 +12,7 @@ use super::{Repository, Store};
 use crate::cache::{BlobPlacement, CachedBlob};
 use crate::digest::Digest;
 use crate::error::{Error, RangeError, Result};
+use crate::gc::protocol::{Target, Verdict};
 use crate::name::RepositoryName;
 
 /// The media type of a blob as the store sees it: opaque bytes.
@@ -172,11 +173,23 @@ impl Repository {
     /// [`Error::BlobUnknown`] if the blob is not linked here (or its bytes are gone).
     pub async fn stat_blob(&self, digest: &Digest) -> Result<BlobInfo> {
         let cache = self.store.cache();
+        // First: a new GC generation clears the cache.
+        let gc = self.store.gc_seen().await?;
+        let target = Target::Blob(*digest);
         if let Some(cache) = cache
             && cache.linked(&self.name, digest).await
             && let Some(blob) = cache.blob(digest).await
+            && (!gc.active || self.store.gc_watch().is_pinned(gc.generation, &target))
         {
             return Ok(info_of(digest, blob.size));
+        }
+        // While a GC runs, what a stat acknowledges is pinned first, then checked.
+        if self.store.pin(target).await? == Verdict::Delete {
+            if let Some(cache) = cache {
+                cache.remove_link(&self.name, digest).await;
+                cache.remove_blob(digest).await;
+            }
+            return Err(Error::BlobUnknown { digest: *digest });
         }
         let generation = cache.map(|c| c.generation());
         let (info, location) = self.locate_linked(digest).await?;
@@ -262,10 +275,23 @@ impl Repository {
     /// # Errors
     /// [`Error::DigestInvalid`] if `data` does not hash to `expected`; nothing is written.
     pub async fn put_blob(&self, expected: &Digest, data: Bytes) -> Result<BlobInfo> {
-        self.store
+        self.pinned_for_publish(expected).await?;
+        let info = self
+            .store
             .backend()
             .engine()
             .put_bytes(self, expected, data)
+            .await?;
+        self.pinned_after_publish(&[Target::Blob(*expected)])
+            .await?;
+        Ok(info)
+    }
+
+    /// Before a blob is published (and possibly deduplicated against stored bytes): pins it
+    /// and this repository, waiting while a GC run is deleting either.
+    pub(crate) async fn pinned_for_publish(&self, digest: &Digest) -> Result<()> {
+        self.store
+            .pin_all_to_write([Target::Blob(*digest), Target::Repository(self.name.clone())])
             .await
     }
 
@@ -275,6 +301,11 @@ impl Repository {
     /// # Errors
     /// Backend failures only.
     pub async fn mount_blob(&self, from: &RepositoryName, digest: &Digest) -> Result<bool> {
+        // A blob garbage collection is deleting is not mounted: the client uploads it.
+        let target = Target::Blob(*digest);
+        if self.store.pin(target.clone()).await? == Verdict::Delete {
+            return Ok(false);
+        }
         // The backend decides, never the cache: a mount must not link bytes that are gone.
         let source = self.store.repository(from.clone());
         match source.locate_linked(digest).await {
@@ -283,7 +314,32 @@ impl Repository {
             Err(e) => return Err(e),
         }
         self.link_blob(digest).await?;
+        self.pinned_after_publish(&[target]).await?;
         Ok(true)
+    }
+
+    /// After a write is published, pins what it acknowledges again: a GC run that started
+    /// while the write was in flight and already decided to delete it makes the write fail
+    /// rather than be acknowledged (see `docs/storage.md`, "Garbage collection").
+    pub(crate) async fn pinned_after_publish(&self, targets: &[Target]) -> Result<()> {
+        for target in targets
+            .iter()
+            .chain([&Target::Repository(self.name.clone())])
+        {
+            if self.store.pin(target.clone()).await? == Verdict::Delete {
+                return Err(Error::Backend {
+                    source: object_store::Error::Generic {
+                        store: "layerstore gc",
+                        source: format!(
+                            "garbage collection is deleting {target:?}, which this request \
+                             wrote while the run started; send it again"
+                        )
+                        .into(),
+                    },
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Removes a blob from this repository. Its bytes stay in the store while other

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{Paginated, Repository};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::gc::protocol::{Target, Verdict};
 use crate::manifest::{Descriptor, MAX_MANIFEST_SIZE, Manifest, Role, media_type};
 use crate::name::{Reference, Tag};
 
@@ -107,6 +108,18 @@ impl Repository {
             }
             Reference::Tag(_) => manifest.digest,
         };
+        // Pinned before anything is checked, so a GC run cannot delete what this put relies
+        // on after the check: the manifest's own bytes, revision and repository (waiting
+        // while a run deletes them), and what it references (refused if a run is deleting it).
+        self.store
+            .pin_all_to_write([
+                Target::Blob(digest),
+                Target::Revision(self.name.clone(), digest),
+                Target::Repository(self.name.clone()),
+            ])
+            .await?;
+        let references = self.reference_targets(&manifest);
+        self.refuse_collected(&references).await?;
         self.check_references(&manifest).await?;
 
         let keys = self.store.keys();
@@ -139,7 +152,57 @@ impl Repository {
                 .write_link(&keys.tag_link(&self.name, tag), &info)
                 .await?;
         }
+        let mut published = references;
+        published.extend([
+            Target::Blob(digest),
+            Target::Revision(self.name.clone(), digest),
+        ]);
+        self.pinned_after_publish(&published).await?;
         Ok(ManifestPut { digest, subject })
+    }
+
+    /// The pins a manifest's references need: configs and layers as blobs, index children as
+    /// revisions of this repository (and blobs).
+    fn reference_targets(&self, manifest: &Manifest) -> Vec<Target> {
+        let mut targets = Vec::new();
+        for (role, d) in manifest.references() {
+            match role {
+                Role::Config | Role::Layer => targets.push(Target::Blob(d.digest)),
+                Role::Manifest => {
+                    targets.push(Target::Blob(d.digest));
+                    targets.push(Target::Revision(self.name.clone(), d.digest));
+                }
+                Role::Subject => {}
+            }
+        }
+        targets.dedup();
+        targets
+    }
+
+    /// Pins every reference; refuses the put, naming them, if a GC run is deleting any.
+    async fn refuse_collected(&self, targets: &[Target]) -> Result<()> {
+        let verdicts: Vec<(Target, Verdict)> = stream::iter(targets.iter().cloned())
+            .map(|target| async move {
+                let verdict = self.store.pin(target.clone()).await?;
+                Ok::<_, Error>((target, verdict))
+            })
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut doomed: Vec<Digest> = verdicts
+            .into_iter()
+            .filter(|(_, v)| *v == Verdict::Delete)
+            .filter_map(|(target, _)| match target {
+                Target::Blob(d) | Target::Revision(_, d) => Some(d),
+                Target::Repository(_) => None,
+            })
+            .collect();
+        dedup_keep_order(&mut doomed);
+        if doomed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::ManifestBlobUnknown { digests: doomed })
+        }
     }
 
     /// Checks that everything `manifest` references is in this repository.
@@ -261,22 +324,33 @@ impl Repository {
     /// # Errors
     /// [`Error::ManifestUnknown`] if there is no such manifest in this repository.
     pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
+        match self.delete_revision(digest).await? {
+            Some(_) => Ok(()),
+            None => Err(unknown(&Reference::Digest(*digest))),
+        }
+    }
+
+    /// Deletes a revision as [`Self::delete_manifest`] does; `None` if there is none, else
+    /// how many tags pointed at it.
+    async fn delete_revision(&self, digest: &Digest) -> Result<Option<u64>> {
         let keys = self.store.keys();
         let revision_key = keys.manifest_revision(&self.name, digest);
         let Some(revision) = self.store.read_link::<RevisionLink>(&revision_key).await? else {
-            return Err(unknown(&Reference::Digest(*digest)));
+            return Ok(None);
         };
         let tags = self.all_tags().await?;
-        stream::iter(tags)
+        let removed: Vec<bool> = stream::iter(tags)
             .map(|tag| async move {
                 let key = keys.tag_link(&self.name, &tag);
                 match self.store.read_link::<ManifestInfo>(&key).await? {
-                    Some(info) if info.digest == *digest => self.store.remove(&key).await,
-                    _ => Ok(()),
+                    Some(info) if info.digest == *digest => {
+                        self.store.remove(&key).await.map(|()| true)
+                    }
+                    _ => Ok(false),
                 }
             })
             .buffer_unordered(CONCURRENCY)
-            .try_collect::<()>()
+            .try_collect()
             .await?;
         self.store.remove(&revision_key).await?;
         if let Some(subject) = &revision.subject {
@@ -284,7 +358,28 @@ impl Repository {
                 .remove(&keys.referrer_link(&self.name, subject, digest))
                 .await?;
         }
-        Ok(())
+        Ok(Some(removed.iter().filter(|r| **r).count() as u64))
+    }
+
+    /// Garbage collection's delete of a revision: how many tags went with it (0 if it was
+    /// gone already).
+    pub(crate) async fn delete_revision_for_gc(&self, digest: &Digest) -> Result<u64> {
+        Ok(self.delete_revision(digest).await?.unwrap_or(0))
+    }
+
+    /// Whether the repository has no revision and no blob link left.
+    pub(crate) async fn is_empty_for_gc(&self) -> Result<bool> {
+        Ok(self.revisions().await?.is_empty() && self.layer_links().await?.is_empty())
+    }
+
+    /// Removes an empty repository: its tags (which can only point at nothing) and then its
+    /// catalog entry.
+    pub(crate) async fn forget_for_gc(&self) -> Result<()> {
+        let keys = self.store.keys();
+        for tag in self.all_tags().await? {
+            self.store.remove(&keys.tag_link(&self.name, &tag)).await?;
+        }
+        self.store.remove(&keys.catalog_marker(&self.name)).await
     }
 
     /// Removes a tag; the manifest it pointed at stays.

@@ -25,6 +25,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
 pub(crate) use blobs::BlobLocation;
 pub use blobs::{BLOB_MEDIA_TYPE, BlobInfo, BlobRead, ByteRange};
+pub(crate) use inventory::BlobObject;
 pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
 pub(crate) use segments::{Segment, SegmentIndex};
 
@@ -33,6 +34,7 @@ use std::sync::Arc;
 use crate::backend::{Backend, BackendConfig};
 use crate::cache::{BlobDescriptorCache, CacheStats, MemoryCache};
 use crate::error::{Error, Result};
+use crate::gc::protocol::GcWatch;
 use crate::layout::KeyLayout;
 use crate::name::RepositoryName;
 
@@ -50,6 +52,7 @@ struct Inner {
     backend: Backend,
     keys: KeyLayout,
     cache: Option<Arc<dyn BlobDescriptorCache>>,
+    gc: GcWatch,
 }
 
 /// One page of a listing in lexical order.
@@ -95,6 +98,7 @@ impl Store {
                 backend,
                 keys: KeyLayout,
                 cache,
+                gc: GcWatch::default(),
             }),
         }
     }
@@ -107,6 +111,10 @@ impl Store {
 
     pub(crate) fn cache(&self) -> Option<&dyn BlobDescriptorCache> {
         self.inner.cache.as_deref()
+    }
+
+    pub(crate) fn gc_watch(&self) -> &GcWatch {
+        &self.inner.gc
     }
 
     /// Builds the backend `config` describes and a store over it.

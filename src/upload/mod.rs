@@ -41,6 +41,7 @@ pub use purge::{PurgeOptions, PurgeReport, Purger, PurgerConfig};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::gc::protocol::Target;
 use crate::name::RepositoryName;
 use crate::store::{BLOB_MEDIA_TYPE, BlobInfo, Repository};
 
@@ -198,9 +199,14 @@ impl Repository {
         expected: &Digest,
         expected_size: Option<u64>,
     ) -> Result<BlobInfo> {
-        self.engine()
+        self.pinned_for_publish(expected).await?;
+        let info = self
+            .engine()
             .commit(self, id, expected, expected_size)
-            .await
+            .await?;
+        self.pinned_after_publish(&[Target::Blob(*expected)])
+            .await?;
+        Ok(info)
     }
 
     /// Cancels a session and deletes what it staged.
@@ -227,9 +233,14 @@ impl Repository {
         expected_size: Option<u64>,
         data: ChunkStream<'_>,
     ) -> Result<BlobInfo> {
-        self.engine()
+        self.pinned_for_publish(expected).await?;
+        let info = self
+            .engine()
             .put_stream(self, expected, expected_size, data)
-            .await
+            .await?;
+        self.pinned_after_publish(&[Target::Blob(*expected)])
+            .await?;
+        Ok(info)
     }
 }
 

@@ -71,6 +71,8 @@ pub struct FaultState {
     pause_at: AtomicU64,
     /// 0 = no pause; otherwise the read that waits, before it is made, until released.
     pause_read_at: AtomicU64,
+    /// A write of this operation on exactly this key waits, before it is made, until released.
+    pause_on: std::sync::Mutex<Option<(String, String)>>,
     paused: AtomicBool,
     released: AtomicBool,
 }
@@ -139,7 +141,7 @@ impl FaultState {
     /// Returns the failure to report after making it, if one is planned so (see [`after`]).
     async fn write_async(&self, op: &str, location: &Path) -> Result<Option<Error>> {
         let (n, lost) = self.write(op, location)?;
-        while self.holds(n) {
+        while self.holds(n) || self.holds_key(op, location) {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         Ok(lost)
@@ -148,6 +150,15 @@ impl FaultState {
     /// Whether write `n` must wait now (it is the paused one, not yet released).
     pub fn holds(&self, n: u64) -> bool {
         if self.pause_at.load(Ordering::SeqCst) != n {
+            return false;
+        }
+        self.paused.store(true, Ordering::SeqCst);
+        !self.released.load(Ordering::SeqCst)
+    }
+
+    fn holds_key(&self, op: &str, location: &Path) -> bool {
+        let planned = self.pause_on.lock().unwrap();
+        if planned.as_ref() != Some(&(op.to_owned(), location.to_string())) {
             return false;
         }
         self.paused.store(true, Ordering::SeqCst);
@@ -276,6 +287,15 @@ impl FaultyStore {
         self.state.released.store(false, Ordering::SeqCst);
         self.state.paused.store(false, Ordering::SeqCst);
         self.state.pause_read_at.store(n, Ordering::SeqCst);
+    }
+
+    /// The write `op` (`put`, `delete`, …) on exactly `key` waits, before it is made, until
+    /// [`Self::release`]; seen with [`Self::paused`]. For holding one step of an operation
+    /// whose write numbers are not known in advance.
+    pub fn pause_on(&self, op: &str, key: &Path) {
+        self.state.released.store(false, Ordering::SeqCst);
+        self.state.paused.store(false, Ordering::SeqCst);
+        *self.state.pause_on.lock().unwrap() = Some((op.to_owned(), key.to_string()));
     }
 
     /// Whether the write set by [`Self::pause_at`] has been reached (and is waiting, unless
