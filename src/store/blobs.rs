@@ -183,16 +183,21 @@ impl Repository {
         {
             return Ok(info_of(digest, blob.size));
         }
-        // While a GC runs, what a stat acknowledges is pinned first, then checked.
-        if self.store.pin(target).await? == Verdict::Delete {
-            if let Some(cache) = cache {
-                cache.remove_link(&self.name, digest).await;
-                cache.remove_blob(digest).await;
-            }
-            return Err(Error::BlobUnknown { digest: *digest });
-        }
         let generation = cache.map(|c| c.generation());
-        let (info, location) = self.locate_linked(digest).await?;
+        let mut located = self.locate_linked(digest).await?;
+        // While a GC runs, what a stat acknowledges is pinned, then checked again (only what
+        // exists is pinned: a client cannot make the store write pins for made-up digests).
+        if gc.active {
+            if self.store.pin(target).await? == Verdict::Delete {
+                if let Some(cache) = cache {
+                    cache.remove_link(&self.name, digest).await;
+                    cache.remove_blob(digest).await;
+                }
+                return Err(Error::BlobUnknown { digest: *digest });
+            }
+            located = self.locate_linked(digest).await?;
+        }
+        let (info, location) = located;
         if let (Some(cache), Some(generation)) = (cache, generation) {
             cache.insert_link(&self.name, digest).await;
             cache.insert_blob(digest, location.cached()).await;

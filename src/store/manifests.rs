@@ -108,9 +108,9 @@ impl Repository {
             }
             Reference::Tag(_) => manifest.digest,
         };
-        // Pinned before anything is checked, so a GC run cannot delete what this put relies
-        // on after the check: the manifest's own bytes, revision and repository (waiting
-        // while a run deletes them), and what it references (refused if a run is deleting it).
+        // While a GC runs: the manifest's own bytes, revision and repository are pinned
+        // (waiting while the run deletes them), and what it references (refused if the run
+        // is deleting it), so the run cannot delete what this put relies on.
         self.store
             .pin_all_to_write([
                 Target::Blob(digest),
@@ -118,9 +118,14 @@ impl Repository {
                 Target::Repository(self.name.clone()),
             ])
             .await?;
-        let references = self.reference_targets(&manifest);
-        self.refuse_collected(&references).await?;
+        // Checked, pinned, checked again: only what exists is pinned, and what was checked
+        // after the pin cannot be deleted by a run in progress.
         self.check_references(&manifest).await?;
+        let references = self.reference_targets(&manifest);
+        if self.store.gc_seen().await?.active {
+            self.refuse_collected(&references).await?;
+            self.check_references(&manifest).await?;
+        }
 
         let keys = self.store.keys();
         let data = keys.blob_data(&digest);
