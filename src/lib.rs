@@ -98,6 +98,7 @@ pub mod error;
 pub mod layout;
 pub mod manifest;
 pub mod name;
+pub mod scrub;
 pub mod store;
 pub mod upload;
 
@@ -106,6 +107,7 @@ pub use digest::{Algorithm, Digest};
 pub use error::{Error, ErrorKind, RangeError, Result};
 pub use manifest::{Descriptor, Manifest, ManifestKind};
 pub use name::{Reference, RepositoryName, Tag};
+pub use scrub::{Problem, ProblemKind, ScrubOptions, ScrubProgress, ScrubReport};
 pub use store::{
     BlobInfo, BlobRead, ByteRange, ManifestInfo, ManifestPut, Paginated, Referrers, Repository,
     Store, StoredManifest,

@@ -28,6 +28,7 @@ pub use blobs::{BLOB_MEDIA_TYPE, BlobInfo, BlobRead, ByteRange};
 #[allow(unused_imports)] // used by gc and scrub, next
 pub(crate) use inventory::BlobObject;
 pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
+pub(crate) use manifests::RevisionLink;
 pub(crate) use segments::{Segment, SegmentIndex};
 
 use std::sync::Arc;
