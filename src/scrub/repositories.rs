@@ -15,6 +15,17 @@ use crate::store::{ManifestInfo, Repository, RevisionLink};
 /// Backend requests of one repository's checks in flight at once.
 const CONCURRENCY: usize = 16;
 
+/// What a repository's blob link was found to link.
+#[derive(Debug, Clone, Copy)]
+enum Linked {
+    /// A blob of this size.
+    Blob(u64),
+    /// Nothing: the blob is not in the store.
+    Dangling,
+    /// Unknown: looking failed (reported).
+    Unknown,
+}
+
 impl Scan<'_> {
     /// Checks every repository of the catalog, one after the other.
     pub(super) async fn repositories(&self) -> Result<()> {
@@ -36,11 +47,7 @@ impl Scan<'_> {
         let layers = self.listed(name, keys.layers_prefix(name), repo.layer_links());
         let revisions = self.listed(name, keys.revisions_prefix(name), repo.revisions());
         let tags = self.listed(name, keys.tags_prefix(name), self.tags(&repo));
-        let referrers = self.listed(
-            name,
-            keys.all_referrers_prefix(name),
-            repo.referrer_links(),
-        );
+        let referrers = self.listed(name, keys.all_referrers_prefix(name), repo.referrer_links());
         let (layers, revisions, tags, referrers) =
             futures::join!(layers, revisions, tags, referrers);
         let listed = [
@@ -55,14 +62,16 @@ impl Scan<'_> {
         }
         // Blob links first: what they find (and repair removes) is what manifests are checked
         // against.
+        // `None`: the links could not be listed (reported), so no reference can be judged.
         let linked = match layers {
-            Some(layers) => self.check_layer_links(&repo, layers).await,
-            None => HashMap::new(),
+            Some(layers) => Some(self.check_layer_links(&repo, layers).await),
+            None => None,
         };
+        let linked = linked.as_ref();
         if let Some(revisions) = revisions {
             stream::iter(revisions)
                 .for_each_concurrent(CONCURRENCY, |digest| {
-                    self.check_revision(&repo, digest, &linked)
+                    self.check_revision(&repo, digest, linked)
                 })
                 .await;
         }
@@ -91,8 +100,12 @@ impl Scan<'_> {
             Ok(items) => Some(items),
             Err(e) => {
                 self.report(
-                    Problem::new(ProblemKind::CheckFailed, prefix, format!("cannot list: {e}"))
-                        .in_repository(name),
+                    Problem::new(
+                        ProblemKind::CheckFailed,
+                        prefix,
+                        format!("cannot list: {e}"),
+                    )
+                    .in_repository(name),
                 );
                 None
             }
@@ -108,28 +121,24 @@ impl Scan<'_> {
             .collect())
     }
 
-    /// Each blob link has its blob; returns the sizes of the linked blobs found.
+    /// Each blob link has its blob; returns what was found of each linked blob.
     async fn check_layer_links(
         &self,
         repo: &Repository,
         links: Vec<Digest>,
-    ) -> HashMap<Digest, u64> {
-        let found: Vec<(Digest, Option<u64>)> = stream::iter(links)
+    ) -> HashMap<Digest, Linked> {
+        stream::iter(links)
             .map(|digest| async move {
-                let size = self.check_layer_link(repo, digest).await;
+                let linked = self.check_layer_link(repo, digest).await;
                 self.advance(|p| p.counts.layer_links += 1);
-                (digest, size)
+                (digest, linked)
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
-            .await;
-        found
-            .into_iter()
-            .filter_map(|(digest, size)| Some((digest, size?)))
-            .collect()
+            .await
     }
 
-    async fn check_layer_link(&self, repo: &Repository, digest: Digest) -> Option<u64> {
+    async fn check_layer_link(&self, repo: &Repository, digest: Digest) -> Linked {
         let key = self.store.keys().layer_link(repo.name(), &digest);
         let problem = |kind, message: String| {
             Problem::new(kind, &key, message)
@@ -137,11 +146,11 @@ impl Scan<'_> {
                 .about(digest)
         };
         match self.store.blob_size(&digest).await {
-            Ok(Some(size)) => return Some(size),
+            Ok(Some(size)) => return Linked::Blob(size),
             Ok(None) => {}
             Err(e) => {
                 self.report(problem(ProblemKind::CheckFailed, e.to_string()));
-                return None;
+                return Linked::Unknown;
             }
         }
         let mut dangling = problem(
@@ -154,7 +163,7 @@ impl Scan<'_> {
                 Ok(Some(size)) => {
                     dangling.not_repaired("the blob was stored again meanwhile");
                     self.report(dangling);
-                    return Some(size);
+                    return Linked::Blob(size);
                 }
                 Ok(None) => match repo.unlink_blob(&digest).await {
                     Ok(()) | Err(Error::BlobUnknown { .. }) => dangling.repaired("removed"),
@@ -164,7 +173,7 @@ impl Scan<'_> {
             }
         }
         self.report(dangling);
-        None
+        Linked::Dangling
     }
 
     /// One revision: its link, its manifest's bytes, and everything the manifest references.
@@ -172,7 +181,7 @@ impl Scan<'_> {
         &self,
         repo: &Repository,
         digest: Digest,
-        linked: &HashMap<Digest, u64>,
+        linked: Option<&HashMap<Digest, Linked>>,
     ) {
         self.advance(|p| p.counts.manifests += 1);
         let keys = self.store.keys();
@@ -265,7 +274,7 @@ impl Scan<'_> {
         repo: &Repository,
         role: Role,
         descriptor: &Descriptor,
-        linked: &HashMap<Digest, u64>,
+        linked: Option<&HashMap<Digest, Linked>>,
     ) -> Option<(ProblemKind, String)> {
         let digest = &descriptor.digest;
         let size = match role {
@@ -282,9 +291,11 @@ impl Scan<'_> {
                     Err(e) => return Some((ProblemKind::CheckFailed, e.to_string())),
                 }
             }
-            _ => match linked.get(digest) {
-                Some(size) => *size,
-                None => {
+            _ => match linked?.get(digest) {
+                Some(Linked::Blob(size)) => *size,
+                // Its link's check failed, and said so: nothing to conclude here.
+                Some(Linked::Unknown) => return None,
+                Some(Linked::Dangling) | None => {
                     return Some(match self.store.blob_size(digest).await {
                         Ok(Some(_)) => (
                             ProblemKind::ManifestReferenceUnlinked,

@@ -27,8 +27,8 @@ pub(crate) use blobs::BlobLocation;
 pub use blobs::{BLOB_MEDIA_TYPE, BlobInfo, BlobRead, ByteRange};
 #[allow(unused_imports)] // used by gc and scrub, next
 pub(crate) use inventory::BlobObject;
-pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
 pub(crate) use manifests::RevisionLink;
+pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
 pub(crate) use segments::{Segment, SegmentIndex};
 
 use std::sync::Arc;
