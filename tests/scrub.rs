@@ -730,7 +730,9 @@ async fn repair_quarantines_exactly_the_corrupt_blob_and_its_digest_can_be_pushe
     let report = scrub(&store, repairing()).await;
     assert_eq!(
         kinds(&report),
-        [ProblemKind::BlobCorrupt, ProblemKind::LayerLinkDangling]
+        [ProblemKind::BlobCorrupt, ProblemKind::LayerLinkDangling],
+        "{:#?}",
+        report.problems
     );
     assert!(report.is_clean(), "{:#?}", report.problems);
     assert_eq!(report.counts.repaired, 2);

@@ -259,10 +259,17 @@ impl Scan<'_> {
     }
 }
 
-/// Whether `now` is still the object `then` described (a blob object is never rewritten in
-/// place, so any change means someone else acted on it).
+/// Whether `now` (from a `HEAD`) is still the object `then` (from the listing) described: a
+/// blob object is never rewritten in place, so any change means someone else acted on it.
 fn same_object(now: &ObjectMeta, then: &ObjectMeta) -> bool {
-    now.size == then.size && now.e_tag == then.e_tag && now.last_modified == then.last_modified
+    now.size == then.size
+        && now.last_modified == then.last_modified
+        && now.e_tag.as_deref().map(bare_etag) == then.e_tag.as_deref().map(bare_etag)
+}
+
+/// An ETag without its quotes: Azure's listing gives `0x8D…` where its `HEAD` gives `"0x8D…"`.
+fn bare_etag(tag: &str) -> &str {
+    tag.trim_matches('"')
 }
 
 fn named(items: &[&str]) -> String {
@@ -307,5 +314,26 @@ impl Hasher {
             Self::Sha256(h) => Digest::Sha256(h.finalize().into()),
             Self::Sha512(h) => Digest::Sha512(h.finalize().into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(e_tag: &str) -> ObjectMeta {
+        ObjectMeta {
+            location: object_store::path::Path::from("blobs/x"),
+            last_modified: chrono::DateTime::UNIX_EPOCH,
+            size: 3,
+            e_tag: Some(e_tag.to_owned()),
+            version: None,
+        }
+    }
+
+    #[test]
+    fn an_etag_listed_bare_and_headed_quoted_is_the_same_object() {
+        assert!(same_object(&meta("\"0x1C9\""), &meta("0x1C9")));
+        assert!(!same_object(&meta("\"0x1C9\""), &meta("0x1CA")));
     }
 }
