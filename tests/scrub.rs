@@ -829,6 +829,31 @@ async fn repair_leaves_what_it_cannot_fix_reported(b: TestBackend) {
     assert!(snapshot(&b).await == before);
 }
 
+async fn a_quarantined_manifest_leaves_its_revision_reported_dangling(b: TestBackend) {
+    let store = store_on(&b);
+    let image = push_image(&store, "app", 1, Some("v1")).await;
+    let data = KeyLayout.blob_data(&image.manifest);
+    let mut rotten = read(&b, &data).await.to_vec();
+    rotten[0] = b' ';
+    overwrite(&b, &data, rotten).await;
+    let report = scrub(&store, repairing()).await;
+    assert_eq!(
+        kinds(&report),
+        [ProblemKind::BlobCorrupt, ProblemKind::RevisionDangling]
+    );
+    assert!(report.problems[0].repaired && !report.problems[1].repaired);
+    // The tag still names the revision: it is the revision that lacks its manifest.
+    let r = store.repository(repo("app"));
+    assert_eq!(
+        r.stat_manifest(&tag("v1")).await.unwrap().digest,
+        image.manifest
+    );
+    assert_eq!(
+        r.get_manifest(&tag("v1")).await.unwrap_err().kind(),
+        ErrorKind::ManifestUnknown
+    );
+}
+
 async fn after_repair_the_cache_does_not_answer_for_a_quarantined_blob(b: TestBackend) {
     let cache = MemoryCache::new(MemoryCacheConfig {
         capacity: 100,
@@ -901,6 +926,7 @@ backend_tests!(
     after_quarantine_a_chunked_upload_of_the_digest_stores_fresh_bytes,
     repair_removes_exactly_the_dangling_link_tag_and_referrer,
     repair_leaves_what_it_cannot_fix_reported,
+    a_quarantined_manifest_leaves_its_revision_reported_dangling,
     after_repair_the_cache_does_not_answer_for_a_quarantined_blob,
     hashing_is_held_to_the_rate,
 );

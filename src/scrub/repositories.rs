@@ -205,10 +205,6 @@ impl Scan<'_> {
                 format!("the link names {}", link.digest),
             ));
         }
-        if self.is_bad(&digest) {
-            // The blob pass reported what is wrong with these bytes.
-            return;
-        }
         let data = keys.blob_data(&digest);
         let bytes = match self.store.read_small(&data, MAX_MANIFEST_SIZE as u64).await {
             Ok(Some(bytes)) => bytes,
@@ -223,6 +219,10 @@ impl Scan<'_> {
             }
             Err(e) => return self.report(problem(ProblemKind::CheckFailed, e.to_string())),
         };
+        if self.is_bad(&digest) {
+            // The blob pass reported what is wrong with these bytes.
+            return;
+        }
         if bytes.len() as u64 != link.size {
             return self.report(problem(
                 ProblemKind::RevisionMismatch,
