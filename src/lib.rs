@@ -81,6 +81,14 @@
 //! # }
 //! ```
 //!
+//! ## Maintenance
+//!
+//! [`Store::purge_uploads`] deletes abandoned upload sessions (once, or in the background with
+//! [`upload::Purger`]). [`Store::scrub`] reads back and re-hashes every blob, checks every
+//! link, manifest, tag and referrer, reports each problem by [`ProblemKind`], and with
+//! [`ScrubOptions::repair`] removes what points at nothing and quarantines corrupt blobs; see
+//! [`scrub`].
+//!
 //! ## Guarantees
 //!
 //! - A blob's bytes are stored once per store; a repository sees a blob only through its link.

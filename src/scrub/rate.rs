@@ -56,7 +56,10 @@ impl RateLimiter {
             bucket.tokens = (bucket.tokens + refill).min(self.burst) - n;
             bucket.at = now;
             if bucket.tokens < 0.0 {
-                Duration::from_secs_f64(-bucket.tokens / self.rate)
+                // Rounded up to the next microsecond: never a wait shorter than the debt.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let micros = (-bucket.tokens / self.rate * 1e6).ceil() as u64;
+                Duration::from_micros(micros)
             } else {
                 Duration::ZERO
             }
