@@ -23,6 +23,7 @@ const CATALOG_MARKER: &str = "_repository";
 const TRASH: &str = "trash";
 const GC: &str = "gc";
 const VERDICTS: &str = "verdicts";
+const QUARANTINE: &str = "quarantine";
 
 /// Builds every backend key. Cheap to copy; holds no state.
 #[derive(Debug, Clone, Copy, Default)]
@@ -373,6 +374,31 @@ impl KeyLayout {
         path(repo_parts(repo, &["_referrers"]))
     }
 
+    /// The prefix of every quarantined blob object.
+    #[must_use]
+    pub fn quarantine_prefix(self) -> Path {
+        path([QUARANTINE])
+    }
+
+    /// Where scrub moves a blob object it found corrupt: outside `blobs/`, so the digest is
+    /// absent and can be pushed again, and under the time it was moved (UTC, to the second)
+    /// and a random `nonce`, so that the same digest quarantined twice keeps both copies.
+    #[must_use]
+    pub fn quarantined_blob(
+        self,
+        blob: BlobKey,
+        at: chrono::DateTime<chrono::Utc>,
+        nonce: u64,
+    ) -> Path {
+        let (digest, leaf) = match blob {
+            BlobKey::Data(d) => (d, "data"),
+            BlobKey::Segments(d) => (d, "segments"),
+        };
+        let hex = digest.hex();
+        let entry = format!("{}-{nonce:016x}", at.format("%Y%m%dT%H%M%SZ"));
+        path([QUARANTINE, digest.algorithm().as_str(), &hex, &entry, leaf])
+    }
+
     /// Reads the digest back from a blob link or revision link key (`{prefix}/{alg}/{hex}/link`).
     #[must_use]
     pub fn linked_digest(self, prefix: &Path, key: &Path) -> Option<Digest> {
@@ -516,6 +542,24 @@ mod tests {
             keys.linked_digest(&keys.layers_prefix(&r), &keys.layer_link(&nested, &d)),
             None
         );
+    }
+
+    #[test]
+    fn quarantined_blobs_are_outside_blobs_under_their_digest_and_time() {
+        let d = Digest::sha256(b"x");
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-31T23:59:58Z")
+            .unwrap()
+            .to_utc();
+        let key = KeyLayout.quarantined_blob(BlobKey::Segments(d), at, 0xab);
+        assert_eq!(
+            key.as_ref(),
+            format!(
+                "quarantine/sha256/{}/20261231T235958Z-00000000000000ab/segments",
+                d.hex()
+            )
+        );
+        assert!(key.prefix_match(&KeyLayout.quarantine_prefix()).is_some());
+        assert_eq!(KeyLayout.blob_from_key(&key), None);
     }
 
     #[test]

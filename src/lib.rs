@@ -81,6 +81,14 @@
 //! # }
 //! ```
 //!
+//! ## Maintenance
+//!
+//! [`Store::purge_uploads`] deletes abandoned upload sessions (once, or in the background with
+//! [`upload::Purger`]). [`Store::scrub`] reads back and re-hashes every blob, checks every
+//! link, manifest, tag and referrer, reports each problem by [`ProblemKind`], and with
+//! [`ScrubOptions::repair`] removes what points at nothing and quarantines corrupt blobs; see
+//! [`scrub`].
+//!
 //! ## Guarantees
 //!
 //! - A blob's bytes are stored once per store; a repository sees a blob only through its link.
@@ -99,6 +107,7 @@ pub mod gc;
 pub mod layout;
 pub mod manifest;
 pub mod name;
+pub mod scrub;
 pub mod store;
 pub mod upload;
 
@@ -107,6 +116,7 @@ pub use digest::{Algorithm, Digest};
 pub use error::{Error, ErrorKind, RangeError, Result};
 pub use manifest::{Descriptor, Manifest, ManifestKind};
 pub use name::{Reference, RepositoryName, Tag};
+pub use scrub::{Problem, ProblemKind, ScrubOptions, ScrubProgress, ScrubReport};
 pub use store::{
     BlobInfo, BlobRead, ByteRange, ManifestInfo, ManifestPut, Paginated, Referrers, Repository,
     Store, StoredManifest,

@@ -2,10 +2,12 @@
 //!
 //! Everything here uses only the library's public API.
 
+mod cli_scrub;
 mod config;
 mod server;
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,6 +47,25 @@ enum Command {
         /// Only report what would be purged.
         #[arg(long)]
         dry_run: bool,
+        /// Filesystem storage in this directory.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// A YAML configuration (its storage section is used).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check every blob, link, tag and manifest of the storage, print the problems found, and
+    /// exit non-zero if any remains.
+    Scrub {
+        /// Remove links and tags that point at nothing, and move corrupt blobs to quarantine/.
+        #[arg(long)]
+        repair: bool,
+        /// Hash at most this many megabytes (10^6 bytes) per second, such as `50` or `0.5`.
+        #[arg(long, value_name = "MB/s", value_parser = cli_scrub::parse_rate)]
+        rate: Option<NonZeroU64>,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
         /// Filesystem storage in this directory.
         #[arg(long)]
         root: Option<PathBuf>,
@@ -121,6 +142,22 @@ async fn run(cli: Cli) -> Result<(), String> {
                     report.errors.len()
                 ))
             }
+        }
+        Command::Scrub {
+            repair,
+            rate,
+            json,
+            root,
+            config,
+        } => {
+            let config = config::Config::resolve(config.as_deref(), None, root)?;
+            let store = config.open_store()?;
+            let options = layerstore::ScrubOptions {
+                repair,
+                rate,
+                ..layerstore::ScrubOptions::default()
+            };
+            cli_scrub::run(&store, options, json).await
         }
         Command::CheckConfig { file } => {
             let config = config::Config::resolve(Some(&file), None, None)?;

@@ -74,11 +74,11 @@ impl Referrers {
 /// The revision link: enough to stat a manifest, and to undo its referrer entry on delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RevisionLink {
+pub(crate) struct RevisionLink {
     #[serde(flatten)]
-    info: ManifestInfo,
+    pub(crate) info: ManifestInfo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    subject: Option<Digest>,
+    pub(crate) subject: Option<Digest>,
 }
 
 impl Repository {

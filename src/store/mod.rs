@@ -26,6 +26,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 pub(crate) use blobs::BlobLocation;
 pub use blobs::{BLOB_MEDIA_TYPE, BlobInfo, BlobRead, ByteRange};
 pub(crate) use inventory::BlobObject;
+pub(crate) use manifests::RevisionLink;
 pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
 pub(crate) use segments::{Segment, SegmentIndex};
 
