@@ -19,6 +19,12 @@
 //! outlive an unlink made through another by at most the cache's time-to-live, during which
 //! that replica's `HEAD` may still say the blob is there (its `GET` will not serve it).
 //! With the default TTL that window is one minute.
+//!
+//! Garbage collection is stricter: every store clears its cache when it sees a new GC
+//! generation (it reads the GC state at most two seconds before it answers from the cache),
+//! and while a run is in progress a hit is pinned before it is answered, so no store answers
+//! "exists" for a blob a run deleted (see `docs/storage.md`, "Garbage collection"). A store
+//! that cannot read the GC state answers nothing from its cache.
 
 use std::fmt;
 use std::sync::Arc;

@@ -242,6 +242,58 @@ async fn a_blob_a_head_found_during_the_run_is_kept(b: TestBackend) {
     assert!(!r.blob_exists(&other).await.unwrap());
 }
 
+async fn a_blob_mounted_during_the_run_is_kept(b: TestBackend) {
+    let faulty = b.faulty();
+    let gc_store = store_over(faulty.clone(), faulty.multipart_store());
+    let replica = store_on(&b);
+    let d = loose_blob(&replica, "app", b"mounted during the run").await;
+    faulty.pause_on("put", &KeyLayout.gc_blob_verdict(1, &d));
+    let (task, _) = start(&gc_store, run(false), GcPhase::Links);
+    until_paused(&faulty).await;
+    let mounted = replica
+        .repository(repo("other"))
+        .mount_blob(&repo("app"), &d)
+        .await
+        .unwrap();
+    assert!(mounted);
+    faulty.release();
+    let report = task.await.unwrap().unwrap();
+    assert_eq!(report.removed.blobs, 0, "{report:?}");
+    assert!(
+        replica
+            .repository(repo("other"))
+            .blob_exists(&d)
+            .await
+            .unwrap()
+    );
+}
+
+async fn a_mount_of_a_blob_being_deleted_mounts_nothing(b: TestBackend) {
+    let faulty = b.faulty();
+    let gc_store = store_over(faulty.clone(), faulty.multipart_store());
+    let replica = store_on(&b);
+    let d = loose_blob(&replica, "app", b"going").await;
+    // Held right before it removes the link, its delete verdict taken.
+    faulty.pause_on("delete", &KeyLayout.layer_link(&repo("app"), &d));
+    let (task, _) = start(&gc_store, run(false), GcPhase::Links);
+    until_paused(&faulty).await;
+    let mounted = replica
+        .repository(repo("other"))
+        .mount_blob(&repo("app"), &d)
+        .await
+        .unwrap();
+    assert!(!mounted);
+    faulty.release();
+    assert_eq!(task.await.unwrap().unwrap().removed.blobs, 1);
+    assert!(
+        !replica
+            .repository(repo("other"))
+            .blob_exists(&d)
+            .await
+            .unwrap()
+    );
+}
+
 async fn after_a_run_no_replica_says_a_deleted_blob_exists(b: TestBackend) {
     let store = store_on(&b);
     let replica = store_on(&b);
@@ -393,6 +445,8 @@ backend_tests!(
     delete_untagged_removes_untagged_manifests_but_keeps_index_children_and_referrers,
     what_is_pushed_while_a_run_waits_is_kept,
     a_blob_a_head_found_during_the_run_is_kept,
+    a_blob_mounted_during_the_run_is_kept,
+    a_mount_of_a_blob_being_deleted_mounts_nothing,
     after_a_run_no_replica_says_a_deleted_blob_exists,
     a_commit_of_a_blob_being_deleted_waits_then_stores_it_anew,
     a_manifest_put_naming_a_blob_being_deleted_is_refused,

@@ -306,17 +306,28 @@ impl Repository {
     /// # Errors
     /// Backend failures only.
     pub async fn mount_blob(&self, from: &RepositoryName, digest: &Digest) -> Result<bool> {
-        // A blob garbage collection is deleting is not mounted: the client uploads it.
-        let target = Target::Blob(*digest);
-        if self.store.pin(target.clone()).await? == Verdict::Delete {
-            return Ok(false);
-        }
         // The backend decides, never the cache: a mount must not link bytes that are gone.
         let source = self.store.repository(from.clone());
-        match source.locate_linked(digest).await {
-            Ok(_) => {}
-            Err(Error::BlobUnknown { .. }) => return Ok(false),
-            Err(e) => return Err(e),
+        let found = |located: Result<_>| match located {
+            Ok(_) => Ok(true),
+            Err(Error::BlobUnknown { .. }) => Ok(false),
+            Err(e) => Err(e),
+        };
+        if !found(source.locate_linked(digest).await)? {
+            return Ok(false);
+        }
+        // While a GC runs: pinned, then checked again; a blob the run is deleting is not
+        // mounted (the client uploads it).
+        let target = Target::Blob(*digest);
+        if self.store.gc_seen().await?.active {
+            if self.store.pin(target.clone()).await? == Verdict::Delete
+                || !found(source.locate_linked(digest).await)?
+            {
+                return Ok(false);
+            }
+            self.store
+                .pin_to_write(Target::Repository(self.name.clone()))
+                .await?;
         }
         self.link_blob(digest).await?;
         self.pinned_after_publish(&[target]).await?;
