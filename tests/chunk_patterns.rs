@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::server::{layerstore, read_log, spawn_server};
+use common::server::S3Server;
 use common::*;
 use futures::{StreamExt, TryStreamExt};
 use layerstore::layout::KeyLayout;
@@ -529,75 +529,6 @@ backend_tests!(two_thousand_one_kib_chunks_commit_to_a_blob_that_reads_back);
 
 // ---------------------------------------------------------------------------------------------
 // The finding over HTTP, on S3
-
-/// A `layerstore serve --config` on S3 whose `rootdirectory` is the prefix of a test backend,
-/// so that the test sees what the server stored; killed on drop.
-struct S3Server {
-    child: std::process::Child,
-    _stdout: std::io::BufReader<std::process::ChildStdout>,
-    host: String,
-    dir: tempfile::TempDir,
-}
-
-impl S3Server {
-    fn start(b: &TestBackend) -> Self {
-        use common::backends::*;
-        let var = |name: &str| std::env::var(name).unwrap();
-        let region = std::env::var(S3_REGION).unwrap_or_else(|_| "us-east-1".to_owned());
-        let prefix = format!(
-            "/{}",
-            b.key_prefix.as_ref().expect("an S3 backend's prefix")
-        );
-        // Scalars as JSON strings, which YAML reads as double-quoted strings.
-        let q = |v: &str| Value::from(v).to_string();
-        let yaml = format!(
-            "version: 0.1\nstorage:\n  s3:\n    bucket: {}\n    region: {}\n    \
-             regionendpoint: {}\n    accesskey: {}\n    secretkey: {}\n    secure: false\n    \
-             rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
-            q(&var(S3_BUCKET)),
-            q(&region),
-            q(&var(S3_ENDPOINT)),
-            q(&var(S3_ACCESS_KEY_ID)),
-            q(&var(S3_SECRET_ACCESS_KEY)),
-            q(&prefix),
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("config.yml");
-        std::fs::write(&config, yaml).expect("write config.yml");
-        let mut command = layerstore();
-        command.arg("serve").arg("--config").arg(&config);
-        let spawned = spawn_server(
-            command,
-            &dir.path().join("server.log"),
-            Duration::from_secs(60),
-        );
-        Self {
-            host: spawned.host("http"),
-            child: spawned.child,
-            _stdout: spawned.stdout,
-            dir,
-        }
-    }
-
-    fn url(&self, path_or_location: &str) -> String {
-        if path_or_location.starts_with("http://") {
-            path_or_location.to_owned()
-        } else {
-            format!("http://{}{path_or_location}", self.host)
-        }
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = read_log(&self.dir.path().join("server.log"));
-            eprintln!("server log:\n{log}");
-        }
-    }
-}
 
 fn with_digest(location: &str, digest: &Digest) -> String {
     let sep = if location.contains('?') { '&' } else { '?' };
