@@ -310,6 +310,26 @@ impl KeyLayout {
         path(parts)
     }
 
+    /// The verdict on the pieces of one upload session in one GC generation.
+    #[must_use]
+    pub fn gc_upload_verdict(self, generation: u64, id: &str) -> Path {
+        let generation = generation.to_string();
+        path([GC, VERDICTS, &generation, UPLOADS, id])
+    }
+
+    /// The prefix of every upload's pieces (object stores).
+    #[must_use]
+    pub fn segments_root(self) -> Path {
+        path([SEGMENTS])
+    }
+
+    /// Reads the upload id back from a key under [`Self::segments_root`].
+    #[must_use]
+    pub fn upload_id_from_segment_key(self, key: &Path) -> Option<String> {
+        let mut rest = key.prefix_match(&self.segments_root())?;
+        Some(rest.next()?.as_ref().to_owned())
+    }
+
     /// The verdict on a repository's catalog entry in one GC generation.
     #[must_use]
     pub fn gc_repository_verdict(self, generation: u64, repo: &RepositoryName) -> Path {

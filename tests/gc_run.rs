@@ -438,6 +438,95 @@ async fn an_abandoned_run_is_taken_over_and_its_verdicts_released(b: TestBackend
     assert_eq!(keys(&b, "gc/verdicts").await, Vec::<String>::new());
 }
 
+/// Pushes `data` into `name` as chunks of 64 KiB (pieces on object stores); returns the
+/// upload id, left open when `commit` is false.
+async fn chunked(store: &Store, name: &str, data: &[u8], commit: bool) -> layerstore::UploadId {
+    let r = store.repository(repo(name));
+    let id = r.start_upload().await.unwrap().id;
+    let mut offset = 0;
+    for chunk in data.chunks(64 * 1024) {
+        r.append_upload(&id, offset, in_pieces(chunk, chunk.len()))
+            .await
+            .unwrap();
+        offset += chunk.len() as u64;
+    }
+    if commit {
+        r.commit_upload(&id, &Digest::sha256(data), None)
+            .await
+            .unwrap();
+    }
+    id
+}
+
+async fn pieces_left_by_an_interrupted_cancel_are_collected_and_no_others(b: TestBackend) {
+    if b.kind == BackendKind::Filesystem {
+        return; // The filesystem engine keeps an upload in one file, never in pieces.
+    }
+    let store = store_on(&b);
+    // Kept: an image whose layer was pushed in chunks, and a session still open.
+    let layer = pattern(1, 300 * 1024);
+    chunked(&store, "app", &layer, true).await;
+    let (m, _) = push_image(&store, "app", "chunked", 0).await;
+    let mut doc: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    doc["layers"] = serde_json::json!([{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": Digest::sha256(&layer).to_string(), "size": layer.len()}]);
+    let m = Bytes::from(serde_json::to_vec(&doc).unwrap());
+    put_manifest(&store, "app", &tag("v1"), &m).await;
+    let open = chunked(&store, "app", &pattern(2, 200 * 1024), false).await;
+    // Left behind: a session whose state a cancel deleted before it could delete the pieces.
+    let dead = chunked(&store, "app", &pattern(3, 200 * 1024), false).await;
+    b.store
+        .delete(&KeyLayout.upload_state(dead.as_str()))
+        .await
+        .unwrap();
+    assert!(!keys(&b, &format!("segments/{dead}")).await.is_empty());
+
+    let report = gc(&store, run(false)).await;
+    assert_eq!(report.removed.leftover_uploads, 1, "{report:?}");
+    assert_eq!(
+        keys(&b, &format!("segments/{dead}")).await,
+        Vec::<String>::new()
+    );
+    assert!(!keys(&b, &format!("segments/{open}")).await.is_empty());
+    let pulled = pull(&store, "app", &tag("v1")).await;
+    assert_eq!(pulled.last().unwrap().as_ref(), layer.as_slice());
+}
+
+async fn pieces_of_a_quarantined_blob_are_kept(b: TestBackend) {
+    if b.kind == BackendKind::Filesystem {
+        return; // The filesystem engine keeps an upload in one file, never in pieces.
+    }
+    let store = store_on(&b);
+    let data = pattern(4, 300 * 1024);
+    let id = chunked(&store, "app", &data, true).await;
+    // Corrupt one piece; scrub's repair moves the index to quarantine/.
+    let pieces = keys(&b, &format!("segments/{id}")).await;
+    let piece = object_store::path::Path::from(pieces[0].as_str());
+    let size = b.store.head(&piece).await.unwrap().size as usize;
+    b.store
+        .put(&piece, Bytes::from(vec![0u8; size]).into())
+        .await
+        .unwrap();
+    let repaired = store
+        .scrub(
+            layerstore::ScrubOptions {
+                repair: true,
+                ..Default::default()
+            },
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    let quarantined = repaired.problems.iter().any(|p| {
+        p.repair
+            .as_deref()
+            .is_some_and(|r| r.starts_with("moved to quarantine/"))
+    });
+    assert!(quarantined, "{repaired:?}");
+    let report = gc(&store, run(false)).await;
+    assert_eq!(report.removed.leftover_uploads, 0, "{report:?}");
+    assert_eq!(keys(&b, &format!("segments/{id}")).await, pieces);
+}
+
 backend_tests!(
     a_deleted_manifest_loses_its_blobs_and_every_kept_image_still_pulls,
     a_second_run_finds_nothing_more,
@@ -452,4 +541,6 @@ backend_tests!(
     a_manifest_put_naming_a_blob_being_deleted_is_refused,
     a_second_run_while_one_runs_is_refused,
     an_abandoned_run_is_taken_over_and_its_verdicts_released,
+    pieces_left_by_an_interrupted_cancel_are_collected_and_no_others,
+    pieces_of_a_quarantined_blob_are_kept,
 );

@@ -75,6 +75,8 @@ pub(crate) enum Target {
     Blob(Digest),
     Revision(RepositoryName, Digest),
     Repository(RepositoryName),
+    /// The pieces of an upload session (object stores), which a commit is publishing.
+    Upload(String),
 }
 
 impl Target {
@@ -84,6 +86,7 @@ impl Target {
             Self::Blob(d) => keys.gc_blob_verdict(generation, d),
             Self::Revision(r, d) => keys.gc_revision_verdict(generation, r, d),
             Self::Repository(r) => keys.gc_repository_verdict(generation, r),
+            Self::Upload(id) => keys.gc_upload_verdict(generation, id),
         }
     }
 }

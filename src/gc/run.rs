@@ -2,6 +2,8 @@
 //! follows with the stores serving clients is in [`super::protocol`]; the design and the
 //! safety argument in `docs/storage.md`, "Garbage collection".
 
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use super::{GcOptions, GcPhase, GcPlan, GcProgress, Marked};
 use crate::error::{Error, Result};
 use crate::layout::BlobKey;
 use crate::name::RepositoryName;
-use crate::store::{BlobObject, Store};
+use crate::store::{BlobObject, MAX_INDEX_SIZE, SegmentIndex, Store};
 
 /// How a run holds its lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,9 @@ pub struct GcRemoved {
     pub links: u64,
     /// Repositories removed from the catalog.
     pub repositories: u64,
+    /// Upload sessions whose pieces were left behind (no session, no blob names them) by an
+    /// interrupted commit, cancel, purge or GC (object stores), deleted.
+    pub leftover_uploads: u64,
     /// Things the mark found unreachable that a client used during the run (pinned): kept.
     pub rescued: u64,
 }
@@ -114,6 +119,11 @@ impl Held {
         remove_verdicts(store, |g| g <= finished.generation).await?;
         store.remove(&keys.gc_lock()).await
     }
+}
+
+/// A 64-bit keyed hash of an upload id (a collision only keeps pieces one run longer).
+fn upload_hash(keys: &RandomState, id: &str) -> u64 {
+    keys.hash_one(id)
 }
 
 fn gc_error(message: String) -> Error {
@@ -277,9 +287,18 @@ impl Store {
         }
         counts.phase = GcPhase::Scan;
         let mut plan = marked.plan.clone();
+        let named_keys = RandomState::new();
+        let mut named = self.quarantined_uploads(&named_keys).await?;
         let mut objects = self.blob_objects();
         while let Some(object) = objects.try_next().await? {
-            let Some(size) = self.blob_object_size(&object).await? else {
+            let size = match object.key {
+                BlobKey::Data(_) => Some(object.meta.size),
+                BlobKey::Segments(d) => self.read_segment_index(&d).await?.map(|index| {
+                    named.insert(upload_hash(&named_keys, &index.upload));
+                    index.size
+                }),
+            };
+            let Some(size) = size else {
                 continue;
             };
             plan.blobs += 1;
@@ -301,6 +320,8 @@ impl Store {
             }
         }
         progress(&counts);
+        self.sweep_leftover_uploads(held, (&named_keys, &named), &mut removed)
+            .await?;
         plan.links_collected = removed.links;
         plan.repositories_emptied = removed.repositories;
         Ok((plan, removed))
@@ -386,6 +407,60 @@ impl Store {
             .await?;
         if deleted && !self.exists(&keys.catalog_marker(name)).await? {
             removed.repositories += 1;
+        }
+        Ok(())
+    }
+
+    /// Hashes of the upload ids that quarantined segment indexes name: their pieces stay.
+    async fn quarantined_uploads(&self, keys: &RandomState) -> Result<HashSet<u64>> {
+        let mut named = HashSet::new();
+        for key in self.list_keys(&self.keys().quarantine_prefix()).await? {
+            if key.filename() != Some("segments") {
+                continue;
+            }
+            let index: Option<SegmentIndex> = self.read_json(&key, MAX_INDEX_SIZE).await?;
+            if let Some(index) = index {
+                named.insert(upload_hash(keys, &index.upload));
+            }
+        }
+        Ok(named)
+    }
+
+    /// Deletes the pieces of upload sessions that no longer exist and that no blob index
+    /// names (`named`, from the scan that just listed every index), each behind a verdict a
+    /// commit publishing them would have pinned first.
+    async fn sweep_leftover_uploads(
+        &self,
+        held: &Held,
+        (named_keys, named): (&RandomState, &HashSet<u64>),
+        removed: &mut GcRemoved,
+    ) -> Result<()> {
+        let keys = self.keys();
+        let listed = self
+            .objects()
+            .list_with_delimiter(Some(&keys.segments_root()))
+            .await?;
+        for prefix in listed.common_prefixes {
+            let Some(id) = keys.upload_id_from_segment_key(&prefix) else {
+                continue;
+            };
+            if named.contains(&upload_hash(named_keys, &id)) {
+                continue;
+            }
+            if self.exists(&keys.upload_state(&id)).await? {
+                continue;
+            }
+            let deleted = self
+                .condemned(held, Target::Upload(id.clone()), || async {
+                    for key in self.list_keys(&keys.segments_prefix(&id)).await? {
+                        self.remove(&key).await?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            if deleted {
+                removed.leftover_uploads += 1;
+            }
         }
         Ok(())
     }

@@ -199,7 +199,7 @@ impl Repository {
             .filter(|(_, v)| *v == Verdict::Delete)
             .filter_map(|(target, _)| match target {
                 Target::Blob(d) | Target::Revision(_, d) => Some(d),
-                Target::Repository(_) => None,
+                Target::Repository(_) | Target::Upload(_) => None,
             })
             .collect();
         dedup_keep_order(&mut doomed);

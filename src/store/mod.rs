@@ -28,7 +28,7 @@ pub use blobs::{BLOB_MEDIA_TYPE, BlobInfo, BlobRead, ByteRange};
 pub(crate) use inventory::BlobObject;
 pub(crate) use manifests::RevisionLink;
 pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
-pub(crate) use segments::{Segment, SegmentIndex};
+pub(crate) use segments::{MAX_INDEX_SIZE, Segment, SegmentIndex};
 
 use std::sync::Arc;
 

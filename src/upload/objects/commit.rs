@@ -13,6 +13,7 @@ use super::state::{ObjectSession, Piece};
 use super::{ObjectEngine, Stop, abort, list_sizes, load, piece_key, replace_state};
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
+use crate::gc::protocol::{Target, Verdict};
 use crate::store::{BlobInfo, BlobLocation, Repository, Segment, SegmentIndex, Store};
 use crate::upload::session::Hashes;
 use crate::upload::{UploadId, published, verify};
@@ -272,6 +273,9 @@ pub(super) async fn finish_publishing(
     if !whole {
         return Ok(Published::PiecesGone);
     }
+    // A GC run in progress must not take the pieces for leftovers once the index names them.
+    let upload = Target::Upload(id.to_string());
+    store.pin_to_write(upload.clone()).await?;
     let index = SegmentIndex {
         size,
         upload: id.to_string(),
@@ -290,6 +294,18 @@ pub(super) async fn finish_publishing(
         .await
     {
         Ok(_) => {
+            if store.pin(upload).await? == Verdict::Delete {
+                return Err(Error::Backend {
+                    source: object_store::Error::Generic {
+                        store: "layerstore gc",
+                        source: format!(
+                            "garbage collection is deleting the pieces of upload {id}, which \
+                             this commit published while the run started; upload again"
+                        )
+                        .into(),
+                    },
+                });
+            }
             let keep: HashSet<Path> = pieces
                 .iter()
                 .map(|p| piece_key(store, id, &p.segment))
