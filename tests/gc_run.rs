@@ -386,6 +386,23 @@ async fn an_abandoned_run_is_taken_over_and_its_verdicts_released(b: TestBackend
     assert_eq!(keys(&b, "gc/verdicts").await, Vec::<String>::new());
 }
 
+async fn a_cancelled_run_stops_its_heartbeat_so_the_next_run_takes_over(b: TestBackend) {
+    let store = store_on(&b);
+    let waits = GcOptions {
+        grace: Duration::from_secs(3600),
+        ..run(false)
+    };
+    let (cancelled, waiting) = start(&store, waits, GcPhase::Wait);
+    until(&waiting).await;
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    // A heartbeat still beating would make this run refuse ("another garbage collection
+    // is running") after watching the lock for `stale_after`.
+    let report = gc(&store, run(false)).await;
+    assert!(report.took_over, "{report:?}");
+    assert_eq!(report.generation, 2);
+}
+
 backend_tests!(
     a_deleted_manifest_loses_its_blobs_and_every_kept_image_still_pulls,
     a_second_run_finds_nothing_more,
@@ -398,4 +415,5 @@ backend_tests!(
     a_manifest_put_naming_a_blob_being_deleted_is_refused,
     a_second_run_while_one_runs_is_refused,
     an_abandoned_run_is_taken_over_and_its_verdicts_released,
+    a_cancelled_run_stops_its_heartbeat_so_the_next_run_takes_over,
 );

@@ -116,6 +116,16 @@ impl Held {
     }
 }
 
+/// A run dropped before it released (its future cancelled: a timeout, a server shutting
+/// down) stops proving itself alive, so the next run can take its lock over after
+/// `stale_after`, as after a crash. Without this, the detached heartbeat kept the abandoned
+/// lock alive, and every later run refused, for as long as the process lived.
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 fn gc_error(message: String) -> Error {
     Error::Backend {
         source: object_store::Error::Generic {
