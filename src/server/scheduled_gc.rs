@@ -130,3 +130,91 @@ fn log_report(report: &GcReport) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use layerstore::layout::KeyLayout;
+    use layerstore::manifest::media_type;
+    use layerstore::{Backend, Digest, Reference, RepositoryName};
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStore, ObjectStoreExt};
+
+    use super::*;
+
+    async fn exists(objects: &InMemory, digest: &Digest) -> bool {
+        objects.head(&KeyLayout.blob_data(digest)).await.is_ok()
+    }
+
+    /// The generation of the last run that ended, if any did.
+    async fn ended_generation(objects: &InMemory) -> Option<u64> {
+        let state = objects.get(&KeyLayout.gc_state()).await.ok()?;
+        let state: serde_json::Value = serde_json::from_slice(&state.bytes().await.ok()?).ok()?;
+        (state["active"] == false).then(|| state["generation"].as_u64())?
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_run_does_not_stop_the_schedule() {
+        let objects = Arc::new(InMemory::new());
+        let store = Store::new(Backend::object_store(
+            objects.clone() as Arc<dyn ObjectStore>
+        ));
+        let r = store.repository(RepositoryName::parse("team/app").unwrap());
+        let loose = Bytes::from_static(b"pushed, never used");
+        let loose_digest = Digest::sha256(&loose);
+        r.put_blob(&loose_digest, loose).await.unwrap();
+        let config = Bytes::from_static(b"{}");
+        r.put_blob(&Digest::sha256(&config), config).await.unwrap();
+        let manifest = Bytes::from(format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{}","size":2}},"layers":[]}}"#,
+            media_type::OCI_MANIFEST,
+            media_type::OCI_EMPTY,
+            Digest::sha256(b"{}"),
+        ));
+        let manifest_digest = Digest::sha256(&manifest);
+        r.put_manifest(
+            &Reference::Digest(manifest_digest),
+            manifest.clone(),
+            Some(media_type::OCI_MANIFEST),
+        )
+        .await
+        .unwrap();
+        // A manifest that does not parse: every run stops with an error, deleting nothing.
+        let bytes_key = KeyLayout.blob_data(&manifest_digest);
+        objects
+            .put(&bytes_key, Bytes::from_static(b"garbled").into())
+            .await
+            .unwrap();
+        let schedule = GcSchedule {
+            enabled: true,
+            interval: Duration::from_millis(100),
+            options: GcOptions {
+                grace: Duration::ZERO,
+                ..GcOptions::default()
+            },
+        };
+        let scheduled = ScheduledGc::spawn(store.clone(), schedule).expect("enabled");
+        // A liveness bound only.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while ended_generation(&objects).await.is_none() {
+            assert!(Instant::now() < deadline, "no run ended");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            exists(&objects, &loose_digest).await,
+            "the failed run deleted"
+        );
+        objects.put(&bytes_key, manifest.into()).await.unwrap();
+        while exists(&objects, &loose_digest).await {
+            assert!(
+                Instant::now() < deadline,
+                "no run came after the failed one"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        scheduled.stop().await;
+    }
+}
