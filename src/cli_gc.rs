@@ -30,7 +30,10 @@ pub fn parse_grace(s: &str) -> Result<Duration, String> {
 /// Collects garbage in `store` and reports; `Err` (a non-zero exit) if the run failed.
 pub async fn run(store: &Store, options: GcOptions, json: bool) -> Result<(), String> {
     let bars = std::io::stderr().is_terminal().then(|| Bars::new(options));
+    // Deletes start after the mark: a run that failed before it deleted nothing.
+    let reached = Mutex::new(None);
     let hook = |p: &GcProgress| {
+        *reached.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.phase);
         if let Some(bars) = &bars {
             bars.show(p);
         }
@@ -39,7 +42,12 @@ pub async fn run(store: &Store, options: GcOptions, json: bool) -> Result<(), St
     if let Some(bars) = &bars {
         bars.clear();
     }
-    let report = report.map_err(|e| failed(&e))?;
+    let report = report.map_err(|e| {
+        let reached = *reached.lock().unwrap_or_else(|e| e.into_inner());
+        let deleted_nothing =
+            options.dry_run || matches!(reached, None | Some(GcPhase::Wait | GcPhase::Mark));
+        failed(&e, deleted_nothing)
+    })?;
     if json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| format!("cannot encode the report: {e}"))?;
@@ -51,15 +59,20 @@ pub async fn run(store: &Store, options: GcOptions, json: bool) -> Result<(), St
 }
 
 /// Why a run failed, with what to do about it.
-fn failed(e: &layerstore::Error) -> String {
-    let hint = match e.kind() {
-        ErrorKind::Corrupt => {
-            "; nothing was deleted. `layerstore scrub` finds what cannot be read, and \
-             `layerstore scrub --repair` removes what points at nothing"
-        }
-        _ => "",
-    };
-    format!("garbage collection failed: {e}{hint}")
+fn failed(e: &layerstore::Error, deleted_nothing: bool) -> String {
+    let mut message = format!("garbage collection failed: {e}");
+    if deleted_nothing {
+        message.push_str("; nothing was deleted");
+    } else {
+        message.push_str("; the next run finishes what this one started");
+    }
+    if e.kind() == ErrorKind::Corrupt {
+        message.push_str(
+            ". `layerstore scrub` finds what cannot be read, and `layerstore scrub --repair` \
+             removes what points at nothing",
+        );
+    }
+    message
 }
 
 /// The report as text: what the mark found, then what went (or would go).
@@ -127,9 +140,13 @@ impl Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let status = multi.add(ProgressBar::new_spinner().with_style(spinner("{spinner} {msg}")));
         status.set_message(if options.dry_run {
-            "dry run: nothing is deleted"
+            "dry run: nothing is deleted".to_owned()
         } else {
-            "taking the garbage collection lock"
+            format!(
+                "taking the garbage collection lock (a run holding it is watched for {} to tell \
+                 whether it is alive)",
+                humantime::format_duration(options.lock.stale_after)
+            )
         });
         status.enable_steady_tick(Duration::from_millis(200));
         Self {
