@@ -388,8 +388,15 @@ async fn an_abandoned_run_is_taken_over_and_its_verdicts_released(b: TestBackend
 
 async fn a_cancelled_run_stops_its_heartbeat_so_the_next_run_takes_over(b: TestBackend) {
     let store = store_on(&b);
+    // A staleness limit a loaded machine's S3 cannot trip (the run stops deleting when a
+    // heartbeat write is late by half of it).
+    let lock = GcLockTiming {
+        heartbeat: Duration::from_millis(200),
+        stale_after: Duration::from_secs(5),
+    };
     let waits = GcOptions {
         grace: Duration::from_secs(3600),
+        lock,
         ..run(false)
     };
     let (cancelled, waiting) = start(&store, waits, GcPhase::Wait);
@@ -398,7 +405,7 @@ async fn a_cancelled_run_stops_its_heartbeat_so_the_next_run_takes_over(b: TestB
     assert!(cancelled.await.unwrap_err().is_cancelled());
     // A heartbeat still beating would make this run refuse ("another garbage collection
     // is running") after watching the lock for `stale_after`.
-    let report = gc(&store, run(false)).await;
+    let report = gc(&store, GcOptions { lock, ..run(false) }).await;
     assert!(report.took_over, "{report:?}");
     assert_eq!(report.generation, 2);
 }
