@@ -16,6 +16,31 @@
 //! `24h`). Without any file, `layerstore serve` uses [`Config::default`], which enables
 //! delete and the cache.
 //!
+//! # Extensions
+//!
+//! One key is layerstore's own, `storage.maintenance.gc`: garbage collection run by `serve`
+//! on a schedule ([`GcSchedule`]), off by default.
+//!
+//! ```yaml
+//! storage:
+//!   maintenance:
+//!     uploadpurging: {enabled: true, age: 168h, interval: 24h, dryrun: false}  # Distribution's
+//!     gc:                     # layerstore's: what `layerstore gc` does, every interval
+//!       enabled: true         # default false
+//!       interval: 24h         # default 24h; each wait lengthened by up to a tenth (jitter)
+//!       grace: 1h             # default 1h; 0s is valid (the run still waits 3 s)
+//!       deleteuntagged: false # default false: also remove manifests no tag reaches
+//!       dryrun: false         # default false: only log what a run would remove
+//! ```
+//!
+//! It sits beside `uploadpurging` because it is the same kind of thing (background storage
+//! maintenance with an interval and a dry run) and reads the same way; the section is read by
+//! the same rules (unknown keys and bad values are errors naming the key,
+//! `REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED=true` works), and Distribution, which reads
+//! `maintenance` as a free-form map, ignores it, so one file still runs on both. Runs exclude
+//! each other through the store's GC lock; enable the schedule on one replica (a run that
+//! finds another one alive gives up, logged).
+//!
 //! Environment variables override the file as in Distribution: `REGISTRY_<SECTION>_<KEY>...`
 //! (`_` separates levels, list items by index: `REGISTRY_HTTP_TLS_CLIENTCAS_0`). The value is
 //! read as YAML. Variables are applied in name order, so `REGISTRY_STORAGE=s3` (switch driver)
@@ -33,6 +58,7 @@ use std::time::Duration;
 
 use layerstore::backend::{AzureConfig, FilesystemConfig, S3Config};
 use layerstore::cache::{MemoryCache, MemoryCacheConfig};
+use layerstore::gc::GcOptions;
 use layerstore::upload::{PurgeOptions, PurgerConfig};
 use layerstore::{Backend, BackendConfig, Store};
 use serde_yaml_ng::{Mapping, Value};
@@ -56,6 +82,32 @@ pub struct Storage {
     /// `None`: no blob-descriptor cache.
     pub cache: Option<MemoryCacheConfig>,
     pub purging: PurgerConfig,
+    /// `storage.maintenance.gc`, a layerstore extension.
+    pub gc: GcSchedule,
+}
+
+/// Garbage collection run by `serve` on a schedule: `storage.maintenance.gc`, a layerstore
+/// extension beside Distribution's `uploadpurging` (Distribution reads `maintenance` as a
+/// free-form map and ignores the key). Off unless `enabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcSchedule {
+    pub enabled: bool,
+    /// Time between runs; each wait is lengthened by a random jitter of up to a tenth of it,
+    /// as the upload purger's.
+    pub interval: Duration,
+    /// What each run does: `grace`, `deleteuntagged`, `dryrun`.
+    pub options: GcOptions,
+}
+
+impl Default for GcSchedule {
+    /// Off; when enabled: daily, one hour of grace, untagged manifests kept, a real run.
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval: Duration::from_secs(24 * 3600),
+            options: GcOptions::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +140,7 @@ impl Default for Config {
                 delete_enabled: true,
                 cache: Some(MemoryCacheConfig::default()),
                 purging: PurgerConfig::default(),
+                gc: GcSchedule::default(),
             },
             http: Http {
                 addr: SocketAddr::from(([127, 0, 0, 1], 5000)),
@@ -306,6 +359,20 @@ impl Config {
             "disabled".to_owned()
         };
         row(&mut out, "uploadpurging", &purging);
+        let gc = &storage.gc;
+        let gc = if gc.enabled {
+            format!(
+                "enabled (layerstore extension), interval {}, grace {}, deleteuntagged {}, \
+                 dryrun {}",
+                go_duration(gc.interval),
+                go_duration(gc.options.grace),
+                gc.options.delete_untagged,
+                gc.options.dry_run
+            )
+        } else {
+            "disabled (layerstore extension)".to_owned()
+        };
+        row(&mut out, "gc", &gc);
         out.push_str("http\n");
         row(&mut out, "addr", &self.http.addr);
         match &self.http.tls {
@@ -981,7 +1048,7 @@ fn parse_storage(
         storage.cache = parse_cache(report, &cache, storage.cache);
     }
     if let Some(maintenance) = section.take("maintenance") {
-        parse_maintenance(report, &maintenance, &mut storage.purging);
+        parse_maintenance(report, &maintenance, &mut storage);
     }
     section.ignore(
         report,
@@ -1273,10 +1340,11 @@ fn parse_cache(
     }
 }
 
-fn parse_maintenance(report: &mut Report, field: &Field<'_>, purging: &mut PurgerConfig) {
+fn parse_maintenance(report: &mut Report, field: &Field<'_>, storage: &mut Storage) {
     let Some(mut s) = Section::new(report, &field.key, field.value) else {
         return;
     };
+    let purging = &mut storage.purging;
     if let Some(f) = s.take("uploadpurging")
         && let Some(mut p) = Section::new(report, &f.key, f.value)
     {
@@ -1303,6 +1371,9 @@ fn parse_maintenance(report: &mut Report, field: &Field<'_>, purging: &mut Purge
         }
         p.finish(report);
     }
+    if let Some(f) = s.take("gc") {
+        parse_gc(report, &f, &mut storage.gc);
+    }
     if let Some(f) = s.take("readonly")
         && let Some(mut r) = Section::new(report, &f.key, f.value)
     {
@@ -1316,6 +1387,40 @@ fn parse_maintenance(report: &mut Report, field: &Field<'_>, purging: &mut Purge
             );
         }
         r.finish(report);
+    }
+    s.finish(report);
+}
+
+/// `storage.maintenance.gc` (layerstore's own): `enabled`, `interval`, `grace`,
+/// `deleteuntagged`, `dryrun`.
+fn parse_gc(report: &mut Report, field: &Field<'_>, gc: &mut GcSchedule) {
+    let Some(mut s) = Section::new(report, &field.key, field.value) else {
+        return;
+    };
+    if let Some(enabled) = take_bool(report, &mut s, "enabled") {
+        gc.enabled = enabled;
+    }
+    if let Some(interval) = s
+        .take("interval")
+        .and_then(|f| get_positive_duration(report, &f))
+    {
+        gc.interval = interval;
+    }
+    // Zero is valid: nothing acknowledged is lost whatever the grace (see `layerstore gc`).
+    if let Some(f) = s.take("grace")
+        && let Some(grace) = get_duration(report, &f)
+    {
+        if crate::cli_gc::wait_of(grace).is_some() {
+            gc.options.grace = grace;
+        } else {
+            report.error(&f.key, format!("{} is too long", go_duration(grace)));
+        }
+    }
+    if let Some(delete_untagged) = take_bool(report, &mut s, "deleteuntagged") {
+        gc.options.delete_untagged = delete_untagged;
+    }
+    if let Some(dry_run) = take_bool(report, &mut s, "dryrun") {
+        gc.options.dry_run = dry_run;
     }
     s.finish(report);
 }
@@ -1799,6 +1904,117 @@ health:
     fn purging_can_be_disabled() {
         let yaml = format!("{FS}  maintenance: {{uploadpurging: {{enabled: false}}}}\n");
         assert!(!load(&yaml).storage.purging.enabled);
+    }
+
+    #[test]
+    fn scheduled_gc_is_off_in_a_file_and_without_one() {
+        assert_eq!(load(FS).storage.gc, GcSchedule::default());
+        assert!(!GcSchedule::default().enabled);
+        assert!(!Config::default().storage.gc.enabled);
+        let text = load(FS).describe();
+        assert!(
+            text.contains("gc                     disabled (layerstore extension)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn scheduled_gc_reads_every_key() {
+        let gc = load(&format!(
+            "{FS}  maintenance:\n    gc: {{enabled: true, interval: 6h, grace: 30m, \
+             deleteuntagged: true, dryrun: true}}\n"
+        ))
+        .storage
+        .gc;
+        assert_eq!(
+            gc,
+            GcSchedule {
+                enabled: true,
+                interval: Duration::from_secs(6 * 3600),
+                options: GcOptions {
+                    delete_untagged: true,
+                    grace: Duration::from_secs(1800),
+                    dry_run: true,
+                    ..GcOptions::default()
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn scheduled_gc_takes_a_grace_of_zero() {
+        for zero in ["0s", "0"] {
+            let yaml = format!("{FS}  maintenance: {{gc: {{enabled: true, grace: {zero}}}}}\n");
+            assert_eq!(
+                load(&yaml).storage.gc.options.grace,
+                Duration::ZERO,
+                "{zero}"
+            );
+        }
+    }
+
+    #[test]
+    fn scheduled_gc_refuses_a_bad_value_naming_its_key() {
+        for (entry, key, why) in [
+            ("interval: 0s", "interval", "must be greater than zero"),
+            ("interval: soon", "interval", "invalid duration `soon`"),
+            ("interval: 3600", "interval", "`3600` has no unit"),
+            ("grace: -1s", "grace", "must not be negative"),
+            ("grace: a while", "grace", "invalid duration"),
+            (
+                "grace: 18446744073709551615s",
+                "grace",
+                "5124095576030431h15s is too long",
+            ),
+            ("enabled: maybe", "enabled", "expected true or false"),
+            (
+                "deleteuntagged: 2",
+                "deleteuntagged",
+                "expected true or false",
+            ),
+            ("dryrun: [true]", "dryrun", "expected true or false"),
+            ("graceperiod: 1h", "graceperiod", "unknown key"),
+        ] {
+            let e = fail(&format!("{FS}  maintenance: {{gc: {{{entry}}}}}\n"));
+            assert!(
+                e.contains(&format!("storage.maintenance.gc.{key}: {why}")),
+                "{entry}: {e}"
+            );
+        }
+        let e = fail(&format!("{FS}  maintenance: {{gc: true}}\n"));
+        assert!(
+            e.contains("storage.maintenance.gc: expected a mapping of keys"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn environment_switches_scheduled_gc_on() {
+        let config = Config::from_yaml(
+            FS,
+            &env(&[
+                ("REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED", "true"),
+                ("REGISTRY_STORAGE_MAINTENANCE_GC_GRACE", "0s"),
+            ]),
+        )
+        .unwrap();
+        assert!(config.storage.gc.enabled);
+        assert_eq!(config.storage.gc.options.grace, Duration::ZERO);
+    }
+
+    #[test]
+    fn describe_gives_the_gc_schedule() {
+        let text = load(&format!(
+            "{FS}  maintenance: {{gc: {{enabled: true, interval: 12h, grace: 0s}}}}\n"
+        ))
+        .describe();
+        assert!(
+            text.contains(
+                "gc                     enabled (layerstore extension), interval 12h, grace 0s, \
+                 deleteuntagged false, dryrun false"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -2327,7 +2543,8 @@ compatibility: {{}}
         .unwrap();
         let azure: Value = serde_yaml_ng::from_str(
             "storage: {azure: {accountname: a, accountkey: k, container: c, realm: r, \
-             serviceurl: u, credentials: {type: t}}, maintenance: {readonly: {enabled: false}}}",
+             serviceurl: u, credentials: {type: t}}, maintenance: {readonly: {enabled: false}, \
+             gc: {enabled: true, interval: 1h, grace: 0s, deleteuntagged: true, dryrun: false}}}",
         )
         .unwrap();
         let replacements: Vec<Value> = [

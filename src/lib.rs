@@ -87,7 +87,9 @@
 //! [`upload::Purger`]). [`Store::scrub`] reads back and re-hashes every blob, checks every
 //! link, manifest, tag and referrer, reports each problem by [`ProblemKind`], and with
 //! [`ScrubOptions::repair`] removes what points at nothing and quarantines corrupt blobs; see
-//! [`scrub`].
+//! [`scrub`]. [`Store::gc`] deletes what no tag or manifest reaches while this and other
+//! stores over the same backend keep serving (what a client was told exists within the grace
+//! period is never deleted); [`Store::gc_plan`] only counts it; see [`gc`].
 //!
 //! ## Guarantees
 //!

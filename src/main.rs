@@ -2,6 +2,7 @@
 //!
 //! Everything here uses only the library's public API.
 
+mod cli_gc;
 mod cli_scrub;
 mod config;
 mod server;
@@ -63,6 +64,30 @@ enum Command {
         /// Hash at most this many megabytes (10^6 bytes) per second, such as `50` or `0.5`.
         #[arg(long, value_name = "MB/s", value_parser = cli_scrub::parse_rate)]
         rate: Option<NonZeroU64>,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Filesystem storage in this directory.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// A YAML configuration (its storage section is used).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Delete what no repository reaches any more (online: servers keep serving), and print
+    /// what was found and removed.
+    Gc {
+        /// Only report what would be removed; delete nothing, take no lock, do not wait.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also remove manifests no tag reaches (index children and referrers of a kept
+        /// manifest stay).
+        #[arg(long)]
+        delete_untagged: bool,
+        /// Keep what a client was told exists or was stored within this long, such as `1h`,
+        /// `30m` or `0s`; the run waits this long (plus 3 s) before it marks.
+        #[arg(long, value_name = "DURATION", value_parser = cli_gc::parse_grace, default_value = "1h")]
+        grace: Duration,
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -158,6 +183,24 @@ async fn run(cli: Cli) -> Result<(), String> {
                 ..layerstore::ScrubOptions::default()
             };
             cli_scrub::run(&store, options, json).await
+        }
+        Command::Gc {
+            dry_run,
+            delete_untagged,
+            grace,
+            json,
+            root,
+            config,
+        } => {
+            let config = config::Config::resolve(config.as_deref(), None, root)?;
+            let store = config.open_store()?;
+            let options = layerstore::gc::GcOptions {
+                delete_untagged,
+                grace,
+                dry_run,
+                ..layerstore::gc::GcOptions::default()
+            };
+            cli_gc::run(&store, options, json).await
         }
         Command::CheckConfig { file } => {
             let config = config::Config::resolve(Some(&file), None, None)?;

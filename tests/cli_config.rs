@@ -122,3 +122,37 @@ fn a_missing_file_is_an_error() {
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("cannot read /nonexistent/layerstore/config.yml"));
 }
+
+#[test]
+fn a_gc_schedule_is_described_as_a_layerstore_extension() {
+    let file = config_file(&GOOD.replace(
+        "  maintenance:\n",
+        "  maintenance:\n    gc:\n      enabled: true\n      interval: 6h\n      grace: 0s\n      \
+         deleteuntagged: true\n",
+    ));
+    let output = check_config(file.path(), &[]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        stdout.contains(
+            "gc                     enabled (layerstore extension), interval 6h, grace 0s, \
+             deleteuntagged true, dryrun false"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_bad_gc_value_exits_non_zero_and_names_the_key() {
+    let file = config_file(&GOOD.replace(
+        "  maintenance:\n",
+        "  maintenance:\n    gc:\n      enabled: true\n      interval: 0s\n",
+    ));
+    let output = check_config(file.path(), &[]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("storage.maintenance.gc.interval: must be greater than zero"),
+        "{stderr}"
+    );
+}

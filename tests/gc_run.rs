@@ -21,9 +21,11 @@ fn run(delete_untagged: bool) -> GcOptions {
         delete_untagged,
         grace: Duration::ZERO,
         dry_run: false,
+        // A staleness limit a loaded machine's S3 cannot trip: a run stops deleting when a
+        // heartbeat write is late by half of it.
         lock: GcLockTiming {
             heartbeat: Duration::from_millis(100),
-            stale_after: Duration::from_secs(1),
+            stale_after: Duration::from_secs(5),
         },
     }
 }
@@ -378,7 +380,7 @@ async fn a_second_run_while_one_runs_is_refused(b: TestBackend) {
         grace: Duration::from_secs(3),
         lock: GcLockTiming {
             heartbeat: Duration::from_millis(100),
-            stale_after: Duration::from_secs(1),
+            stale_after: Duration::from_secs(5),
         },
         ..run(false)
     };
@@ -527,6 +529,30 @@ async fn pieces_of_a_quarantined_blob_are_kept(b: TestBackend) {
     assert_eq!(keys(&b, &format!("segments/{id}")).await, pieces);
 }
 
+async fn a_cancelled_run_stops_its_heartbeat_so_the_next_run_takes_over(b: TestBackend) {
+    let store = store_on(&b);
+    // A staleness limit a loaded machine's S3 cannot trip (the run stops deleting when a
+    // heartbeat write is late by half of it).
+    let lock = GcLockTiming {
+        heartbeat: Duration::from_millis(200),
+        stale_after: Duration::from_secs(5),
+    };
+    let waits = GcOptions {
+        grace: Duration::from_secs(3600),
+        lock,
+        ..run(false)
+    };
+    let (cancelled, waiting) = start(&store, waits, GcPhase::Wait);
+    until(&waiting).await;
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    // A heartbeat still beating would make this run refuse ("another garbage collection
+    // is running") after watching the lock for `stale_after`.
+    let report = gc(&store, GcOptions { lock, ..run(false) }).await;
+    assert!(report.took_over, "{report:?}");
+    assert_eq!(report.generation, 2);
+}
+
 backend_tests!(
     a_deleted_manifest_loses_its_blobs_and_every_kept_image_still_pulls,
     a_second_run_finds_nothing_more,
@@ -543,4 +569,5 @@ backend_tests!(
     an_abandoned_run_is_taken_over_and_its_verdicts_released,
     pieces_left_by_an_interrupted_cancel_are_collected_and_no_others,
     pieces_of_a_quarantined_blob_are_kept,
+    a_cancelled_run_stops_its_heartbeat_so_the_next_run_takes_over,
 );

@@ -126,6 +126,16 @@ fn upload_hash(keys: &RandomState, id: &str) -> u64 {
     keys.hash_one(id)
 }
 
+/// A run dropped before it released (its future cancelled: a timeout, a server shutting
+/// down) stops proving itself alive, so the next run can take its lock over after
+/// `stale_after`, as after a crash. Without this, the detached heartbeat kept the abandoned
+/// lock alive, and every later run refused, for as long as the process lived.
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 fn gc_error(message: String) -> Error {
     Error::Backend {
         source: object_store::Error::Generic {
@@ -224,10 +234,17 @@ impl Store {
             tokio::time::sleep(timing.stale_after).await;
             let after: Option<GcState> = self.read_link(&keys.gc_state()).await?;
             if before != after {
-                let run = after.map_or_else(String::new, |s| s.run);
-                return Err(gc_error(format!(
-                    "another garbage collection is running (run {run}); try again when it ends"
-                )));
+                match after {
+                    // The run ended while we watched: its lock is gone or going; try again.
+                    Some(state) if !state.active => continue,
+                    after => {
+                        let run = after.map_or_else(String::new, |s| s.run);
+                        return Err(gc_error(format!(
+                            "another garbage collection is running (run {run}); try again \
+                             when it ends"
+                        )));
+                    }
+                }
             }
             self.remove(&keys.gc_lock()).await?;
             took_over = true;
@@ -274,7 +291,7 @@ impl Store {
         progress(&counts);
         // Every store reads the new state within STATE_MAX_AGE and pins from then on; what
         // was acknowledged before that is at least `grace` old when the mark begins.
-        tokio::time::sleep(options.grace + STATE_MAX_AGE + MARGIN).await;
+        tokio::time::sleep(options.grace.saturating_add(STATE_MAX_AGE + MARGIN)).await;
         let marked = self.mark(options, progress, &mut counts).await?;
         let mut removed = GcRemoved::default();
         counts.phase = GcPhase::Links;

@@ -4,6 +4,7 @@
 mod error;
 mod handlers;
 mod routes;
+mod scheduled_gc;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use layerstore::upload::Purger;
 use crate::config::Config;
 use error::ApiError;
 use routes::Route;
+use scheduled_gc::ScheduledGc;
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -99,6 +101,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     let store = config.open_store()?;
     let purger = Purger::spawn(store.clone(), config.storage.purging);
+    let gc = ScheduledGc::spawn(store.clone(), config.storage.gc);
     let app = app(AppState {
         store,
         delete_enabled: config.storage.delete_enabled,
@@ -142,6 +145,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     if let Some(purger) = purger {
         purger.stop().await;
+    }
+    if let Some(gc) = gc {
+        gc.stop().await;
     }
     tracing::info!("stopped");
     result

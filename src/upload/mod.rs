@@ -6,7 +6,7 @@
 //! backend, so any process sharing the backend can resume it, and a commit never reads back
 //! an uploaded byte.
 //!
-//! Where the bytes go is the business of the backend's upload engine ([`engine`]), chosen
+//! Where the bytes go is the business of the backend's upload engine (`engine`), chosen
 //! once when the backend is built:
 //!
 //! - **Filesystem** (`fs`): one staging file per session, appended and fsynced per chunk,
