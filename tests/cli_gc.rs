@@ -324,6 +324,7 @@ fn the_json_report_has_the_plan_what_was_removed_and_the_run() {
         [
             "blobs",
             "bytes",
+            "leftover_uploads",
             "links",
             "manifests",
             "repositories",
@@ -442,7 +443,8 @@ fn a_bad_grace_is_a_usage_error_naming_the_flag_and_nothing_runs() {
 #[test]
 fn a_run_while_another_is_alive_exits_non_zero_saying_so() {
     let f = Fixture::new();
-    let mut first = gc_command(&["--root", f.root(), "--grace", "5s"])
+    // Alive for longer than the second run watches it (30 s).
+    let mut first = gc_command(&["--root", f.root(), "--grace", "60s"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -466,7 +468,9 @@ fn a_run_while_another_is_alive_exits_non_zero_saying_so() {
         "{stderr}"
     );
     assert!(second.stdout.is_empty());
-    assert!(first.wait().unwrap().success(), "the first run failed");
+    assert!(first.try_wait().unwrap().is_none(), "the first run ended");
+    first.kill().unwrap();
+    first.wait().unwrap();
 }
 
 #[test]

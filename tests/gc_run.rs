@@ -394,6 +394,19 @@ async fn a_second_run_while_one_runs_is_refused(b: TestBackend) {
     first.await.unwrap().unwrap();
 }
 
+async fn a_run_that_finds_a_live_run_goes_on_once_it_ended(b: TestBackend) {
+    let store = store_on(&b);
+    loose_blob(&store, "scratch", b"garbage").await;
+    // The first run ends (about 3 s) while the second watches its lock (5 s).
+    let (first, waiting) = start(&store, run(false), GcPhase::Wait);
+    until(&waiting).await;
+    let second = gc(&store, run(false)).await;
+    let first = first.await.unwrap().unwrap();
+    assert_eq!((first.generation, second.generation), (1, 2));
+    assert!(!second.took_over, "{second:?}");
+    assert_eq!(first.removed.blobs + second.removed.blobs, 1);
+}
+
 async fn an_abandoned_run_is_taken_over_and_its_verdicts_released(b: TestBackend) {
     let store = store_on(&b);
     let d = loose_blob(&store, "app", b"condemned by a run that died").await;
@@ -566,6 +579,7 @@ backend_tests!(
     a_commit_of_a_blob_being_deleted_waits_then_stores_it_anew,
     a_manifest_put_naming_a_blob_being_deleted_is_refused,
     a_second_run_while_one_runs_is_refused,
+    a_run_that_finds_a_live_run_goes_on_once_it_ended,
     an_abandoned_run_is_taken_over_and_its_verdicts_released,
     pieces_left_by_an_interrupted_cancel_are_collected_and_no_others,
     pieces_of_a_quarantined_blob_are_kept,
