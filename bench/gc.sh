@@ -57,6 +57,8 @@ fs_run() { # RUN_NUMBER
   # shellcheck disable=SC2086
   "$GC_COST" populate --backend fs --root "$dir" --repos "$FS_REPOS" $EXTRA
   echo "on disk: $(du -sh "$dir" | cut -f1), $(find "$dir" -type f | wc -l) files, $(find "$dir" -type d | wc -l) directories"
+  # The population leaves dirty pages whose writeback would slow the run's fsyncs.
+  echo "sync after the population: $(secs sync -f "$dir") s"
 
   say "filesystem run $1: ceilings (page cache warm from the population)"
   local n
@@ -86,6 +88,7 @@ s3_run() {
   say "S3 at $LAYERSTORE_TEST_S3_ENDPOINT, bucket $LAYERSTORE_TEST_S3_BUCKET, prefix $prefix: populate $S3_REPOS repositories"
   # shellcheck disable=SC2086
   "$GC_COST" populate --backend s3 --prefix "$prefix" --repos "$S3_REPOS" $EXTRA
+  echo "sync after the population: $(secs sync) s"
   if [ "${GC_DRY_RUN:-}" = 1 ]; then
     say "S3: gc --dry-run"
     "$GC_COST" gc --backend s3 --prefix "$prefix" --dry-run

@@ -43,11 +43,12 @@
 //! sequential requests each, medians; lists of a 1,000-key prefix), so that request counts
 //! can be turned into a ceiling: the time those requests take one after another.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,56 @@ use rand::{RngCore, SeedableRng};
 use serde_json::json;
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+// ---------------------------------------------------------------------------------------------
+// Heap accounting: what the process's Rust code holds allocated, apart from what the allocator
+// keeps mapped (VmHWM counts both).
+
+struct CountingAlloc;
+
+static HEAP: AtomicUsize = AtomicUsize::new(0);
+static HEAP_PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is the system allocator's.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = HEAP.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            HEAP_PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) };
+        HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as above.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                let grown = new_size - layout.size();
+                let now = HEAP.fetch_add(grown, Ordering::Relaxed) + grown;
+                HEAP_PEAK.fetch_max(now, Ordering::Relaxed);
+            } else {
+                HEAP.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn heap_kib() -> u64 {
+    (HEAP.load(Ordering::Relaxed) / 1024) as u64
+}
 
 // ---------------------------------------------------------------------------------------------
 // Arguments
@@ -835,7 +886,8 @@ async fn populate(args: &Args) -> Res<()> {
 // ---------------------------------------------------------------------------------------------
 // The run
 
-fn proc_status_kib(field: &str) -> u64 {
+/// A numeric field of `/proc/self/status` (kB for the memory ones).
+fn proc_status(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -862,6 +914,7 @@ struct PhaseMark {
     at: Instant,
     counts: Counts,
     rss_kib: u64,
+    heap_kib: u64,
 }
 
 /// The first and the latest progress call of one phase.
@@ -914,8 +967,10 @@ async fn collect(args: &Args) -> Res<()> {
         dry_run: args.dry_run,
         lock: GcLockTiming::default(),
     };
-    let rss_before = proc_status_kib("VmRSS:");
-    let hwm_before = proc_status_kib("VmHWM:");
+    let rss_before = proc_status("VmRSS:");
+    let hwm_before = proc_status("VmHWM:");
+    let heap_before = heap_kib();
+    HEAP_PEAK.store(HEAP.load(Ordering::Relaxed), Ordering::Relaxed);
     let seen: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
     let started = Instant::now();
     let start = PhaseMark {
@@ -923,13 +978,15 @@ async fn collect(args: &Args) -> Res<()> {
         at: started,
         counts: tally.snapshot(),
         rss_kib: rss_before,
+        heap_kib: heap_before,
     };
     let progress = |p: &GcProgress| {
         let mark = PhaseMark {
             name: phase_name(p.phase),
             at: Instant::now(),
             counts: tally.snapshot(),
-            rss_kib: proc_status_kib("VmRSS:"),
+            rss_kib: proc_status("VmRSS:"),
+            heap_kib: heap_kib(),
         };
         let mut seen = seen.lock().unwrap();
         match seen.last_mut() {
@@ -944,8 +1001,11 @@ async fn collect(args: &Args) -> Res<()> {
     let report = store.gc(options, &progress).await?;
     let ended = Instant::now();
     let total = tally.snapshot();
-    let hwm = proc_status_kib("VmHWM:");
-    let rss_after = proc_status_kib("VmRSS:");
+    let hwm = proc_status("VmHWM:");
+    let rss_after = proc_status("VmRSS:");
+    let heap_peak = (HEAP_PEAK.load(Ordering::Relaxed) / 1024) as u64;
+    let threads = proc_status("Threads:");
+    let heap_after = heap_kib();
     let marks = boundaries(
         start,
         &seen.into_inner().unwrap(),
@@ -954,6 +1014,7 @@ async fn collect(args: &Args) -> Res<()> {
             at: ended,
             counts: total,
             rss_kib: rss_after,
+            heap_kib: heap_after,
         },
     );
 
@@ -978,28 +1039,46 @@ async fn collect(args: &Args) -> Res<()> {
     );
     println!(
         "memory: VmHWM {:.1} MiB (before the run: VmRSS {:.1} MiB, VmHWM {:.1} MiB; after: VmRSS \
-         {:.1} MiB); mark set {} bytes ({:.1} bytes a marked blob)",
+         {:.1} MiB, {} threads); heap in use: peak {:.2} MiB (before {:.2}, after {:.2}); mark \
+         set {} bytes ({:.1} bytes a marked blob)",
         hwm as f64 / 1024.0,
         rss_before as f64 / 1024.0,
         hwm_before as f64 / 1024.0,
         rss_after as f64 / 1024.0,
+        threads,
+        heap_peak as f64 / 1024.0,
+        heap_before as f64 / 1024.0,
+        heap_after as f64 / 1024.0,
         plan.mark_set_bytes,
         plan.mark_set_bytes as f64 / plan.blobs_marked.max(1) as f64,
     );
+    // After the run (its memory and counts are read already): the backend's latencies.
+    let probe = if args.probe > 0 {
+        Some(probe_latency(opened.objects.as_ref(), args.probe).await?)
+    } else {
+        None
+    };
+    let s3 = args.backend == "s3";
     let mut phases = Vec::new();
     for pair in marks.windows(2) {
         let (m, next) = (&pair[0], &pair[1]);
         let d = next.counts.minus(&m.counts);
         let secs = next.at.duration_since(m.at).as_secs_f64();
+        let ceiling = probe.as_ref().map(|p| p.sequential_secs(&d, s3));
         println!(
-            "  {:<8} {:>8.3} s  VmRSS at start {:>6.1} MiB  {d}",
+            "  {:<8} {:>8.3} s  at start VmRSS {:>5.1} MiB, heap {:>5.2} MiB  {d}{}",
             m.name,
             secs,
-            m.rss_kib as f64 / 1024.0
+            m.rss_kib as f64 / 1024.0,
+            m.heap_kib as f64 / 1024.0,
+            ceiling.map_or_else(String::new, |c| format!(
+                "; one after another at the probed latencies: {c:.2} s"
+            )),
         );
         phases.push(json!({"phase": m.name, "secs": secs,
                            "rss_mib_at_start": m.rss_kib as f64 / 1024.0,
-                           "requests": d.to_json()}));
+                           "heap_mib_at_start": m.heap_kib as f64 / 1024.0,
+                           "requests": d.to_json(), "sequential_request_secs": ceiling}));
     }
     let all = marks.last().unwrap().counts.minus(&marks[0].counts);
     println!(
@@ -1031,21 +1110,17 @@ async fn collect(args: &Args) -> Res<()> {
         timed_kinds.join(", ")
     );
 
-    let probe = if args.probe > 0 {
-        Some(probe_latency(opened.objects.as_ref(), args.probe).await?)
-    } else {
-        None
-    };
     if let Some(p) = &probe {
         println!(
             "latency (medians of {} sequential requests): {p}",
             args.probe
         );
-        let ceiling = p.sequential_secs(&all);
+        let ceiling = p.sequential_secs(&all, s3);
         println!(
-            "  the run's {} requests one after another at those latencies: {ceiling:.2} s \
+            "  the run's {} requests one after another at those latencies: {ceiling:.2} s{} \
              (the run took {:.2} s of which {:.2} s waiting)",
             all.requests(),
+            if s3 { "" } else { " without the listings" },
             secs,
             phase_secs(&marks, "wait")
         );
@@ -1068,10 +1143,12 @@ async fn collect(args: &Args) -> Res<()> {
                 "delete_requests": all.kind(DELETE_REQ) as f64 / blobs,
             },
             "memory": {"vm_hwm_kib": hwm, "vm_rss_before_kib": rss_before,
+                       "heap_peak_kib": heap_peak, "heap_before_kib": heap_before,
+                       "heap_after_kib": heap_after, "threads_after": threads,
                        "vm_hwm_before_kib": hwm_before, "vm_rss_after_kib": rss_after,
                        "mark_set_bytes": plan.mark_set_bytes},
             "latency_ms": probe.as_ref().map(Latency::to_json),
-            "sequential_request_secs": probe.as_ref().map(|p| p.sequential_secs(&all)),
+            "sequential_request_secs": probe.as_ref().map(|p| p.sequential_secs(&all, s3)),
         })
     );
     Ok(())
@@ -1096,16 +1173,27 @@ struct Latency {
     delete: f64,
     /// One list request (page) over 1,000 keys.
     list_1000: f64,
+    /// One list request over 10 keys.
+    list_10: f64,
     /// One bulk delete of 1,000 keys (`delete_stream`).
     bulk_delete_1000: f64,
 }
 
 impl Latency {
-    /// The time `c`'s requests take one after another at these latencies. A list is counted
-    /// at the 1,000-key page latency (an upper bound for shorter pages); bulk deletes at the
-    /// single-delete latency plus the per-key share of a 1,000-key bulk delete.
-    fn sequential_secs(&self, c: &Counts) -> f64 {
-        let ms = c.kind(LIST) as f64 * self.list_1000
+    /// The time `c`'s requests take one after another at these latencies. On S3 a list
+    /// request is one page: pages of `blobs/` at the 1,000-key page latency, the per-repository
+    /// listings (tens of keys) at the 10-key one; on the filesystem one list call walks a
+    /// whole tree, so listings are left out (`bench/gc.sh` times `find` over the same files).
+    /// A bulk delete counts as a single delete plus the per-key share of a 1,000-key one.
+    fn sequential_secs(&self, c: &Counts, pages: bool) -> f64 {
+        let blob_pages = c.cells[LIST][area("blobs")] as f64;
+        let other_lists = c.kind(LIST) as f64 - blob_pages;
+        let lists = if pages {
+            blob_pages * self.list_1000 + other_lists * self.list_10
+        } else {
+            0.0
+        };
+        let ms = lists
             + c.kind(GET) as f64 * self.get
             + c.kind(HEAD) as f64 * self.head
             + c.kind(PUT) as f64 * self.put
@@ -1119,6 +1207,7 @@ impl Latency {
     fn to_json(&self) -> serde_json::Value {
         json!({"put": self.put, "put_create": self.put_create, "head": self.head,
                "get": self.get, "delete": self.delete, "list_1000": self.list_1000,
+               "list_10": self.list_10,
                "bulk_delete_1000": self.bulk_delete_1000})
     }
 }
@@ -1128,12 +1217,14 @@ impl fmt::Display for Latency {
         write!(
             f,
             "put {:.2} ms, put create-only {:.2} ms, head {:.2} ms, get {:.2} ms, delete {:.2} \
-             ms, list of 1,000 keys {:.2} ms, bulk delete of 1,000 keys {:.2} ms",
+             ms, list of 10 keys {:.2} ms, of 1,000 keys {:.2} ms, bulk delete of 1,000 keys \
+             {:.2} ms",
             self.put,
             self.put_create,
             self.head,
             self.get,
             self.delete,
+            self.list_10,
             self.list_1000,
             self.bulk_delete_1000
         )
@@ -1196,15 +1287,27 @@ async fn probe_latency(objects: &dyn ObjectStore, n: usize) -> Res<Latency> {
         async move { objects.delete(&k).await }
     })
     .await?;
-    // 1,000 keys for the list and bulk-delete probes (written 16 at a time).
+    // 1,000 keys for the list and bulk-delete probes (written 16 at a time), the first 10
+    // of them under `probe/c/0000` for the short listing.
     stream::iter(0..1000)
         .map(|i| {
-            let (k, b) = (key("c", i), body.clone());
+            let k = Path::from(format!("probe/c/{:04}/{i:06}", i / 10));
+            let b = body.clone();
             async move { objects.put(&k, b.into()).await.map(|_| ()) }
         })
         .buffer_unordered(16)
         .try_collect::<Vec<()>>()
         .await?;
+    let small = Path::from("probe/c/0000");
+    let list_10 = timed(n.clamp(1, 50), |_| {
+        let small = small.clone();
+        async move {
+            let listed: Vec<ObjectMeta> = objects.list(Some(&small)).try_collect().await?;
+            assert_eq!(listed.len(), 10);
+            Ok(())
+        }
+    })
+    .await?;
     let prefix = Path::from("probe/c");
     let list_1000 = timed(n.clamp(1, 20), |_| {
         let prefix = prefix.clone();
@@ -1230,6 +1333,7 @@ async fn probe_latency(objects: &dyn ObjectStore, n: usize) -> Res<Latency> {
         get,
         delete,
         list_1000,
+        list_10,
         bulk_delete_1000,
     })
 }
