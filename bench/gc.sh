@@ -6,7 +6,8 @@
 #   s3  the same on SeaweedFS (default 100 repositories, 10,000 blobs) under a fresh key
 #       prefix that is deleted afterwards: HTTP requests per blob by kind, per-request
 #       latency of the emulator, and the time those requests take one after another
-# Population is timed separately and excluded from the GC figures.
+# Population is timed separately, synced to disk, and excluded from the GC figures; the GC
+# process also reports the Rust heap it holds beside VmHWM. Results: bench/README.md.
 #
 # Usage: bench/gc.sh [fs|s3|all]      (default all)
 # Environment: FS_REPOS (1000), S3_REPOS (100), FS_RUNS (1), PROBE (200 requests per kind),

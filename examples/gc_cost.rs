@@ -40,8 +40,13 @@
 //! in, from the run's progress callback: lock, wait, mark, links, scan, release.
 //!
 //! `--probe N` measures, after the run, the backend's latency per request of each kind (N
-//! sequential requests each, medians; lists of a 1,000-key prefix), so that request counts
-//! can be turned into a ceiling: the time those requests take one after another.
+//! sequential requests each, medians; lists of a 10-key and a 1,000-key prefix), so that
+//! request counts can be turned into a ceiling: the time those requests take one after
+//! another.
+//!
+//! **Memory.** VmHWM of the process, the heap the Rust code holds (a counting global
+//! allocator: what the run allocates, apart from what the allocator and thread stacks keep)
+//! and the mark set's own size (`GcPlan::mark_set_bytes`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashSet;
