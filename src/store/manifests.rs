@@ -329,15 +329,16 @@ impl Repository {
     /// # Errors
     /// [`Error::ManifestUnknown`] if there is no such manifest in this repository.
     pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
-        match self.delete_revision(digest).await? {
+        match self.delete_revision(digest, ReferrerEntry::Last).await? {
             Some(_) => Ok(()),
             None => Err(unknown(&Reference::Digest(*digest))),
         }
     }
 
-    /// Deletes a revision as [`Self::delete_manifest`] does; `None` if there is none, else
-    /// how many tags pointed at it.
-    async fn delete_revision(&self, digest: &Digest) -> Result<Option<u64>> {
+    /// Deletes a revision as [`Self::delete_manifest`] does, its referrer entry after or
+    /// before the revision link as `order` says; `None` if there is none, else how many tags
+    /// pointed at it.
+    async fn delete_revision(&self, digest: &Digest, order: ReferrerEntry) -> Result<Option<u64>> {
         let keys = self.store.keys();
         let revision_key = keys.manifest_revision(&self.name, digest);
         let Some(revision) = self.store.read_link::<RevisionLink>(&revision_key).await? else {
@@ -357,19 +358,33 @@ impl Repository {
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await?;
+        let entry = revision
+            .subject
+            .map(|subject| keys.referrer_link(&self.name, &subject, digest));
+        if let (Some(entry), ReferrerEntry::First) = (&entry, order) {
+            self.store.remove(entry).await?;
+        }
         self.store.remove(&revision_key).await?;
-        if let Some(subject) = &revision.subject {
-            self.store
-                .remove(&keys.referrer_link(&self.name, subject, digest))
-                .await?;
+        if let (Some(entry), ReferrerEntry::Last) = (&entry, order) {
+            self.store.remove(entry).await?;
         }
         Ok(Some(removed.iter().filter(|r| **r).count() as u64))
     }
 
     /// Garbage collection's delete of a revision: how many tags went with it (0 if it was
     /// gone already).
+    ///
+    /// The referrer entry goes before the revision link, so that a run that dies between the
+    /// two leaves the revision, which the next run collects again; the other way round it
+    /// would leave an entry naming no revision, which no run looks for (readers skip it, and
+    /// scrub reports it once it is older than its grace). Nothing a client relies on sees the
+    /// difference: the manifest is collected because no tag reaches it and its subject is not
+    /// kept, so only a referrers listing of that subject, between the two deletes, misses it.
     pub(crate) async fn delete_revision_for_gc(&self, digest: &Digest) -> Result<u64> {
-        Ok(self.delete_revision(digest).await?.unwrap_or(0))
+        Ok(self
+            .delete_revision(digest, ReferrerEntry::First)
+            .await?
+            .unwrap_or(0))
     }
 
     /// Whether the repository has no revision and no blob link left.
@@ -465,6 +480,15 @@ impl Repository {
             filtered: artifact_type.is_some(),
         })
     }
+}
+
+/// When a revision's delete removes its referrer entry: after the revision link (a client's
+/// delete: a manifest still visible is always listed) or before it (garbage collection's: a
+/// crash between leaves the revision, which the next run finds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReferrerEntry {
+    Last,
+    First,
 }
 
 fn unknown(reference: &Reference) -> Error {
