@@ -53,11 +53,12 @@ const CRASHING: GcOptions = GcOptions {
     },
 };
 
-/// The run after it: takes an abandoned lock over after one second without a heartbeat.
+/// The run after it: takes an abandoned lock over after five seconds without a heartbeat (a
+/// shorter limit trips its own fence when a loaded backend delays a heartbeat).
 const RECOVERING: GcOptions = GcOptions {
     lock: GcLockTiming {
         heartbeat: Duration::from_millis(100),
-        stale_after: Duration::from_secs(1),
+        stale_after: Duration::from_secs(5),
     },
     ..CRASHING
 };

@@ -397,10 +397,17 @@ async fn a_second_run_while_one_runs_is_refused(b: TestBackend) {
 async fn a_run_that_finds_a_live_run_goes_on_once_it_ended(b: TestBackend) {
     let store = store_on(&b);
     loose_blob(&store, "scratch", b"garbage").await;
-    // The first run ends (about 3 s) while the second watches its lock (5 s).
+    // The first run ends (in about 3 s) while the second watches its lock (20 s).
     let (first, waiting) = start(&store, run(false), GcPhase::Wait);
     until(&waiting).await;
-    let second = gc(&store, run(false)).await;
+    let patient = GcOptions {
+        lock: GcLockTiming {
+            heartbeat: Duration::from_millis(100),
+            stale_after: Duration::from_secs(20),
+        },
+        ..run(false)
+    };
+    let second = gc(&store, patient).await;
     let first = first.await.unwrap().unwrap();
     assert_eq!((first.generation, second.generation), (1, 2));
     assert!(!second.took_over, "{second:?}");
