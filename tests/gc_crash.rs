@@ -46,7 +46,7 @@ fn rounds_at_once(kind: BackendKind) -> usize {
     match kind {
         BackendKind::Memory | BackendKind::Filesystem => 64,
         BackendKind::S3 => 16,
-        BackendKind::Azure => 8,
+        BackendKind::Azure => 4,
     }
 }
 

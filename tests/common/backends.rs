@@ -283,12 +283,22 @@ async fn s3(config: S3Config) -> TestBackend {
     static BUCKET: OnceCell<()> = OnceCell::const_new();
     BUCKET
         .get_or_init(|| async {
-            create_s3_bucket(&config).await.unwrap_or_else(|e| {
-                panic!(
-                    "create S3 bucket {:?} at {}: {e}",
-                    config.bucket, config.endpoint
-                )
-            });
+            // As for Azure below: retry a busy emulator for up to a minute.
+            let mut attempt = 0;
+            loop {
+                match create_s3_bucket(&config).await {
+                    Ok(_) => break,
+                    Err(e) if attempt < 60 => {
+                        attempt += 1;
+                        let _ = writeln!(std::io::stderr(), "create S3 bucket: {e}; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    Err(e) => panic!(
+                        "create S3 bucket {:?} at {}: {e}",
+                        config.bucket, config.endpoint
+                    ),
+                }
+            }
         })
         .await;
 
@@ -333,12 +343,24 @@ async fn azure(config: AzureConfig) -> TestBackend {
     static CONTAINER: OnceCell<()> = OnceCell::const_new();
     CONTAINER
         .get_or_init(|| async {
-            create_azure_container(&config).await.unwrap_or_else(|e| {
-                panic!(
-                    "create Azure container {:?} at {}: {e}",
-                    config.container, config.endpoint
-                )
-            });
+            // An emulator busy with the previous suite's load can refuse connections for a
+            // few seconds: retry for up to a minute before calling the environment broken.
+            let mut attempt = 0;
+            loop {
+                match create_azure_container(&config).await {
+                    Ok(_) => break,
+                    Err(e) if attempt < 60 => {
+                        attempt += 1;
+                        let _ =
+                            writeln!(std::io::stderr(), "create Azure container: {e}; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    Err(e) => panic!(
+                        "create Azure container {:?} at {}: {e}",
+                        config.container, config.endpoint
+                    ),
+                }
+            }
         })
         .await;
 
