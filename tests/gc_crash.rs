@@ -85,7 +85,7 @@ struct Fixture {
     images: Vec<(&'static str, Reference, Vec<Bytes>)>,
     /// Every backend key of what is kept, and `gc/state`.
     kept_keys: BTreeSet<String>,
-    /// The digests that must be gone.
+    /// The blobs a run deletes.
     garbage: Vec<Digest>,
     /// The garbage blob pushed in small chunks, and its pieces (none on the filesystem).
     garbage_segmented: Digest,
@@ -377,6 +377,14 @@ async fn assert_exactly_the_kept_set(
     let catalog = store.catalog(None, None).await.unwrap().items;
     assert_eq!(catalog, vec![repo("app"), repo("multi")], "{when}");
     let found = all_keys(b).await;
+    for d in &fixture.garbage {
+        for key in [KeyLayout.blob_data(d), KeyLayout.blob_segments(d)] {
+            assert!(
+                !found.contains(key.as_ref()),
+                "{when}: {key} is still there"
+            );
+        }
+    }
     let missing: Vec<_> = fixture.kept_keys.difference(&found).collect();
     let extra: Vec<_> = found
         .difference(&fixture.kept_keys)
