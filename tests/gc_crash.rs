@@ -35,18 +35,23 @@ use layerstore::{Digest, Manifest, Reference, Repository, ScrubOptions, ScrubRep
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 const KIB: usize = 1024;
 
 /// Rounds (each a backend with a copy of the store, a crashing run and a recovering one) in
-/// flight at once. A round mostly waits (the protocol's delay, a takeover), so memory and the
-/// filesystem run them all at once; the S3 and Azure emulators serve a few hundred requests a
-/// second, which bounds a test there however many rounds wait at once.
-fn rounds_at_once(kind: BackendKind) -> usize {
+/// flight at once, over all the tests of a backend kind. A round mostly waits (the
+/// protocol's delay), so memory and the filesystem run many at once; the S3 and Azure
+/// emulators serve a few hundred requests a second (Azurite fewer, and it stops answering
+/// when pressed), which bounds a test there however many rounds wait.
+fn round_permit(kind: BackendKind) -> &'static Semaphore {
+    static LOCAL: Semaphore = Semaphore::const_new(64);
+    static S3: Semaphore = Semaphore::const_new(16);
+    static AZURE: Semaphore = Semaphore::const_new(4);
     match kind {
-        BackendKind::Memory | BackendKind::Filesystem => 64,
-        BackendKind::S3 => 16,
-        BackendKind::Azure => 4,
+        BackendKind::Memory | BackendKind::Filesystem => &LOCAL,
+        BackendKind::S3 => &S3,
+        BackendKind::Azure => &AZURE,
     }
 }
 
@@ -85,7 +90,7 @@ struct Fixture {
     images: Vec<(&'static str, Reference, Vec<Bytes>)>,
     /// Every backend key of what is kept, and `gc/state`.
     kept_keys: BTreeSet<String>,
-    /// The digests that must be gone.
+    /// The blobs a run deletes.
     garbage: Vec<Digest>,
     /// The garbage blob pushed in small chunks, and its pieces (none on the filesystem).
     garbage_segmented: Digest,
@@ -377,6 +382,14 @@ async fn assert_exactly_the_kept_set(
     let catalog = store.catalog(None, None).await.unwrap().items;
     assert_eq!(catalog, vec![repo("app"), repo("multi")], "{when}");
     let found = all_keys(b).await;
+    for d in &fixture.garbage {
+        for key in [KeyLayout.blob_data(d), KeyLayout.blob_segments(d)] {
+            assert!(
+                !found.contains(key.as_ref()),
+                "{when}: {key} is still there"
+            );
+        }
+    }
     let missing: Vec<_> = fixture.kept_keys.difference(&found).collect();
     let extra: Vec<_> = found
         .difference(&fixture.kept_keys)
@@ -570,6 +583,7 @@ async fn next_run_finishes(
 /// One round: a copy of the store, a run with `fault` at write `n`, the checks of what it
 /// left, and the next run.
 async fn round(template: &Template, fixture: &Fixture, fault: Fault, n: u64, tally: &Tally) {
+    let _permit = round_permit(template.kind).acquire().await.unwrap();
     let (b, healthy) = failed_run(template, fixture, fault, n, tally).await;
     let when = format!("{fault:?} at write {n}");
 
@@ -589,7 +603,7 @@ async fn round(template: &Template, fixture: &Fixture, fault: Fault, n: u64, tal
 }
 
 /// Builds the store on the test's backend, then runs a round for every write of a healthy
-/// run, each on a copy of it, several at a time.
+/// run, each on a copy of it, several at a time (see [`round_permit`]).
 async fn at_every_write(b: TestBackend, fault: Fault) {
     let started = Instant::now();
     let fixture = build(&b).await;
@@ -602,7 +616,7 @@ async fn at_every_write(b: TestBackend, fault: Fault) {
     let tally = Tally::default();
     futures::stream::iter(1..=writes)
         .map(|n| round(&template, &fixture, fault, n, &tally))
-        .buffer_unordered(rounds_at_once(b.kind))
+        .buffer_unordered(usize::MAX)
         .collect::<Vec<()>>()
         .await;
     // Visible with --nocapture: how the rounds went.
@@ -637,6 +651,7 @@ async fn the_next_run_takes_over_the_lock_of_a_run_that_died(b: TestBackend) {
     let (template, fixture, tally) = (&template, &fixture, &tally);
     futures::stream::iter([2, writes / 2, writes])
         .map(|n| async move {
+            let _permit = round_permit(template.kind).acquire().await.unwrap();
             let (b, healthy) = failed_run(template, fixture, Fault::Crash, n, tally).await;
             let when = format!("crash at write {n}");
             assert!(

@@ -77,6 +77,13 @@ pub struct FaultState {
     released: AtomicBool,
 }
 
+/// A request [`FaultyStore::move_pause`] holds: a write or a read, by its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    Write(u64),
+    Read(u64),
+}
+
 /// An injected fault, as the filesystem seam reports it.
 #[derive(Debug)]
 pub struct Injected(pub String);
@@ -296,6 +303,20 @@ impl FaultyStore {
         self.state.released.store(false, Ordering::SeqCst);
         self.state.paused.store(false, Ordering::SeqCst);
         *self.state.pause_on.lock().unwrap() = Some((op.to_owned(), key.to_string()));
+    }
+
+    /// Moves the pause to `next`, in one step: whatever an earlier pause holds goes on, and
+    /// `next` waits when it comes, until [`Self::release`] or the next move; [`Self::paused`]
+    /// turns true once it is reached. For holding one operation at several points in turn.
+    pub fn move_pause(&self, next: Hold) {
+        let (write, read) = match next {
+            Hold::Write(n) => (n, 0),
+            Hold::Read(n) => (0, n),
+        };
+        self.state.paused.store(false, Ordering::SeqCst);
+        self.state.pause_read_at.store(read, Ordering::SeqCst);
+        self.state.pause_at.store(write, Ordering::SeqCst);
+        self.state.released.store(false, Ordering::SeqCst);
     }
 
     /// Whether the write set by [`Self::pause_at`] has been reached (and is waiting, unless
