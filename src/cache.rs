@@ -53,6 +53,24 @@ pub struct CachedBlob {
     pub placement: BlobPlacement,
 }
 
+impl CachedBlob {
+    /// A blob kept as one object of `size` bytes.
+    pub fn object(size: u64) -> Self {
+        Self {
+            size,
+            placement: BlobPlacement::Object,
+        }
+    }
+
+    /// A blob of `size` bytes kept as the segments of an upload.
+    pub fn segments(size: u64) -> Self {
+        Self {
+            size,
+            placement: BlobPlacement::Segments,
+        }
+    }
+}
+
 /// Counters of a cache, since it was made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {

@@ -4,15 +4,21 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use bytes::Bytes;
 use common::*;
 use futures::TryStreamExt;
-use layerstore::cache::{MemoryCache, MemoryCacheConfig};
+use layerstore::cache::{
+    BlobDescriptorCache, CacheStats, CachedBlob, MemoryCache, MemoryCacheConfig,
+};
 use layerstore::layout::KeyLayout;
-use layerstore::{Backend, Digest, ErrorKind, Store};
+use layerstore::{Backend, Digest, ErrorKind, RepositoryName, Store};
 use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::sync::Notify;
 
 fn cached_store(objects: Arc<dyn ObjectStore>, ttl: Duration) -> Store {
     let cache = MemoryCache::new(MemoryCacheConfig {
@@ -96,7 +102,9 @@ async fn unlinking_a_blob_invalidates_its_entry(b: TestBackend) {
 async fn a_stat_racing_an_unlink_leaves_no_entry_behind(b: TestBackend) {
     let faulty = b.faulty();
     let store = cached_store(faulty.clone(), Duration::from_secs(600));
-    let d = pushed(&store, "app", b"raced").await;
+    // Pushed through another store, so this one's cache does not know it from the push.
+    let writer = Store::with_cache(Backend::object_store(faulty.clone()), None);
+    let d = pushed(&writer, "app", b"raced").await;
     let r = store.repository(repo("app"));
     // The uncached stat reads the link, then the blob's data object; hold it at the second.
     let before = faulty.reads_seen();
@@ -231,6 +239,153 @@ async fn evictions_are_counted_when_capacity_is_exceeded(b: TestBackend) {
     assert!(store.cache_stats().unwrap().evictions > 0);
 }
 
+/// Stats `digest` in `name` twice (a HEAD, then an existence check) and returns how many
+/// requests the backend saw for them.
+async fn requests_of_two_stats(
+    store: &Store,
+    counting: &CountingStore,
+    name: &str,
+    digest: &Digest,
+) -> Counts {
+    counting.reset();
+    let r = store.repository(repo(name));
+    r.stat_blob(digest).await.unwrap();
+    assert!(r.blob_exists(digest).await.unwrap());
+    counting.snapshot()
+}
+
+async fn the_first_stat_after_a_push_asks_the_backend_nothing(b: TestBackend) {
+    let (store, counting) = counting_store_on(&b);
+    let d = pushed(&store, "app", b"just pushed").await;
+    let counts = requests_of_two_stats(&store, &counting, "app", &d).await;
+    assert_eq!(counts.requests(), 0, "{counts:?}");
+}
+
+async fn the_first_stat_after_a_push_of_stored_bytes_asks_the_backend_nothing(b: TestBackend) {
+    let (store, counting) = counting_store_on(&b);
+    // Stored by another store: this push only links them.
+    let d = pushed(&store_on(&b), "elsewhere", b"stored once").await;
+    pushed(&store, "app", b"stored once").await;
+    let counts = requests_of_two_stats(&store, &counting, "app", &d).await;
+    assert_eq!(counts.requests(), 0, "{counts:?}");
+}
+
+async fn the_first_stat_after_a_chunked_upload_asks_the_backend_nothing(b: TestBackend) {
+    let (store, counting) = counting_store_on(&b);
+    let data = pattern(7, 300 * 1024);
+    let d = Digest::sha256(&data);
+    let r = store.repository(repo("app"));
+    let id = r.start_upload().await.unwrap().id;
+    let mut offset = 0;
+    for chunk in data.chunks(100 * 1024) {
+        r.append_upload(&id, offset, in_pieces(chunk, 16 * 1024))
+            .await
+            .unwrap();
+        offset += chunk.len() as u64;
+    }
+    r.commit_upload(&id, &d, Some(offset)).await.unwrap();
+    let counts = requests_of_two_stats(&store, &counting, "app", &d).await;
+    assert_eq!(counts.requests(), 0, "{counts:?}");
+    assert_eq!(r.stat_blob(&d).await.unwrap().size, data.len() as u64);
+}
+
+async fn the_first_stat_after_a_mount_asks_the_backend_nothing(b: TestBackend) {
+    let (store, counting) = counting_store_on(&b);
+    let d = pushed(&store_on(&b), "src", b"mounted").await;
+    let mounted = store
+        .repository(repo("dst"))
+        .mount_blob(&repo("src"), &d)
+        .await
+        .unwrap();
+    assert!(mounted);
+    let counts = requests_of_two_stats(&store, &counting, "dst", &d).await;
+    assert_eq!(counts.requests(), 0, "{counts:?}");
+}
+
+/// A memory cache whose next link insert, once armed, waits until released: what a store
+/// does between its backend write and its cache fill can be run in between.
+#[derive(Debug)]
+struct GatedCache {
+    inner: MemoryCache,
+    armed: AtomicBool,
+    reached: Notify,
+    released: Notify,
+}
+
+impl GatedCache {
+    fn new() -> Self {
+        Self {
+            inner: MemoryCache::new(MemoryCacheConfig {
+                capacity: 1000,
+                time_to_live: Duration::from_secs(600),
+            }),
+            armed: AtomicBool::new(false),
+            reached: Notify::new(),
+            released: Notify::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl BlobDescriptorCache for GatedCache {
+    async fn blob(&self, digest: &Digest) -> Option<CachedBlob> {
+        self.inner.blob(digest).await
+    }
+    async fn insert_blob(&self, digest: &Digest, blob: CachedBlob) {
+        self.inner.insert_blob(digest, blob).await;
+    }
+    async fn remove_blob(&self, digest: &Digest) {
+        self.inner.remove_blob(digest).await;
+    }
+    async fn linked(&self, repository: &RepositoryName, digest: &Digest) -> bool {
+        self.inner.linked(repository, digest).await
+    }
+    async fn insert_link(&self, repository: &RepositoryName, digest: &Digest) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.released.notified().await;
+        }
+        self.inner.insert_link(repository, digest).await;
+    }
+    async fn remove_link(&self, repository: &RepositoryName, digest: &Digest) {
+        self.inner.remove_link(repository, digest).await;
+    }
+    async fn clear(&self) {
+        self.inner.clear().await;
+    }
+    fn stats(&self) -> CacheStats {
+        self.inner.stats()
+    }
+    fn generation(&self) -> u64 {
+        self.inner.generation()
+    }
+}
+
+/// A push that wrote its link, and fills the cache after an unlink of the blob returned,
+/// must not leave the unlinked blob cached as present.
+async fn a_push_racing_an_unlink_leaves_no_entry_behind(b: TestBackend) {
+    let cache = Arc::new(GatedCache::new());
+    let store = Store::with_cache(backend_on(&b), Some(cache.clone()));
+    let content: &'static [u8] = b"pushed, then unlinked";
+    let d = Digest::sha256(content);
+    cache.armed.store(true, Ordering::SeqCst);
+    let push = {
+        let r = store.repository(repo("app"));
+        tokio::spawn(async move { r.put_blob(&d, Bytes::from_static(content)).await })
+    };
+    tokio::time::timeout(Duration::from_secs(60), cache.reached.notified())
+        .await
+        .expect("the push never filled the cache");
+    let r = store.repository(repo("app"));
+    r.unlink_blob(&d).await.unwrap();
+    cache.released.notify_one();
+    push.await.unwrap().unwrap();
+    assert_eq!(
+        r.stat_blob(&d).await.unwrap_err().kind(),
+        ErrorKind::BlobUnknown
+    );
+}
+
 backend_tests!(
     a_cached_stat_makes_no_backend_request,
     a_miss_fills_the_cache_and_the_counters_show_it,
@@ -244,4 +399,9 @@ backend_tests!(
     a_stale_positive_lasts_at_most_the_ttl,
     without_a_cache_every_stat_asks_the_backend,
     evictions_are_counted_when_capacity_is_exceeded,
+    the_first_stat_after_a_push_asks_the_backend_nothing,
+    the_first_stat_after_a_push_of_stored_bytes_asks_the_backend_nothing,
+    the_first_stat_after_a_chunked_upload_asks_the_backend_nothing,
+    the_first_stat_after_a_mount_asks_the_backend_nothing,
+    a_push_racing_an_unlink_leaves_no_entry_behind,
 );

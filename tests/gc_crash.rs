@@ -69,10 +69,21 @@ const CRASHING: GcOptions = GcOptions {
 
 /// The run after it. A run stops itself when its heartbeat write has not succeeded for half
 /// its staleness limit, and with many rounds at once the S3 and Azure emulators sometimes
-/// take seconds to answer: the limit is long. A takeover waits that long, so rounds remove a
-/// dead run's lock by hand, as a takeover does once the limit has passed; the takeover itself
-/// has its own test ([`the_next_run_takes_over_the_lock_of_a_run_that_died`]).
+/// stall for tens of seconds (Azurite once for 35 s in CI on a loaded machine): the limit is
+/// long. A takeover waits that long, so rounds remove a dead run's lock by hand, as a
+/// takeover does once the limit has passed; the takeover itself has its own test
+/// ([`the_next_run_takes_over_the_lock_of_a_run_that_died`], with [`TAKING_OVER`]).
 const RECOVERING: GcOptions = GcOptions {
+    lock: GcLockTiming {
+        heartbeat: Duration::from_secs(1),
+        stale_after: Duration::from_secs(150),
+    },
+    ..CRASHING
+};
+
+/// The run that takes a dead run's lock over: it waits its staleness limit first, so the
+/// limit is short, and few rounds run at once.
+const TAKING_OVER: GcOptions = GcOptions {
     lock: GcLockTiming {
         heartbeat: Duration::from_secs(1),
         stale_after: Duration::from_secs(20),
@@ -562,6 +573,7 @@ async fn failed_run(
 async fn next_run_finishes(
     b: &TestBackend,
     healthy: &Store,
+    options: GcOptions,
     fixture: &Fixture,
     when: &str,
     tally: &Tally,
@@ -571,7 +583,7 @@ async fn next_run_finishes(
         tally.orphans.fetch_add(1, Ordering::Relaxed);
     }
     let report = healthy
-        .gc(RECOVERING, &|_| {})
+        .gc(options, &|_| {})
         .await
         .unwrap_or_else(|e| panic!("{when}: the next run failed: {e}"));
     let done = format!("{when}, after the next run");
@@ -598,7 +610,7 @@ async fn round(template: &Template, fixture: &Fixture, fault: Fault, n: u64, tal
         tally.locks_left.fetch_add(1, Ordering::Relaxed);
         b.store.delete(&lock).await.unwrap();
     }
-    next_run_finishes(&b, &healthy, fixture, &when, tally).await;
+    next_run_finishes(&b, &healthy, RECOVERING, fixture, &when, tally).await;
     delete_everything(&b).await;
 }
 
@@ -658,7 +670,7 @@ async fn the_next_run_takes_over_the_lock_of_a_run_that_died(b: TestBackend) {
                 b.store.head(&KeyLayout.gc_lock()).await.is_ok(),
                 "{when}: no lock left"
             );
-            let report = next_run_finishes(&b, &healthy, fixture, &when, tally).await;
+            let report = next_run_finishes(&b, &healthy, TAKING_OVER, fixture, &when, tally).await;
             assert!(report.took_over, "{when}: {report:?}");
             delete_everything(&b).await;
         })

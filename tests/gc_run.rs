@@ -344,6 +344,60 @@ async fn a_commit_of_a_blob_being_deleted_waits_then_stores_it_anew(b: TestBacke
     assert_eq!(chunks.concat(), content);
 }
 
+/// A push slower than the grace period can span a whole run that never saw its pins: held
+/// between storing the bytes and linking them while a run deletes the unlinked bytes and
+/// finishes, it must fail rather than acknowledge a blob that is gone. Sent again, it stores.
+async fn a_push_that_spans_a_whole_run_which_deleted_its_bytes_is_not_acknowledged(b: TestBackend) {
+    let (client, faulty) = faulty_store_on(&b);
+    let gc_store = store_on(&b);
+    let content: &'static [u8] = b"stored while a whole run went by";
+    let d = Digest::sha256(content);
+    faulty.pause_on("put", &KeyLayout.layer_link(&repo("app"), &d));
+    let push = {
+        let r = client.repository(repo("app"));
+        tokio::spawn(async move { r.put_blob(&d, Bytes::from_static(content)).await })
+    };
+    until_paused(&faulty).await;
+    let report = gc(&gc_store, run(false)).await;
+    assert_eq!(report.removed.blobs, 1, "{report:?}");
+    faulty.release();
+    let err = push.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("send it again"), "{err}");
+    let r = client.repository(repo("app"));
+    assert!(!r.blob_exists(&d).await.unwrap());
+    r.put_blob(&d, Bytes::from_static(content)).await.unwrap();
+    let read = r.read_blob(&d, None).await.unwrap();
+    let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+    assert_eq!(chunks.concat(), content);
+}
+
+/// The same for a manifest put held before it writes its revision: the run deleted the
+/// layers it names (they were loose), so it is refused naming them, not acknowledged.
+async fn a_manifest_put_that_spans_a_whole_run_which_deleted_its_layers_is_refused(b: TestBackend) {
+    let (client, faulty) = faulty_store_on(&b);
+    let gc_store = store_on(&b);
+    let (m, blobs) = push_image(&client, "app", "slow", 1).await;
+    let digest = Digest::sha256(&m);
+    faulty.pause_on("put", &KeyLayout.manifest_revision(&repo("app"), &digest));
+    let put = {
+        let r = client.repository(repo("app"));
+        tokio::spawn(async move {
+            r.put_manifest(
+                &tag("v1"),
+                m,
+                Some(layerstore::manifest::media_type::OCI_MANIFEST),
+            )
+            .await
+        })
+    };
+    until_paused(&faulty).await;
+    let report = gc(&gc_store, run(false)).await;
+    assert!(report.removed.blobs >= blobs.len() as u64, "{report:?}");
+    faulty.release();
+    let err = put.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ManifestBlobUnknown, "{err}");
+}
+
 async fn until_paused(faulty: &FaultyStore) {
     while !faulty.paused() {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -583,6 +637,8 @@ backend_tests!(
     a_blob_mounted_during_the_run_is_kept,
     a_mount_of_a_blob_being_deleted_mounts_nothing,
     after_a_run_no_replica_says_a_deleted_blob_exists,
+    a_push_that_spans_a_whole_run_which_deleted_its_bytes_is_not_acknowledged,
+    a_manifest_put_that_spans_a_whole_run_which_deleted_its_layers_is_refused,
     a_commit_of_a_blob_being_deleted_waits_then_stores_it_anew,
     a_manifest_put_naming_a_blob_being_deleted_is_refused,
     a_second_run_while_one_runs_is_refused,

@@ -9,10 +9,10 @@ use object_store::{GetOptions, GetRange};
 
 use super::SegmentIndex;
 use super::{Repository, Store};
-use crate::cache::{BlobPlacement, CachedBlob};
+use crate::cache::{BlobDescriptorCache, BlobPlacement, CachedBlob};
 use crate::digest::Digest;
 use crate::error::{Error, RangeError, Result};
-use crate::gc::protocol::{Target, Verdict};
+use crate::gc::protocol::{Seen, Target, Verdict};
 use crate::name::RepositoryName;
 
 /// The media type of a blob as the store sees it: opaque bytes.
@@ -110,7 +110,7 @@ impl BlobLocation {
         }
     }
 
-    fn cached(&self) -> CachedBlob {
+    pub(crate) fn cached(&self) -> CachedBlob {
         let placement = match self {
             Self::Data { .. } => BlobPlacement::Object,
             Self::Segments(_) => BlobPlacement::Segments,
@@ -119,6 +119,21 @@ impl BlobLocation {
             size: self.size(),
             placement,
         }
+    }
+}
+
+/// The error of a write whose result a GC run that started while it was in flight deleted:
+/// not acknowledged, so the client sends it again (and the store takes it anew).
+pub(crate) fn collected_in_flight(what: &str) -> Error {
+    Error::Backend {
+        source: object_store::Error::Generic {
+            store: "layerstore gc",
+            source: format!(
+                "garbage collection is deleting or deleted {what}, which this request wrote \
+                 while the run started; send it again"
+            )
+            .into(),
+        },
     }
 }
 
@@ -190,8 +205,7 @@ impl Repository {
         if gc.active {
             if self.store.pin(target).await? == Verdict::Delete {
                 if let Some(cache) = cache {
-                    cache.remove_link(&self.name, digest).await;
-                    cache.remove_blob(digest).await;
+                    self.forget_cached(cache, digest).await;
                 }
                 return Err(Error::BlobUnknown { digest: *digest });
             }
@@ -199,14 +213,10 @@ impl Repository {
         }
         let (info, location) = located;
         if let (Some(cache), Some(generation)) = (cache, generation) {
-            cache.insert_link(&self.name, digest).await;
-            cache.insert_blob(digest, location.cached()).await;
-            if cache.generation() != generation {
-                // Something was removed while the backend was read: it may have been this
-                // blob, after the read saw it. Drop what was just inserted.
-                cache.remove_link(&self.name, digest).await;
-                cache.remove_blob(digest).await;
-            }
+            // Something removed while the backend was read may have been this blob, after
+            // the read saw it: then the entry is dropped again.
+            self.fill_cache(cache, digest, location.cached(), generation)
+                .await;
         }
         Ok(info)
     }
@@ -243,8 +253,7 @@ impl Repository {
         // Always the backend, never the cache: a read must not serve what is gone.
         let located = self.locate_linked(digest).await;
         if let (Err(Error::BlobUnknown { .. }), Some(cache)) = (&located, self.store.cache()) {
-            cache.remove_link(&self.name, digest).await;
-            cache.remove_blob(digest).await;
+            self.forget_cached(cache, digest).await;
         }
         let (info, location) = located?;
         let range = match range {
@@ -280,24 +289,53 @@ impl Repository {
     /// # Errors
     /// [`Error::DigestInvalid`] if `data` does not hash to `expected`; nothing is written.
     pub async fn put_blob(&self, expected: &Digest, data: Bytes) -> Result<BlobInfo> {
-        self.pinned_for_publish(expected).await?;
+        let before = self.pinned_for_publish(expected).await?;
         let info = self
             .store
             .backend()
             .engine()
             .put_bytes(self, expected, data)
             .await?;
-        self.pinned_after_publish(&[Target::Blob(*expected)])
-            .await?;
+        self.published_blob(expected, before).await?;
         Ok(info)
     }
 
     /// Before a blob is published (and possibly deduplicated against stored bytes): pins it
-    /// and this repository, waiting while a GC run is deleting either.
-    pub(crate) async fn pinned_for_publish(&self, digest: &Digest) -> Result<()> {
+    /// and this repository, waiting while a GC run is deleting either. Returns the GC state
+    /// seen before the pins, for [`Self::published_blob`].
+    pub(crate) async fn pinned_for_publish(&self, digest: &Digest) -> Result<Seen> {
+        let before = self.store.gc_seen().await?;
         self.store
             .pin_all_to_write([Target::Blob(*digest), Target::Repository(self.name.clone())])
-            .await
+            .await?;
+        Ok(before)
+    }
+
+    /// After a blob was published and linked here: pins it again (see
+    /// [`Self::pinned_after_publish`]), and if a GC run started since `before`, checks that
+    /// the link and the bytes are still there. A write that took longer than the grace
+    /// period can span a whole run that did not know of it, and whose verdicts are lifted by
+    /// now; then only the backend can tell whether the run removed what was written.
+    pub(crate) async fn published_blob(&self, digest: &Digest, before: Seen) -> Result<()> {
+        if !self
+            .pinned_after_publish(&[Target::Blob(*digest)], before)
+            .await?
+        {
+            return Ok(());
+        }
+        // The repository's catalog entry may have gone with the run too; putting it back
+        // is safe now that the repository is pinned.
+        self.register().await?;
+        match self.locate_linked(digest).await {
+            Ok(_) => Ok(()),
+            Err(Error::BlobUnknown { .. }) => {
+                if let Some(cache) = self.store.cache() {
+                    self.forget_cached(cache, digest).await;
+                }
+                Err(collected_in_flight(&format!("blob {digest}")))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Links a blob that the store already holds into this repository from `from`.
@@ -308,54 +346,60 @@ impl Repository {
     pub async fn mount_blob(&self, from: &RepositoryName, digest: &Digest) -> Result<bool> {
         // The backend decides, never the cache: a mount must not link bytes that are gone.
         let source = self.store.repository(from.clone());
-        let found = |located: Result<_>| match located {
-            Ok(_) => Ok(true),
-            Err(Error::BlobUnknown { .. }) => Ok(false),
+        let found = |located: Result<(BlobInfo, BlobLocation)>| match located {
+            Ok((_, location)) => Ok(Some(location)),
+            Err(Error::BlobUnknown { .. }) => Ok(None),
             Err(e) => Err(e),
         };
-        if !found(source.locate_linked(digest).await)? {
+        let Some(mut location) = found(source.locate_linked(digest).await)? else {
             return Ok(false);
-        }
+        };
         // While a GC runs: pinned, then checked again; a blob the run is deleting is not
         // mounted (the client uploads it).
         let target = Target::Blob(*digest);
-        if self.store.gc_seen().await?.active {
-            if self.store.pin(target.clone()).await? == Verdict::Delete
-                || !found(source.locate_linked(digest).await)?
-            {
+        let before = self.store.gc_seen().await?;
+        if before.active {
+            if self.store.pin(target.clone()).await? == Verdict::Delete {
                 return Ok(false);
+            }
+            match found(source.locate_linked(digest).await)? {
+                Some(again) => location = again,
+                None => return Ok(false),
             }
             self.store
                 .pin_to_write(Target::Repository(self.name.clone()))
                 .await?;
         }
-        self.link_blob(digest).await?;
-        self.pinned_after_publish(&[target]).await?;
+        self.link_blob(digest, location.cached()).await?;
+        self.published_blob(digest, before).await?;
         Ok(true)
     }
 
     /// After a write is published, pins what it acknowledges again: a GC run that started
     /// while the write was in flight and already decided to delete it makes the write fail
     /// rather than be acknowledged (see `docs/storage.md`, "Garbage collection").
-    pub(crate) async fn pinned_after_publish(&self, targets: &[Target]) -> Result<()> {
+    ///
+    /// Returns whether a run started since `before` (the state seen before the write's first
+    /// pins): then the run may have removed what the write published before its pins could
+    /// stop it, and the caller checks the backend. Once pinned, nothing it checks can go.
+    pub(crate) async fn pinned_after_publish(
+        &self,
+        targets: &[Target],
+        before: Seen,
+    ) -> Result<bool> {
         for target in targets
             .iter()
             .chain([&Target::Repository(self.name.clone())])
         {
             if self.store.pin(target.clone()).await? == Verdict::Delete {
-                return Err(Error::Backend {
-                    source: object_store::Error::Generic {
-                        store: "layerstore gc",
-                        source: format!(
-                            "garbage collection is deleting {target:?}, which this request \
-                             wrote while the run started; send it again"
-                        )
-                        .into(),
-                    },
-                });
+                if let (Target::Blob(digest), Some(cache)) = (target, self.store.cache()) {
+                    self.forget_cached(cache, digest).await;
+                }
+                return Err(collected_in_flight(&format!("{target:?}")));
             }
         }
-        Ok(())
+        let now = self.store.gc_seen().await?;
+        Ok(now.generation != before.generation || (now.active && !before.active))
     }
 
     /// Removes a blob from this repository. Its bytes stay in the store while other
@@ -381,13 +425,45 @@ impl Repository {
         Ok(())
     }
 
-    /// Makes a blob the store holds visible in this repository.
-    pub(crate) async fn link_blob(&self, digest: &Digest) -> Result<()> {
+    /// Makes a blob the store holds visible in this repository, and tells the cache, so the
+    /// first stat after a push or mount asks the backend nothing.
+    ///
+    /// The cache is filled only if nothing was removed from it while the link was written (an
+    /// unlink or a new GC generation racing this write could otherwise be undone by it), the
+    /// same rule a stat follows; a write that a GC run turns down afterwards drops the entry
+    /// again ([`Self::pinned_after_publish`]).
+    pub(crate) async fn link_blob(&self, digest: &Digest, blob: CachedBlob) -> Result<()> {
+        let generation = self.store.cache().map(|c| c.generation());
         self.register().await?;
         let link = self.store.keys().layer_link(&self.name, digest);
         self.store
             .write(&link, Bytes::from(digest.to_string()))
-            .await
+            .await?;
+        if let (Some(cache), Some(generation)) = (self.store.cache(), generation) {
+            self.fill_cache(cache, digest, blob, generation).await;
+        }
+        Ok(())
+    }
+
+    /// Inserts what the store just read or wrote about a linked blob, unless the cache lost
+    /// an entry since `generation` (then the insert may undo that removal, and is dropped).
+    async fn fill_cache(
+        &self,
+        cache: &dyn BlobDescriptorCache,
+        digest: &Digest,
+        blob: CachedBlob,
+        generation: u64,
+    ) {
+        cache.insert_link(&self.name, digest).await;
+        cache.insert_blob(digest, blob).await;
+        if cache.generation() != generation {
+            self.forget_cached(cache, digest).await;
+        }
+    }
+
+    async fn forget_cached(&self, cache: &dyn BlobDescriptorCache, digest: &Digest) {
+        cache.remove_link(&self.name, digest).await;
+        cache.remove_blob(digest).await;
     }
 }
 

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 
+use super::blobs::collected_in_flight;
 use super::{Paginated, Repository};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -111,6 +112,7 @@ impl Repository {
         // While a GC runs: the manifest's own bytes, revision and repository are pinned
         // (waiting while the run deletes them), and what it references (refused if the run
         // is deleting it), so the run cannot delete what this put relies on.
+        let before = self.store.gc_seen().await?;
         self.store
             .pin_all_to_write([
                 Target::Blob(digest),
@@ -162,7 +164,18 @@ impl Repository {
             Target::Blob(digest),
             Target::Revision(self.name.clone(), digest),
         ]);
-        self.pinned_after_publish(&published).await?;
+        if self.pinned_after_publish(&published, before).await? {
+            // A run started while this put was in flight (see `published_blob`): what it
+            // wrote and what it references must still be there, now that all is pinned.
+            self.register().await?;
+            self.check_references(&manifest).await?;
+            let revision = keys.manifest_revision(&self.name, &digest);
+            for key in [&data, &revision] {
+                if !self.store.exists(key).await? {
+                    return Err(collected_in_flight(&format!("manifest {digest}")));
+                }
+            }
+        }
         Ok(ManifestPut { digest, subject })
     }
 

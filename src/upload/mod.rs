@@ -41,7 +41,6 @@ pub use purge::{PurgeOptions, PurgeReport, Purger, PurgerConfig};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::gc::protocol::Target;
 use crate::name::RepositoryName;
 use crate::store::{BLOB_MEDIA_TYPE, BlobInfo, Repository};
 
@@ -199,13 +198,12 @@ impl Repository {
         expected: &Digest,
         expected_size: Option<u64>,
     ) -> Result<BlobInfo> {
-        self.pinned_for_publish(expected).await?;
+        let before = self.pinned_for_publish(expected).await?;
         let info = self
             .engine()
             .commit(self, id, expected, expected_size)
             .await?;
-        self.pinned_after_publish(&[Target::Blob(*expected)])
-            .await?;
+        self.published_blob(expected, before).await?;
         Ok(info)
     }
 
@@ -233,13 +231,12 @@ impl Repository {
         expected_size: Option<u64>,
         data: ChunkStream<'_>,
     ) -> Result<BlobInfo> {
-        self.pinned_for_publish(expected).await?;
+        let before = self.pinned_for_publish(expected).await?;
         let info = self
             .engine()
             .put_stream(self, expected, expected_size, data)
             .await?;
-        self.pinned_after_publish(&[Target::Blob(*expected)])
-            .await?;
+        self.published_blob(expected, before).await?;
         Ok(info)
     }
 }

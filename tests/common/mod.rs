@@ -34,7 +34,7 @@ pub use data::{in_pieces, keys, keys_of, pattern, repo};
 pub use faulty::FaultyStore;
 pub use faulty_fs::FaultyFs;
 pub use images::{push_image, push_referrer, put_index, put_manifest, tag};
-pub use stores::{faulty_store_on, store_on, store_over};
+pub use stores::{backend_on, counting_store_on, faulty_store_on, store_on, store_over};
 
 /// For each `async fn name(b: TestBackend)` listed, generates one test per backend kind:
 /// `memory::name`, `filesystem::name`, `s3::name` and `azure::name`, each on a two-worker

@@ -2,10 +2,12 @@
 
 use std::sync::Arc;
 
+use layerstore::upload::StdFileSystem;
 use layerstore::{Backend, Store};
 use object_store::ObjectStore;
 use object_store::multipart::MultipartStore;
 
+use super::counting::CountingStore;
 use super::faulty::FaultyStore;
 use super::faulty_fs::FaultyFs;
 use super::{BackendKind, TestBackend};
@@ -14,11 +16,16 @@ use super::{BackendKind, TestBackend};
 /// filesystem backend (its own upload and publish path) over the test directory; for the
 /// others, the object store itself.
 pub fn store_on(b: &TestBackend) -> Store {
+    Store::new(backend_on(b))
+}
+
+/// The backend under [`store_on`], for a store built another way (with a cache of its own).
+pub fn backend_on(b: &TestBackend) -> Backend {
     match (b.kind, &b.fs_root) {
         (BackendKind::Filesystem, Some(root)) => {
-            Store::new(Backend::filesystem(root).expect("filesystem backend"))
+            Backend::filesystem(root).expect("filesystem backend")
         }
-        _ => store_over(b.store.clone(), b.multipart.clone()),
+        _ => backend_over(b.store.clone(), b.multipart.clone()),
     }
 }
 
@@ -27,11 +34,18 @@ pub fn store_over(
     objects: Arc<dyn ObjectStore>,
     multipart: Option<Arc<dyn MultipartStore>>,
 ) -> Store {
+    Store::new(backend_over(objects, multipart))
+}
+
+fn backend_over(
+    objects: Arc<dyn ObjectStore>,
+    multipart: Option<Arc<dyn MultipartStore>>,
+) -> Backend {
     let backend = Backend::object_store(objects);
-    Store::new(match multipart {
+    match multipart {
         Some(m) => backend.with_multipart(m),
         None => backend,
-    })
+    }
 }
 
 /// The store a registry would build on this backend ([`store_on`]), with every backend request
@@ -48,4 +62,21 @@ pub fn faulty_store_on(b: &TestBackend) -> (Store, Arc<FaultyStore>) {
         _ => store_over(faulty.clone(), faulty.multipart_store()),
     };
     (store, faulty)
+}
+
+/// The store a registry would build on this backend ([`store_on`], with its default cache),
+/// with every request it sends to the object store counted by the [`CountingStore`] returned
+/// (on the filesystem: links, manifests and reads; the upload engine's file calls are not
+/// object-store requests).
+pub fn counting_store_on(b: &TestBackend) -> (Store, Arc<CountingStore>) {
+    let counting = b.counting();
+    let store = match (b.kind, &b.fs_root) {
+        (BackendKind::Filesystem, Some(root)) => Store::new(Backend::filesystem_with(
+            root,
+            counting.clone(),
+            Arc::new(StdFileSystem),
+        )),
+        _ => store_over(counting.clone(), counting.multipart_store()),
+    };
+    (store, counting)
 }

@@ -40,6 +40,7 @@ use super::engine::UploadEngine;
 use super::purge::{self, PurgeOptions, PurgeReport};
 use super::session::{Hashes, Session};
 use super::{ChunkStream, UploadId, UploadStatus, published, verify};
+use crate::cache::CachedBlob;
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::layout::local_path;
@@ -732,7 +733,7 @@ impl UploadEngine for FsEngine {
         };
         verify(&actual, size, expected, expected_size)?;
         self.publish(store, &paths, expected, size, &guard).await?;
-        repo.link_blob(expected).await?;
+        repo.link_blob(expected, CachedBlob::object(size)).await?;
         self.end_published(store, &paths, id, guard).await;
         Ok(published(expected, size))
     }
@@ -783,7 +784,8 @@ impl UploadEngine for FsEngine {
             verify(&actual, written.len, expected, expected_size)?;
             self.publish(store, &paths, expected, written.len, &guard)
                 .await?;
-            repo.link_blob(expected).await?;
+            repo.link_blob(expected, CachedBlob::object(written.len))
+                .await?;
             Ok(published(expected, written.len))
         }
         .await;
@@ -800,7 +802,7 @@ impl UploadEngine for FsEngine {
         let size = data.len() as u64;
         if repo.store().blob_size(expected).await?.is_some() {
             expected.verify(&data)?;
-            repo.link_blob(expected).await?;
+            repo.link_blob(expected, CachedBlob::object(size)).await?;
             return Ok(published(expected, size));
         }
         // Hashes while it writes, then verifies before it publishes.

@@ -11,6 +11,7 @@ use object_store::{PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use super::state::{ObjectSession, Piece};
 use super::{ObjectEngine, Stop, abort, list_sizes, load, piece_key, replace_state};
+use crate::cache::CachedBlob;
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::gc::protocol::{Target, Verdict};
@@ -71,15 +72,16 @@ pub(super) async fn commit(
             }
         }
     }
-    match finish_publishing(engine, store, id, &state.segments, expected, size).await? {
-        Published::Yes | Published::Deduplicated => {}
+    let blob = match finish_publishing(engine, store, id, &state.segments, expected, size).await? {
+        Published::Yes => CachedBlob::segments(size),
+        Published::Deduplicated(blob) => blob,
         Published::PiecesGone => {
             return Err(Error::BlobUploadInvalid {
                 reason: format!("the pieces of upload {id} are gone; push the blob again"),
             });
         }
-    }
-    repo.link_blob(expected).await?;
+    };
+    repo.link_blob(expected, blob).await?;
     // The blob is published and linked: what is left is only the state, which the purger
     // deletes if this fails. The client must not get an error for a stored blob.
     let state_key = store.keys().upload_state(id.as_str());
@@ -232,8 +234,9 @@ pub(super) async fn complete_uploads(
 pub(super) enum Published {
     /// The index lists this session's pieces (written now, or by an earlier try).
     Yes,
-    /// The store had the blob from another upload; this session's pieces are deleted.
-    Deduplicated,
+    /// The store had the blob from another upload, kept as said; this session's pieces are
+    /// deleted.
+    Deduplicated(CachedBlob),
     /// The pieces are no longer all there (deleted after a deduplication whose blob has since
     /// gone): nothing was published.
     PiecesGone,
@@ -257,10 +260,10 @@ pub(super) async fn finish_publishing(
             sweep(store, id, &index.segments).await;
             return Ok(Published::Yes);
         }
-        Some(_) => {
+        Some(other) => {
             // The store already has these bytes (dedupe): ours are not needed.
             engine.discard_staged(store, id, pieces).await?;
-            return Ok(Published::Deduplicated);
+            return Ok(Published::Deduplicated(other.cached()));
         }
         None => {}
     }
@@ -319,8 +322,9 @@ pub(super) async fn finish_publishing(
             if published_as(store, id, digest).await? {
                 Ok(Published::Yes)
             } else {
+                // The index that won lists another upload's segments.
                 engine.discard_staged(store, id, &pieces).await?;
-                Ok(Published::Deduplicated)
+                Ok(Published::Deduplicated(CachedBlob::segments(size)))
             }
         }
         Err(e) => Err(e.into()),

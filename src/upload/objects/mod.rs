@@ -51,6 +51,7 @@ use super::engine::UploadEngine;
 use super::purge::{self, PurgeOptions, PurgeReport};
 use super::session::{Hashes, Session, SessionRecord};
 use super::{ChunkStream, UploadId, UploadStatus, published};
+use crate::cache::CachedBlob;
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::name::RepositoryName;
@@ -210,7 +211,7 @@ impl ObjectEngine {
         )
         .await?
         {
-            Published::Yes | Published::Deduplicated => {}
+            Published::Yes | Published::Deduplicated(_) => {}
             Published::PiecesGone => self.discard_staged(store, id, &state.segments).await?,
         }
         store.remove(&store.keys().upload_state(id.as_str())).await
@@ -508,12 +509,16 @@ impl UploadEngine for ObjectEngine {
         expected.verify(&data)?;
         let size = data.len() as u64;
         let store = repo.store();
-        if store.locate_blob(expected).await?.is_none() {
-            // Concurrent puts of the same content both write the same bytes; each write is
-            // atomic, so readers see one whole copy either way.
-            store.write(&store.keys().blob_data(expected), data).await?;
-        }
-        repo.link_blob(expected).await?;
+        let blob = match store.locate_blob(expected).await? {
+            Some(location) => location.cached(),
+            None => {
+                // Concurrent puts of the same content both write the same bytes; each write
+                // is atomic, so readers see one whole copy either way.
+                store.write(&store.keys().blob_data(expected), data).await?;
+                CachedBlob::object(size)
+            }
+        };
+        repo.link_blob(expected, blob).await?;
         Ok(published(expected, size))
     }
 
