@@ -4,7 +4,8 @@
 //! # What it may and may not do
 //!
 //! Only [`crate::Repository::stat_blob`] and [`crate::Repository::blob_exists`] answer from
-//! the cache. Everything that could expose or rely on bytes asks the backend: a read checks
+//! the cache. The store fills it when a stat reads the backend, and when a push, a commit or
+//! a mount links a blob, so the first `HEAD` after a push makes no backend request. Everything that could expose or rely on bytes asks the backend: a read checks
 //! the link and fetches the bytes from the backend (and a missing object evicts the entry), a
 //! mount checks the source repository in the backend, and a push checks the backend for the
 //! bytes before it skips writing them. So the cache can never make a deleted blob
@@ -13,7 +14,7 @@
 //! # Staleness
 //!
 //! Within one [`crate::Store`], unlinking a blob invalidates its entry at once, and a stat
-//! racing the unlink cannot put it back once the unlink returned (see
+//! or a push racing the unlink cannot put it back once the unlink returned (see
 //! [`BlobDescriptorCache::generation`]). Stores that
 //! share a backend (replicas) do not tell each other: a positive entry in one replica can
 //! outlive an unlink made through another by at most the cache's time-to-live, during which
@@ -85,13 +86,13 @@ pub struct CacheStats {
 pub trait BlobDescriptorCache: Send + Sync + fmt::Debug {
     /// The blob's descriptor, if cached.
     async fn blob(&self, digest: &Digest) -> Option<CachedBlob>;
-    /// Records a blob the backend was just seen to hold.
+    /// Records a blob the backend was just seen to hold, or was just given.
     async fn insert_blob(&self, digest: &Digest, blob: CachedBlob);
     /// Forgets a blob (its bytes were found missing or deleted).
     async fn remove_blob(&self, digest: &Digest);
     /// Whether the blob is known to be linked into the repository (`false`: not known).
     async fn linked(&self, repository: &RepositoryName, digest: &Digest) -> bool;
-    /// Records a link the backend was just seen to have.
+    /// Records a link the backend was just seen to have, or was just given.
     async fn insert_link(&self, repository: &RepositoryName, digest: &Digest);
     /// Forgets a link (it was removed).
     async fn remove_link(&self, repository: &RepositoryName, digest: &Digest);

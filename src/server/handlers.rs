@@ -500,6 +500,20 @@ async fn start_upload(r: &Repository, name: &str, req: Request) -> ApiResult {
     Ok(upload_progress(StatusCode::ACCEPTED, name, &status))
 }
 
+/// The start offset a `Content-Range` names, `None` without the header. Only a malformed
+/// one costs a look at the session (its error names the current offset).
+async fn content_range(
+    r: &Repository,
+    id: &layerstore::UploadId,
+    headers: &HeaderMap,
+) -> Result<Option<u64>, ApiError> {
+    if let Ok(start) = content_range_start(headers, 0) {
+        return Ok(start);
+    }
+    let current = r.upload_status(id).await?;
+    content_range_start(headers, current.offset)
+}
+
 /// The start offset a `Content-Range` names; `Ok(None)` without the header.
 fn content_range_start(headers: &HeaderMap, offset: u64) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get(header::CONTENT_RANGE) else {
@@ -539,9 +553,10 @@ async fn patch_upload(
     id: &layerstore::UploadId,
     req: Request,
 ) -> ApiResult {
-    let current = r.upload_status(id).await?;
-    let start = content_range_start(&req.meta.headers, current.offset)?.unwrap_or(current.offset);
-    let status = r.append_upload(id, start, body_stream(req.body)).await?;
+    let start = content_range(r, id, &req.meta.headers).await?;
+    let status = r
+        .append_upload_from(id, start, body_stream(req.body))
+        .await?;
     Ok(upload_progress(StatusCode::ACCEPTED, name, &status))
 }
 
@@ -562,11 +577,11 @@ async fn put_upload(
     let has_body = content_length(&req.meta.headers).is_some_and(|n| n > 0)
         || req.meta.headers.contains_key(header::TRANSFER_ENCODING);
     if has_body {
-        let current = r.upload_status(id).await?;
-        let start =
-            content_range_start(&req.meta.headers, current.offset)?.unwrap_or(current.offset);
-        r.append_upload(id, start, body_stream(req.body)).await?;
+        let start = content_range(r, id, &req.meta.headers).await?;
+        r.finish_upload(id, start, body_stream(req.body), &digest, None)
+            .await?;
+    } else {
+        r.commit_upload(id, &digest, None).await?;
     }
-    r.commit_upload(id, &digest, None).await?;
     Ok(blob_created(name, &digest))
 }

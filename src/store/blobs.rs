@@ -325,6 +325,7 @@ impl Repository {
         }
         // The repository's catalog entry may have gone with the run too; putting it back
         // is safe now that the repository is pinned.
+        self.forget_registered();
         self.register().await?;
         match self.locate_linked(digest).await {
             Ok(_) => Ok(()),

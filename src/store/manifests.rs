@@ -122,18 +122,20 @@ impl Repository {
             .await?;
         // Checked, pinned, checked again: only what exists is pinned, and what was checked
         // after the pin cannot be deleted by a run in progress.
-        self.check_references(&manifest).await?;
+        let active = self.store.gc_seen().await?.active;
+        // Without a run, what this store's cache says is linked here counts (see
+        // `check_references`); during one, only the backend, after the pins.
+        self.check_references(&manifest, !active).await?;
         let references = self.reference_targets(&manifest);
-        if self.store.gc_seen().await?.active {
+        if active {
             self.refuse_collected(&references).await?;
-            self.check_references(&manifest).await?;
+            self.check_references(&manifest, false).await?;
         }
 
         let keys = self.store.keys();
         let data = keys.blob_data(&digest);
-        if self.store.head(&data).await?.is_none() {
-            self.store.write(&data, manifest.bytes.clone()).await?;
-        }
+        // Create-only: stored manifest bytes are never rewritten, and one request either way.
+        self.store.create(&data, manifest.bytes.clone()).await?;
         self.register().await?;
         let info = ManifestInfo {
             media_type: manifest.media_type.clone(),
@@ -167,8 +169,9 @@ impl Repository {
         if self.pinned_after_publish(&published, before).await? {
             // A run started while this put was in flight (see `published_blob`): what it
             // wrote and what it references must still be there, now that all is pinned.
+            self.forget_registered();
             self.register().await?;
-            self.check_references(&manifest).await?;
+            self.check_references(&manifest, false).await?;
             let revision = keys.manifest_revision(&self.name, &digest);
             for key in [&data, &revision] {
                 if !self.store.exists(key).await? {
@@ -224,19 +227,32 @@ impl Repository {
     }
 
     /// Checks that everything `manifest` references is in this repository.
-    async fn check_references(&self, manifest: &Manifest) -> Result<()> {
+    ///
+    /// With `trust_cache`, a config or layer that the layerinfo cache knows is linked here
+    /// is not asked of the backend: the cache a `HEAD` answers from, and the one the client
+    /// relied on when it skipped pushing that blob. Within a store an unlink evicts at once;
+    /// a blob unlinked through another replica can still be named for up to the cache's
+    /// time to live (as in Distribution, whose manifest check uses its cache too).
+    async fn check_references(&self, manifest: &Manifest, trust_cache: bool) -> Result<()> {
         let keys = self.store.keys();
-        let wanted: Vec<_> = manifest
-            .references()
-            .filter_map(|(role, d)| match role {
+        let cache = self.store.cache().filter(|_| trust_cache);
+        let mut wanted = Vec::new();
+        for (role, d) in manifest.references() {
+            if let (Some(cache), Role::Config | Role::Layer) = (cache, role)
+                && cache.linked(&self.name, &d.digest).await
+                && cache.blob(&d.digest).await.is_some()
+            {
+                continue;
+            }
+            wanted.extend(match role {
                 Role::Config | Role::Layer => {
                     Some((keys.layer_link(&self.name, &d.digest), d.digest))
                 }
                 Role::Manifest => Some((keys.manifest_revision(&self.name, &d.digest), d.digest)),
                 // A referrer may be pushed before its subject.
                 Role::Subject => None,
-            })
-            .collect();
+            });
+        }
         // Owned keys: a future borrowing from the iterator would not be `Send` for all
         // lifetimes, and frontends need `Send` futures.
         let found: Vec<(Digest, bool)> = stream::iter(wanted)

@@ -30,7 +30,8 @@ pub(crate) use manifests::RevisionLink;
 pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
 pub(crate) use segments::{MAX_INDEX_SIZE, Segment, SegmentIndex};
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::{Backend, BackendConfig};
 use crate::cache::{BlobDescriptorCache, CacheStats, MemoryCache};
@@ -54,7 +55,13 @@ struct Inner {
     keys: KeyLayout,
     cache: Option<Arc<dyn BlobDescriptorCache>>,
     gc: GcWatch,
+    /// Repositories this store found or put in the catalog, and the GC generation it saw
+    /// then (see [`Repository::register`]).
+    registered: Mutex<(u64, HashSet<RepositoryName>)>,
 }
+
+/// How many repositories [`Inner::registered`] remembers before it starts again.
+const REGISTERED_REMEMBERED: usize = 100_000;
 
 /// One page of a listing in lexical order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,8 +107,16 @@ impl Store {
                 keys: KeyLayout,
                 cache,
                 gc: GcWatch::default(),
+                registered: Mutex::default(),
             }),
         }
+    }
+
+    fn registered(&self) -> MutexGuard<'_, (u64, HashSet<RepositoryName>)> {
+        self.inner
+            .registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The cache's counters, if the store has a cache.
@@ -214,6 +229,15 @@ impl Store {
         Ok(())
     }
 
+    /// Writes `key` unless it exists (then leaves it as it is).
+    pub(crate) async fn create(&self, key: &Path, bytes: impl Into<PutPayload>) -> Result<()> {
+        let opts = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self.objects().put_opts(key, bytes.into(), opts).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub(crate) async fn write_link<T: serde::Serialize>(
         &self,
         key: &Path,
@@ -288,12 +312,35 @@ impl Repository {
 
     /// Lists the repository in the catalog. Idempotent; called before anything of the
     /// repository becomes visible, so a visible manifest's repository is always listed.
+    ///
+    /// Only garbage collection removes a catalog entry, so once the store has seen or written
+    /// it, it remembers that for as long as it sees the same GC generation and asks the
+    /// backend nothing. During a run a write pins the repository before it registers (the
+    /// run cannot remove it then), and a write that a run started under checks again
+    /// afterwards ([`Self::published_blob`]).
     async fn register(&self) -> Result<()> {
+        let generation = self.store.gc_seen().await?.generation;
+        let remembered = |registered: &(u64, HashSet<RepositoryName>)| {
+            registered.0 == generation && registered.1.contains(&self.name)
+        };
+        if remembered(&self.store.registered()) {
+            return Ok(());
+        }
         let key = self.store.keys().catalog_marker(&self.name);
         if !self.store.exists(&key).await? {
             self.store.write(&key, Bytes::new()).await?;
         }
+        let mut registered = self.store.registered();
+        if registered.0 != generation || registered.1.len() >= REGISTERED_REMEMBERED {
+            *registered = (generation, HashSet::new());
+        }
+        registered.1.insert(self.name.clone());
         Ok(())
+    }
+
+    /// Forgets that the repository is in the catalog (after a run may have removed it).
+    fn forget_registered(&self) {
+        self.store.registered().1.remove(&self.name);
     }
 }
 

@@ -27,6 +27,37 @@ pub(crate) trait UploadEngine: Send + Sync + fmt::Debug {
     /// Starts a session in `repository`.
     async fn start(&self, store: &Store, repository: &RepositoryName) -> Result<UploadStatus>;
 
+    /// Appends `chunk` at `offset`, or where the session stands if `None` (a `PATCH`
+    /// without `Content-Range`).
+    async fn append_from(
+        &self,
+        repo: &Repository,
+        id: &UploadId,
+        offset: Option<u64>,
+        chunk: ChunkStream<'_>,
+    ) -> Result<UploadStatus> {
+        let offset = match offset {
+            Some(offset) => offset,
+            None => self.status(repo.store(), id).await?.offset,
+        };
+        self.append(repo, id, offset, chunk).await
+    }
+
+    /// Appends the last chunk as [`Self::append_from`] does, then commits (a `PUT` with a
+    /// body). Engines that can do both in fewer steps do.
+    async fn finish(
+        &self,
+        repo: &Repository,
+        id: &UploadId,
+        offset: Option<u64>,
+        chunk: ChunkStream<'_>,
+        expected: &Digest,
+        expected_size: Option<u64>,
+    ) -> Result<BlobInfo> {
+        self.append_from(repo, id, offset, chunk).await?;
+        self.commit(repo, id, expected, expected_size).await
+    }
+
     /// Where a live session stands, in whatever repository it was started.
     async fn status(&self, store: &Store, id: &UploadId) -> Result<UploadStatus>;
 

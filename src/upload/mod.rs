@@ -179,6 +179,50 @@ impl Repository {
         self.engine().append(self, id, offset, chunk).await
     }
 
+    /// [`Self::append_upload`] at `offset`, or, with `None`, where the session stands (a
+    /// client that streams chunks without naming their offset), without a separate
+    /// [`Self::upload_status`].
+    ///
+    /// # Errors
+    /// As [`Self::append_upload`].
+    pub async fn append_upload_from(
+        &self,
+        id: &UploadId,
+        offset: Option<u64>,
+        chunk: ChunkStream<'_>,
+    ) -> Result<UploadStatus> {
+        self.engine().append_from(self, id, offset, chunk).await
+    }
+
+    /// Appends the last chunk as [`Self::append_upload_from`] does, then commits as
+    /// [`Self::commit_upload`] does: the `PUT` with a body that ends an upload, and the way
+    /// clients push small blobs (`POST`, then this with the whole blob).
+    ///
+    /// On object stores, a small whole blob sent to a session that is still empty is
+    /// published from the request itself, in three requests (the session is ended by a
+    /// conditional write, the bytes are stored unless the store has them, the link), and a
+    /// session this store just started is not read back. The outcome is as if appended and
+    /// committed, but for a wrong digest: then it is appended, and the commit refused.
+    ///
+    /// # Errors
+    /// As [`Self::append_upload`] and [`Self::commit_upload`].
+    pub async fn finish_upload(
+        &self,
+        id: &UploadId,
+        offset: Option<u64>,
+        chunk: ChunkStream<'_>,
+        expected: &Digest,
+        expected_size: Option<u64>,
+    ) -> Result<BlobInfo> {
+        let before = self.pinned_for_publish(expected).await?;
+        let info = self
+            .engine()
+            .finish(self, id, offset, chunk, expected, expected_size)
+            .await?;
+        self.published_blob(expected, before).await?;
+        Ok(info)
+    }
+
     /// Verifies the session's bytes against `expected` (and `expected_size`), then publishes
     /// them as that blob, linked into this repository, and ends the session.
     ///

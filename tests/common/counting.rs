@@ -106,9 +106,18 @@ struct Counters {
     delete: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    /// One line per request since the last reset: what it was and its key.
+    log: std::sync::Mutex<Vec<String>>,
 }
 
 impl Counters {
+    fn note(&self, request: &str, key: impl fmt::Display) {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{request} {key}"));
+    }
+
     fn all(&self) -> [&AtomicU64; 16] {
         [
             &self.get,
@@ -188,6 +197,21 @@ impl CountingStore {
         for counter in self.counters.all() {
             counter.store(0, Ordering::SeqCst);
         }
+        self.counters
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Every request since the last reset, in order: its kind and key (for messages that
+    /// say which requests an operation made).
+    pub fn requests_log(&self) -> Vec<String> {
+        self.counters
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn multipart(&self, operation: &str) -> Result<&Arc<dyn MultipartStore>> {
@@ -260,6 +284,7 @@ impl ObjectStore for CountingStore {
         opts: PutOptions,
     ) -> Result<PutResult> {
         bump(&self.counters.put, 1);
+        self.counters.note("put", location);
         bump(
             &self.counters.bytes_written,
             payload.content_length() as u64,
@@ -273,6 +298,7 @@ impl ObjectStore for CountingStore {
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
         bump(&self.counters.multipart_create, 1);
+        self.counters.note("multipart_create", location);
         let upload = self.inner.put_multipart_opts(location, opts).await?;
         Ok(Box::new(CountingUpload {
             inner: upload,
@@ -289,6 +315,14 @@ impl ObjectStore for CountingStore {
             &self.counters.get
         };
         bump(counter, 1);
+        let kind = if options.head {
+            "head"
+        } else if options.range.is_some() {
+            "get_range"
+        } else {
+            "get"
+        };
+        self.counters.note(kind, location);
         let result = self.inner.get_opts(location, options).await?;
         Ok(count_body(result, Arc::clone(&self.counters)))
     }
@@ -297,6 +331,7 @@ impl ObjectStore for CountingStore {
         // Forwarded whole so the inner store coalesces as it would unwrapped, and so the
         // ranges are not counted a second time as single-range gets.
         bump(&self.counters.get_ranges, 1);
+        self.counters.note("get_ranges", location);
         let parts = self.inner.get_ranges(location, ranges).await?;
         let bytes: usize = parts.iter().map(Bytes::len).sum();
         bump(&self.counters.bytes_read, bytes as u64);
@@ -310,8 +345,9 @@ impl ObjectStore for CountingStore {
         let counters = Arc::clone(&self.counters);
         let locations = locations
             .inspect(move |location| {
-                if location.is_ok() {
+                if let Ok(location) = location {
                     bump(&counters.delete, 1);
+                    counters.note("delete", location);
                 }
             })
             .boxed();
@@ -320,6 +356,8 @@ impl ObjectStore for CountingStore {
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         bump(&self.counters.list, 1);
+        self.counters
+            .note("list", prefix.map_or(String::new(), ToString::to_string));
         self.inner.list(prefix)
     }
 
@@ -329,21 +367,29 @@ impl ObjectStore for CountingStore {
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
         bump(&self.counters.list, 1);
+        self.counters
+            .note("list", prefix.map_or(String::new(), ToString::to_string));
         self.inner.list_with_offset(prefix, offset)
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         bump(&self.counters.list_with_delimiter, 1);
+        self.counters.note(
+            "list_with_delimiter",
+            prefix.map_or(String::new(), ToString::to_string),
+        );
         self.inner.list_with_delimiter(prefix).await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         bump(&self.counters.copy, 1);
+        self.counters.note("copy", to);
         self.inner.copy_opts(from, to, options).await
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
         bump(&self.counters.rename, 1);
+        self.counters.note("rename", to);
         self.inner.rename_opts(from, to, options).await
     }
 }
@@ -354,6 +400,7 @@ impl MultipartStore for CountingStore {
     async fn create_multipart(&self, path: &Path) -> Result<MultipartId> {
         let inner = self.multipart("create_multipart")?;
         bump(&self.counters.multipart_create, 1);
+        self.counters.note("multipart_create", path);
         inner.create_multipart(path).await
     }
 
@@ -364,6 +411,7 @@ impl MultipartStore for CountingStore {
     ) -> Result<MultipartId> {
         let inner = self.multipart("create_multipart_opts")?;
         bump(&self.counters.multipart_create, 1);
+        self.counters.note("multipart_create", path);
         inner.create_multipart_opts(path, opts).await
     }
 
@@ -376,6 +424,7 @@ impl MultipartStore for CountingStore {
     ) -> Result<PartId> {
         let inner = self.multipart("put_part")?;
         bump(&self.counters.multipart_part, 1);
+        self.counters.note("multipart_part", path);
         bump(&self.counters.bytes_written, data.content_length() as u64);
         inner.put_part(path, id, part_idx, data).await
     }
@@ -388,12 +437,14 @@ impl MultipartStore for CountingStore {
     ) -> Result<PutResult> {
         let inner = self.multipart("complete_multipart")?;
         bump(&self.counters.multipart_complete, 1);
+        self.counters.note("multipart_complete", path);
         inner.complete_multipart(path, id, parts).await
     }
 
     async fn abort_multipart(&self, path: &Path, id: &MultipartId) -> Result<()> {
         let inner = self.multipart("abort_multipart")?;
         bump(&self.counters.multipart_abort, 1);
+        self.counters.note("multipart_abort", path);
         inner.abort_multipart(path, id).await
     }
 }
@@ -409,17 +460,20 @@ struct CountingUpload {
 impl MultipartUpload for CountingUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
         bump(&self.counters.multipart_part, 1);
+        self.counters.note("multipart_part", "(upload)");
         bump(&self.counters.bytes_written, data.content_length() as u64);
         self.inner.put_part(data)
     }
 
     async fn complete(&mut self) -> Result<PutResult> {
         bump(&self.counters.multipart_complete, 1);
+        self.counters.note("multipart_complete", "(upload)");
         self.inner.complete().await
     }
 
     async fn abort(&mut self) -> Result<()> {
         bump(&self.counters.multipart_abort, 1);
+        self.counters.note("multipart_abort", "(upload)");
         self.inner.abort().await
     }
 }

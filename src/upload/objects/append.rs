@@ -59,7 +59,8 @@ async fn lost(store: &Store, id: &UploadId, offset: u64) -> Error {
             Ok((current, _)) => current,
             Err(e) => return e,
         };
-        let in_progress = current.session.offset == offset && current.appending.is_some();
+        let in_progress = current.session.offset == offset
+            && current.appending.as_deref().is_some_and(|t| !is_held(t));
         if !in_progress || tokio::time::Instant::now() + pause > deadline {
             return Error::RangeInvalid(RangeError::UploadOffset {
                 current: current.session.offset,
@@ -85,16 +86,20 @@ pub(super) async fn append(
     engine: &ObjectEngine,
     repo: &Repository,
     id: &UploadId,
-    offset: u64,
+    offset: Option<u64>,
     chunk: ChunkStream<'_>,
 ) -> Result<UploadStatus> {
     let store = repo.store();
     let (state, version) = load(store, id).await?;
     state.session.check_repository(repo.name(), id)?;
     check_not_committing(&state, id)?;
+    let offset = offset.unwrap_or(state.session.offset);
     state.session.check_offset(offset)?;
     let key = store.keys().upload_state(id.as_str());
     let hashes = state.session.hashes_for_append(key.as_ref())?;
+    // The claim the last append of this session through this engine left for the next one
+    // (taken: two appends cannot both use it).
+    let held = engine.held.remove(id.as_str()).await;
     let result = match engine.multipart.clone() {
         Some(multipart) => {
             let staged_len = state.segments[staged_range(&state.segments)]
@@ -113,12 +118,20 @@ pub(super) async fn append(
                 staged_len,
                 target: None,
                 tag: random_tag(),
+                held,
                 consumed: Vec::new(),
                 in_flight: JoinSet::new(),
                 sent: Vec::new(),
             };
             match appender.receive(chunk).await {
-                Ok(()) => appender.finish().await,
+                Ok(()) => match appender.finish().await {
+                    Ok((status, Some(carried))) => {
+                        engine.held.insert(id.to_string(), carried).await;
+                        Ok(status)
+                    }
+                    Ok((status, None)) => Ok(status),
+                    Err(stop) => Err(stop),
+                },
                 Err(stop) => Err(stop),
             }
         }
@@ -267,6 +280,9 @@ struct Appender<'a> {
     target: Option<usize>,
     /// This append's claim tag.
     tag: String,
+    /// The claim an earlier append through this engine carried over to this one, if the
+    /// state still shows it: then sending parts to the last upload needs no claim write.
+    held: Option<String>,
     /// Staged pieces read back into a part or merged: deleted once the new state is written.
     consumed: Vec<Path>,
     /// Parts being sent, each on a task of its own so that sending overlaps receiving;
@@ -388,13 +404,20 @@ impl Appender<'_> {
         let mut next = self.state.clone();
         let start = staged_range(&next.segments).start;
         let last = start.checked_sub(1);
-        let reusable = last.is_some_and(|i| {
+        let open = last.is_some_and(|i| {
             next.segments[i]
                 .multipart
                 .as_ref()
                 .is_some_and(|m| !m.sealed && m.parts.len() < MAX_PARTS)
-                && next.appending.is_none()
         });
+        if open && self.held.is_some() && next.appending == self.held {
+            // Claimed for this engine by the append before, which nobody has taken over
+            // since (a takeover rewrites the claim): the state says so already.
+            self.tag = self.held.clone().unwrap_or_default();
+            self.target = last;
+            return Ok(());
+        }
+        let reusable = open && next.appending.is_none();
         let mut created = None;
         let target = if reusable {
             start - 1
@@ -449,8 +472,18 @@ impl Appender<'_> {
     }
 
     /// Records the parts, stages what is left (merged with staged pieces where that keeps
-    /// them few), and writes the new state.
-    async fn finish(mut self) -> std::result::Result<UploadStatus, Stop> {
+    /// them few), and writes the new state; returns the claim it carried over to the next
+    /// append through this engine, if it held one.
+    ///
+    /// An append that held the claim (its own, or one carried to it) passes it on in the same
+    /// write, under a new tag only this engine knows: the next append through this engine
+    /// sends its parts without a claim write of its own, and any other append (another
+    /// replica, or this one after forgetting) sees a claim it does not hold and takes over as
+    /// from a crashed append.
+    async fn finish(mut self) -> std::result::Result<(UploadStatus, Option<String>), Stop> {
+        let owned =
+            self.target.is_some() || (self.held.is_some() && self.state.appending == self.held);
+        let carried = owned.then(held_tag);
         if let Some(t) = self.target {
             self.sent.sort_by_key(|(index, _)| *index);
             let piece = &mut self.state.segments[t];
@@ -460,8 +493,10 @@ impl Appender<'_> {
                     m.parts.push(part);
                 }
             }
-            // This append's claim ends with it.
-            self.state.appending = None;
+        }
+        if owned {
+            // This append's claim ends with it, carried over to the next one.
+            self.state.appending.clone_from(&carried);
         }
         let rest = self.pending.take(self.pending.len());
         let staged = self.staged();
@@ -486,7 +521,20 @@ impl Appender<'_> {
             new,
         )
         .await
+        .map(|status| (status, carried))
     }
+}
+
+/// Claims carried from one append to the next are told apart from claims of appends in
+/// flight: a losing append need not wait for one (see [`lost`]).
+const HELD: &str = "held-";
+
+fn held_tag() -> String {
+    format!("{HELD}{}", random_tag())
+}
+
+fn is_held(tag: &str) -> bool {
+    tag.starts_with(HELD)
 }
 
 /// The last write of an append: the new state, if the session is still at `version`. Then the

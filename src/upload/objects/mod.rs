@@ -31,6 +31,7 @@
 
 mod append;
 mod commit;
+mod direct;
 mod state;
 
 use std::collections::HashMap;
@@ -51,16 +52,30 @@ use super::engine::UploadEngine;
 use super::purge::{self, PurgeOptions, PurgeReport};
 use super::session::{Hashes, Session, SessionRecord};
 use super::{ChunkStream, UploadId, UploadStatus, published};
-use crate::cache::CachedBlob;
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::name::RepositoryName;
 use crate::store::{BlobInfo, Repository, Segment, Store};
 
+/// How many just-started sessions an engine remembers, and for how long (a client sends the
+/// `PUT` that finishes a small blob right after its `POST`).
+const FRESH_REMEMBERED: u64 = 10_000;
+const FRESH_FOR: Duration = Duration::from_secs(60);
+/// How long an idle session keeps the claim its last append carried over (an append after
+/// that takes over from it, at the cost of a new multipart upload).
+const HELD_FOR: Duration = Duration::from_secs(15 * 60);
+
 /// Uploads into an object store.
 pub(crate) struct ObjectEngine {
     objects: Arc<dyn ObjectStore>,
     multipart: Option<Arc<dyn MultipartStore>>,
+    /// Sessions this engine just started, with the version it wrote: the request that
+    /// finishes one (see [`direct`]) reads nothing. A stale entry only makes its conditional
+    /// write fail, and the request then reads the state.
+    fresh: moka::future::Cache<String, (ObjectSession, UpdateVersion)>,
+    /// The claim on its last multipart upload that the last append of a session through this
+    /// engine carried over to the next one ([`append`]).
+    held: moka::future::Cache<String, String>,
 }
 
 impl std::fmt::Debug for ObjectEngine {
@@ -77,7 +92,24 @@ impl ObjectEngine {
         objects: Arc<dyn ObjectStore>,
         multipart: Option<Arc<dyn MultipartStore>>,
     ) -> Self {
-        Self { objects, multipart }
+        Self {
+            objects,
+            multipart,
+            fresh: moka::future::Cache::builder()
+                .max_capacity(FRESH_REMEMBERED)
+                .time_to_live(FRESH_FOR)
+                .build(),
+            held: moka::future::Cache::builder()
+                .max_capacity(FRESH_REMEMBERED)
+                .time_to_idle(HELD_FOR)
+                .build(),
+        }
+    }
+
+    /// The state this engine wrote when it started the session, if it still has it (taken:
+    /// the request that uses it changes the state).
+    async fn remembered(&self, id: &UploadId) -> Option<(ObjectSession, UpdateVersion)> {
+        self.fresh.remove(id.as_str()).await
     }
 
     /// Starts a session hashing what a blob under `algorithm` needs.
@@ -100,11 +132,15 @@ impl ObjectEngine {
         };
         let key = store.keys().upload_state(id.as_str());
         let opts = PutOptions::from(PutMode::Create);
-        store
+        let written = store
             .objects()
             .put_opts(&key, PutPayload::from(state.encode()), opts)
             .await?;
-        Ok(state.session.status(&id))
+        let status = state.session.status(&id);
+        if let Some(version) = version_of(&written) {
+            self.fresh.insert(id.to_string(), (state, version)).await;
+        }
+        Ok(status)
     }
 
     /// Purges one session if it is old enough; returns the bytes freed, `None` if kept.
@@ -139,6 +175,19 @@ impl ObjectEngine {
             // A commit verified these pieces: they are a blob's. Finish publishing it.
             if !options.dry_run {
                 self.roll_forward(store, id, s).await?;
+            }
+            return Ok(Some(0));
+        }
+        if let Some(s) = &state
+            && s.cancelled
+            && s.segments.is_empty()
+            && s.session.offset == 0
+        {
+            // Ended with nothing recorded (a blob published from the request that ended it,
+            // see `direct`): only the state is left, and nothing changes a cancelled state.
+            // Pieces a losing append may have staged are garbage collection's leftovers.
+            if !options.dry_run {
+                store.remove(&state_key).await?;
             }
             return Ok(Some(0));
         }
@@ -435,7 +484,31 @@ impl UploadEngine for ObjectEngine {
         offset: u64,
         chunk: ChunkStream<'_>,
     ) -> Result<UploadStatus> {
+        self.append_from(repo, id, Some(offset), chunk).await
+    }
+
+    async fn append_from(
+        &self,
+        repo: &Repository,
+        id: &UploadId,
+        offset: Option<u64>,
+        chunk: ChunkStream<'_>,
+    ) -> Result<UploadStatus> {
+        self.fresh.invalidate(id.as_str()).await;
         append::append(self, repo, id, offset, chunk).await
+    }
+
+    async fn finish(
+        &self,
+        repo: &Repository,
+        id: &UploadId,
+        offset: Option<u64>,
+        chunk: ChunkStream<'_>,
+        expected: &Digest,
+        expected_size: Option<u64>,
+    ) -> Result<BlobInfo> {
+        self.finish_upload(repo, id, offset, chunk, expected, expected_size)
+            .await
     }
 
     async fn commit(
@@ -455,6 +528,7 @@ impl UploadEngine for ObjectEngine {
     /// live one with bytes missing. A session whose commit verified its digest is finished
     /// instead: its pieces are that blob's.
     async fn cancel(&self, repo: &Repository, id: &UploadId) -> Result<()> {
+        self.fresh.invalidate(id.as_str()).await;
         let store = repo.store();
         let state = loop {
             let (mut state, version) = load_any(store, id).await?;
@@ -484,6 +558,19 @@ impl UploadEngine for ObjectEngine {
         expected_size: Option<u64>,
         data: ChunkStream<'_>,
     ) -> Result<BlobInfo> {
+        // A small blob is stored from memory, without a session.
+        let (head, rest) = direct::take_up_to(data, direct::DIRECT_MAX).await?;
+        let Some(rest) = rest else {
+            if let Some(want) = expected_size
+                && want != head.len() as u64
+            {
+                return Err(Error::SizeInvalid {
+                    reason: format!("upload has {} bytes, expected {want}", head.len()),
+                });
+            }
+            return self.put_bytes(repo, expected, head).await;
+        };
+        let data = futures::stream::iter([Ok(head)]).chain(rest).boxed();
         let session = self
             .start_session(repo.store(), repo.name(), expected.algorithm())
             .await?;
@@ -509,15 +596,7 @@ impl UploadEngine for ObjectEngine {
         expected.verify(&data)?;
         let size = data.len() as u64;
         let store = repo.store();
-        let blob = match store.locate_blob(expected).await? {
-            Some(location) => location.cached(),
-            None => {
-                // Concurrent puts of the same content both write the same bytes; each write
-                // is atomic, so readers see one whole copy either way.
-                store.write(&store.keys().blob_data(expected), data).await?;
-                CachedBlob::object(size)
-            }
-        };
+        let blob = direct::store_bytes(store, expected, data).await?;
         repo.link_blob(expected, blob).await?;
         Ok(published(expected, size))
     }
