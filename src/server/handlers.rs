@@ -565,8 +565,10 @@ async fn put_upload(
         let current = r.upload_status(id).await?;
         let start =
             content_range_start(&req.meta.headers, current.offset)?.unwrap_or(current.offset);
-        r.append_upload(id, start, body_stream(req.body)).await?;
+        r.finish_upload(id, start, body_stream(req.body), &digest)
+            .await?;
+    } else {
+        r.commit_upload(id, &digest, None).await?;
     }
-    r.commit_upload(id, &digest, None).await?;
     Ok(blob_created(name, &digest))
 }

@@ -49,6 +49,21 @@ pub(crate) trait UploadEngine: Send + Sync + fmt::Debug {
         expected_size: Option<u64>,
     ) -> Result<BlobInfo>;
 
+    /// Appends a last chunk and commits in one step; see [`Repository::finish_upload`]. An
+    /// engine that can skip persisting the session between the two (nothing was acknowledged
+    /// in between) does; by default, an append then a commit.
+    async fn append_and_commit(
+        &self,
+        repo: &Repository,
+        id: &UploadId,
+        offset: u64,
+        chunk: ChunkStream<'_>,
+        expected: &Digest,
+    ) -> Result<BlobInfo> {
+        self.append(repo, id, offset, chunk).await?;
+        self.commit(repo, id, expected, None).await
+    }
+
     /// Ends a session without publishing; see [`Repository::cancel_upload`].
     async fn cancel(&self, repo: &Repository, id: &UploadId) -> Result<()>;
 

@@ -209,6 +209,34 @@ impl Repository {
         Ok(info)
     }
 
+    /// Appends a last chunk at `offset` and commits the session as `expected`: what
+    /// [`Self::append_upload`] then [`Self::commit_upload`] do (a `PUT` with a body), with the
+    /// same outcome for the client, but without persisting the session in between where the
+    /// engine can skip it (the filesystem: the chunk's bytes are fsynced and published, the
+    /// session state is not rewritten).
+    ///
+    /// If the digest does not match, the chunk still counts (as after an append) and the
+    /// session stays resumable.
+    ///
+    /// # Errors
+    /// As [`Self::append_upload`] and [`Self::commit_upload`].
+    pub async fn finish_upload(
+        &self,
+        id: &UploadId,
+        offset: u64,
+        chunk: ChunkStream<'_>,
+        expected: &Digest,
+    ) -> Result<BlobInfo> {
+        self.pinned_for_publish(expected).await?;
+        let info = self
+            .engine()
+            .append_and_commit(self, id, offset, chunk, expected)
+            .await?;
+        self.pinned_after_publish(&[Target::Blob(*expected)])
+            .await?;
+        Ok(info)
+    }
+
     /// Cancels a session and deletes what it staged.
     ///
     /// If this fails midway, the session is either untouched or already unknown (it can no
