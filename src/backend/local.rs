@@ -232,14 +232,33 @@ mod tests {
     use crate::backend::Backend;
     use object_store::ObjectStoreExt;
 
-    /// The error of a failed put to `key` on the filesystem backend over `root`.
+    /// The error of a failed put to `key` through `LocalFileSystem` as the filesystem backend
+    /// builds it (what [`LocalObjects`] still hands it: create-only puts).
     async fn failed_put(root: &std::path::Path, key: &str) -> object_store::Error {
-        let backend = Backend::filesystem(root).unwrap();
-        backend
-            .objects
+        let local = object_store::local::LocalFileSystem::new_with_prefix(root)
+            .unwrap()
+            .with_fsync(true)
+            .with_automatic_cleanup(true);
+        local
             .put(&Path::from(key), Bytes::from_static(b"x").into())
             .await
             .unwrap_err()
+    }
+
+    /// The backend's own durable put reports the same failures as errors, not as races.
+    #[tokio::test]
+    async fn a_put_over_a_directory_or_under_a_file_fails() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("dir/inside")).unwrap();
+        std::fs::write(root.path().join("file"), b"").unwrap();
+        let backend = Backend::filesystem(root.path()).unwrap();
+        for key in ["dir", "file/key"] {
+            let put = backend
+                .objects
+                .put(&Path::from(key), Bytes::from_static(b"x").into())
+                .await;
+            assert!(put.is_err(), "{key}: {put:?}");
+        }
     }
 
     fn local_source(e: &object_store::Error) -> &(dyn std::error::Error + Send + Sync) {
