@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::upload::engine::UploadEngine;
-use crate::upload::fs::FsEngine;
+use crate::upload::fs::{DirSyncer, FsEngine};
 use crate::upload::objects::ObjectEngine;
 use crate::upload::{FileSystem, StdFileSystem};
 
@@ -254,9 +254,15 @@ impl Backend {
         objects: Arc<dyn ObjectStore>,
         fs: Arc<dyn FileSystem>,
     ) -> Self {
+        // One syncer per store: its links, manifests and blob commits share directory fsyncs.
+        let syncer = Arc::new(DirSyncer::new(Arc::clone(&fs)));
         Self {
-            objects: Arc::new(local::LocalObjects::new(objects)),
-            engine: Arc::new(FsEngine::new(root.to_path_buf(), fs)),
+            objects: Arc::new(local::LocalObjects::new(
+                objects,
+                root.to_path_buf(),
+                Arc::clone(&syncer),
+            )),
+            engine: Arc::new(FsEngine::new(root.to_path_buf(), fs, syncer)),
             local_root: Some(root.to_path_buf()),
             multipart: false,
             description: format!("filesystem at {}", root.display()),

@@ -25,6 +25,7 @@ pub mod data;
 pub mod faulty;
 pub mod faulty_fs;
 pub mod images;
+pub mod power_cut;
 pub mod server;
 pub mod stores;
 
@@ -34,6 +35,7 @@ pub use data::{in_pieces, keys, keys_of, pattern, repo};
 pub use faulty::FaultyStore;
 pub use faulty_fs::FaultyFs;
 pub use images::{push_image, push_referrer, put_index, put_manifest, tag};
+pub use power_cut::{PowerCut, PowerCutFs};
 pub use stores::{backend_on, counting_store_on, faulty_store_on, store_on, store_over};
 
 /// For each `async fn name(b: TestBackend)` listed, generates one test per backend kind:

@@ -19,6 +19,7 @@
 //! ever waits for another job or for a client. A stalled request body holds its connection,
 //! the session's lock and at most a batch of memory, never a thread.
 
+mod group;
 mod io;
 mod state;
 mod writer;
@@ -32,6 +33,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+pub(crate) use group::DirSyncer;
 pub use io::{FileHandle, FileInfo, FileSystem, LockAttempt, StdFileSystem};
 
 use self::io::{context, sibling};
@@ -61,6 +63,7 @@ const READ_STEP: u64 = 1024 * 1024;
 pub(crate) struct FsEngine {
     root: PathBuf,
     fs: Arc<dyn FileSystem>,
+    syncer: Arc<DirSyncer>,
 }
 
 impl std::fmt::Debug for FsEngine {
@@ -242,28 +245,49 @@ fn committed(id: &UploadId) -> Error {
 /// Makes the current record durable, and on a session's first append the session itself (its
 /// files' directory entries and its directory's). Runs beside the chunk's write: the record
 /// it syncs covers bytes that are already durable, and it must be durable before the next
-/// record overwrites the other slot, so that a torn write can never take out both.
-fn make_durable(
-    fs: &dyn FileSystem,
-    state_file: &dyn FileHandle,
+/// record overwrites the other slot, so that a torn write can never take out both. The
+/// directory fsyncs are shared with concurrent writers (`uploads/` with every session's first
+/// append).
+async fn make_durable(
+    syncer: &Arc<DirSyncer>,
+    state_file: Arc<dyn FileHandle>,
     paths: &Paths,
     first: bool,
+    guard: &Guard,
 ) -> Result<()> {
-    state_file
-        .sync_data()
-        .map_err(failed("fsyncing", &paths.state))?;
-    if first {
-        fs.sync_dir(&paths.dir)
-            .map_err(failed("fsyncing", &paths.dir))?;
-        if let Some(uploads) = paths.dir.parent() {
-            fs.sync_dir(uploads).map_err(failed("fsyncing", uploads))?;
-        }
-    }
-    Ok(())
+    let (syncer, state, dirs) = (
+        Arc::clone(syncer),
+        paths.state.clone(),
+        if first {
+            let mut dirs = vec![paths.dir.clone()];
+            dirs.extend(paths.dir.parent().map(Path::to_path_buf));
+            dirs
+        } else {
+            vec![]
+        },
+    );
+    let what = context("fsyncing", &paths.dir);
+    let joined = job(guard, move || {
+        state_file.sync_data().map_err(failed("fsyncing", &state))?;
+        syncer
+            .sync_now_or_join(&dirs)
+            .map_err(|e| Error::io(what, e))
+    })
+    .await?;
+    joined.wait().await.map_err(failed("fsyncing", &paths.dir))
 }
 
-/// Renames the staging file into the blob's place and makes the rename durable.
-fn publish(fs: &dyn FileSystem, root: &Path, data: &Path, target: &Path, size: u64) -> Result<()> {
+/// Renames the staging file into the blob's place (making its directories) and returns what
+/// must be fsynced for the rename to be durable: the directories [`DirSyncer::make_dirs`]
+/// names, then the target's own.
+fn rename_into_place(
+    fs: &dyn FileSystem,
+    syncer: &Arc<DirSyncer>,
+    root: &Path,
+    data: &Path,
+    target: &Path,
+    size: u64,
+) -> Result<(group::NewDirs, group::Joined)> {
     let file = match fs.open(data) {
         Ok(f) => f,
         Err(e) if not_found(&e) => {
@@ -291,27 +315,19 @@ fn publish(fs: &dyn FileSystem, root: &Path, data: &Path, target: &Path, size: u
         key: target.display().to_string(),
         reason: "blob path has no parent".to_owned(),
     })?;
-    // New directories must be durable too: fsync each one's parent, from the top down.
-    let mut missing = vec![];
-    let mut dir = parent;
-    while dir != root {
-        match fs.metadata(dir) {
-            Ok(_) => break,
-            Err(e) if not_found(&e) => missing.push(dir.to_path_buf()),
-            Err(e) => return Err(failed("reading", dir)(e)),
-        }
-        dir = dir.parent().unwrap_or(root);
-    }
-    fs.create_dir_all(parent)
+    // New directories must be durable too: their parents are fsynced with the target's.
+    let new = syncer
+        .make_dirs(root, parent)
         .map_err(failed("creating", parent))?;
-    for created in missing.iter().rev() {
-        if let Some(p) = created.parent() {
-            fs.sync_dir(p).map_err(failed("fsyncing", p))?;
-        }
-    }
     fs.rename(data, target)
         .map_err(failed("publishing", target))?;
-    fs.sync_dir(parent).map_err(failed("fsyncing", parent))
+    let mut dirs = new.parents.clone();
+    dirs.push(parent.to_path_buf());
+    // In this job when no one else is fsyncing these directories; joined otherwise.
+    let joined = syncer
+        .sync_now_or_join(&dirs)
+        .map_err(failed("fsyncing the directories of", target))?;
+    Ok((new, joined))
 }
 
 /// Hashes the first `size` bytes of a staging file again, under every hash a session keeps
@@ -344,8 +360,10 @@ async fn rehash(fs: &Arc<dyn FileSystem>, guard: &Guard, data: &Path, size: u64)
 }
 
 impl FsEngine {
-    pub(crate) fn new(root: PathBuf, fs: Arc<dyn FileSystem>) -> Self {
-        Self { root, fs }
+    /// The engine over `root`; `syncer` shares its directory fsyncs with the store's other
+    /// writers (links, manifests) over the same `fs`.
+    pub(crate) fn new(root: PathBuf, fs: Arc<dyn FileSystem>, syncer: Arc<DirSyncer>) -> Self {
+        Self { root, fs, syncer }
     }
 
     fn local(&self, key: &object_store::path::Path) -> PathBuf {
@@ -522,8 +540,16 @@ impl FsEngine {
             return Ok(());
         }
         let target = self.local(&store.keys().blob_data(digest));
-        let (fs, root, data) = (Arc::clone(&self.fs), self.root.clone(), paths.data.clone());
-        job(guard, move || publish(&*fs, &root, &data, &target, size)).await
+        let (fs, syncer) = (Arc::clone(&self.fs), Arc::clone(&self.syncer));
+        let (root, data) = (self.root.clone(), paths.data.clone());
+        let what = context("fsyncing the directories of", &target);
+        let (new, joined) = job(guard, move || {
+            rename_into_place(&*fs, &syncer, &root, &data, &target, size)
+        })
+        .await?;
+        joined.wait().await.map_err(|e| Error::io(what, e))?;
+        self.syncer.made_durable(&new);
+        Ok(())
     }
 
     /// One purge decision, under the session's lock: the bytes freed, `None` if kept.
@@ -667,14 +693,13 @@ impl UploadEngine for FsEngine {
                 hashes,
             },
         ) = self.lock_waiting_then(&paths, id, None, open).await?;
-        let durable = {
-            let (fs, file, p) = (
-                Arc::clone(&self.fs),
-                Arc::clone(&opened.state_file),
-                paths.clone(),
-            );
-            job(&guard, move || make_durable(&*fs, &*file, &p, offset == 0))
-        };
+        let durable = make_durable(
+            &self.syncer,
+            Arc::clone(&opened.state_file),
+            &paths,
+            offset == 0,
+            &guard,
+        );
         let written = writer::write_and_hash(data, &paths.data, offset, hashes, chunk, &guard);
         let (written, durable) = tokio::join!(written, durable);
         // The bytes are durable before the record that covers them is written.
@@ -736,6 +761,79 @@ impl UploadEngine for FsEngine {
         repo.link_blob(expected, CachedBlob::object(size)).await?;
         self.end_published(store, &paths, id, guard).await;
         Ok(published(expected, size))
+    }
+
+    /// The last chunk and the commit in one step, under one hold of the session's lock: the
+    /// chunk is written and fdatasynced as by an append, and if its digest matches it is
+    /// published straight away. No record is written and no session fsync made: the session
+    /// ends here, and until the blob is published and linked nothing was acknowledged (a
+    /// crash leaves the session at its old offset, bytes past it ignored). Otherwise — a
+    /// mismatch, or a digest the session does not keep — the chunk is kept as an append keeps
+    /// it, then the ordinary commit path answers.
+    async fn finish(
+        &self,
+        repo: &Repository,
+        id: &UploadId,
+        offset: Option<u64>,
+        chunk: ChunkStream<'_>,
+        expected: &Digest,
+        expected_size: Option<u64>,
+    ) -> Result<BlobInfo> {
+        let store = repo.store();
+        let offset = match offset {
+            Some(offset) => offset,
+            None => self.status(store, id).await?.offset,
+        };
+        let paths = self.paths(store, id);
+        let (fs, p, i, name) = (
+            Arc::clone(&self.fs),
+            paths.clone(),
+            id.clone(),
+            repo.name().clone(),
+        );
+        let open = move || open_for_append(&*fs, &p, &i, &name, offset);
+        let (
+            guard,
+            Appending {
+                opened,
+                data,
+                hashes,
+            },
+        ) = self.lock_waiting_then(&paths, id, None, open).await?;
+        let written =
+            writer::write_and_hash(data, &paths.data, offset, hashes, chunk, &guard).await?;
+        let mut session = opened.record.state.clone();
+        session.advance(written.len, &written.hashes);
+        let size = session.offset;
+        let verified = session
+            .digest(expected.algorithm())
+            .map(|actual| verify(&actual, size, expected, expected_size));
+        if let Some(Ok(())) = verified {
+            self.publish(store, &paths, expected, size, &guard).await?;
+            repo.link_blob(expected, CachedBlob::object(size)).await?;
+            self.end_published(store, &paths, id, guard).await;
+            return Ok(published(expected, size));
+        }
+        // Keep the chunk, as an append would have.
+        make_durable(
+            &self.syncer,
+            Arc::clone(&opened.state_file),
+            &paths,
+            offset == 0,
+            &guard,
+        )
+        .await?;
+        let next = opened.record.next(session);
+        let (fs, p) = (Arc::clone(&self.fs), paths.clone());
+        job(&guard, move || {
+            write_record(&*fs, &*opened.state_file, &p, &opened.record, &next)
+        })
+        .await?;
+        drop(guard);
+        match verified {
+            Some(Err(e)) => Err(e),
+            _ => self.commit(repo, id, expected, expected_size).await,
+        }
     }
 
     async fn cancel(&self, repo: &Repository, id: &UploadId) -> Result<()> {

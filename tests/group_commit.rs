@@ -1,0 +1,213 @@
+//! Group commit on the filesystem backend: concurrent writes share their directory fsyncs, and
+//! a power loss at any moment — in particular between a group's renames and the fsync that
+//! makes them durable — loses nothing that was acknowledged and shows nothing in part.
+//!
+//! Every store here is the production filesystem backend (`Backend::filesystem_with` over the
+//! real directory), with its file-system calls going through [`PowerCut`], which can hold
+//! directory fsyncs and undo whatever was not yet durable.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures::TryStreamExt;
+use layerstore::{Backend, Digest, ErrorKind, Store};
+use object_store::local::LocalFileSystem;
+
+fn store_with(root: &Path, fs: &Arc<PowerCutFs>) -> Store {
+    let objects = LocalFileSystem::new_with_prefix(root)
+        .unwrap()
+        .with_fsync(true)
+        .with_automatic_cleanup(true);
+    Store::new(Backend::filesystem_with(
+        root,
+        Arc::new(objects),
+        Arc::new(PowerCut(Arc::clone(fs))),
+    ))
+}
+
+/// The store a restart after the power cut opens.
+fn restarted(root: &Path) -> Store {
+    Store::new(Backend::filesystem(root).unwrap())
+}
+
+fn blob(round: u64, i: u64) -> Bytes {
+    Bytes::from(format!("round {round} blob {i} ").repeat(300))
+}
+
+/// Waits (bounded) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A blob reads back whole in `name`, or is not there at all.
+async fn whole_or_absent(store: &Store, name: &str, data: &Bytes) -> bool {
+    let d = Digest::sha256(data);
+    match store.repository(repo(name)).read_blob(&d, None).await {
+        Ok(read) => {
+            let got: Vec<Bytes> = read.stream.try_collect().await.unwrap();
+            assert_eq!(
+                got.concat(),
+                data.to_vec(),
+                "{name}: partial or wrong bytes"
+            );
+            true
+        }
+        Err(e) if e.kind() == ErrorKind::BlobUnknown => false,
+        Err(e) => panic!("{name}: {e}"),
+    }
+}
+
+const WRITERS: u64 = 8;
+
+/// Round 1 is pushed and acknowledged; round 2 runs with directory fsyncs on paths holding
+/// `held` stopped until all of its `renamed_name` renames are made; then the power goes.
+/// Returns the root and how many changes the cut undid.
+async fn cut_between_renames_and_their_fsync(held: &str, renamed_name: &str) {
+    let root = tempfile::tempdir().unwrap();
+    let fs = PowerCutFs::new();
+    let store = store_with(root.path(), &fs);
+    let r = store.repository(repo("group/app"));
+    for i in 0..WRITERS {
+        let data = blob(1, i);
+        r.put_blob(&Digest::sha256(&data), data).await.unwrap();
+    }
+
+    let before = fs.renames_to(renamed_name);
+    fs.hold_dir_syncs(held);
+    let round2: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let data = blob(2, i);
+                r.put_blob(&Digest::sha256(&data), data).await
+            })
+        })
+        .collect();
+    until("every writer of round 2 to rename", || {
+        fs.renames_to(renamed_name) >= before + WRITERS
+    })
+    .await;
+    until("a directory fsync to be held", || fs.held() > 0).await;
+    let lost = fs.cut();
+    assert!(lost > 0, "the cut came after everything was durable");
+    fs.release();
+    let mut acknowledged = vec![];
+    for (i, put) in round2.into_iter().enumerate() {
+        if put.await.unwrap().is_ok() {
+            acknowledged.push(i as u64);
+        }
+    }
+    assert!(
+        acknowledged.is_empty(),
+        "acknowledged before the fsync covering them: {acknowledged:?}"
+    );
+
+    let after = restarted(root.path());
+    for i in 0..WRITERS {
+        assert!(
+            whole_or_absent(&after, "group/app", &blob(1, i)).await,
+            "acknowledged blob {i} of round 1 lost"
+        );
+        whole_or_absent(&after, "group/app", &blob(2, i)).await;
+    }
+    // And the restarted store can push round 2 again.
+    let again = after.repository(repo("group/app"));
+    for i in 0..WRITERS {
+        let data = blob(2, i);
+        again.put_blob(&Digest::sha256(&data), data).await.unwrap();
+        assert!(whole_or_absent(&after, "group/app", &blob(2, i)).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_between_a_groups_blob_renames_and_their_fsync_loses_nothing_acknowledged() {
+    cut_between_renames_and_their_fsync("blobs", "data").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_between_a_groups_link_renames_and_their_fsync_loses_nothing_acknowledged() {
+    cut_between_renames_and_their_fsync("_layers", "link").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_blob_put_is_durable_when_it_returns() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = PowerCutFs::new();
+    let store = store_with(root.path(), &fs);
+    let data = blob(1, 0);
+    store
+        .repository(repo("lone/app"))
+        .put_blob(&Digest::sha256(&data), data.clone())
+        .await
+        .unwrap();
+    fs.cut();
+    assert!(whole_or_absent(&restarted(root.path()), "lone/app", &data).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_manifest_put_is_durable_when_it_returns() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = PowerCutFs::new();
+    let store = store_with(root.path(), &fs);
+    let (manifest, _) = push_image(&store, "lone/img", "v1", 2).await;
+    let digest = put_manifest(&store, "lone/img", &tag("v1"), &manifest).await;
+    fs.cut();
+    let after = restarted(root.path());
+    let got = after
+        .repository(repo("lone/img"))
+        .get_manifest(&tag("v1"))
+        .await
+        .unwrap();
+    assert_eq!(got.info.digest, digest);
+    assert_eq!(got.bytes, manifest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_link_writes_share_their_directory_fsync() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = PowerCutFs::new();
+    let store = store_with(root.path(), &fs);
+    let r = store.repository(repo("group/app"));
+    // The repository's directories exist: each new link makes only its own directory, in
+    // `_layers/sha256/`, which must then be fsynced for every one of them.
+    let first = blob(0, 0);
+    r.put_blob(&Digest::sha256(&first), first).await.unwrap();
+    let shared = root.path().join("repositories/group/app/_layers/sha256");
+    let before = fs.dir_syncs(&shared);
+    let links = fs.renames_to("link");
+
+    fs.hold_dir_syncs("_layers/sha256");
+    let puts: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let data = blob(1, i);
+                r.put_blob(&Digest::sha256(&data), data).await
+            })
+        })
+        .collect();
+    until("every link to be renamed into place", || {
+        fs.renames_to("link") >= links + WRITERS
+    })
+    .await;
+    // Let the last ones queue for the fsync.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fs.release();
+    for put in puts {
+        put.await.unwrap().unwrap();
+    }
+    let syncs = fs.dir_syncs(&shared) - before;
+    assert!(
+        syncs <= 3,
+        "{WRITERS} concurrent links made {syncs} fsyncs of their shared directory"
+    );
+}
