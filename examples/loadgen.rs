@@ -4,6 +4,7 @@
 //! ```text
 //! loadgen --url http://127.0.0.1:5000 --workload NAME [--repo bench/big] [--size BYTES]
 //!         [--chunk BYTES] [--count N] [--concurrency C] [--rounds R] [--seed S] [--verify]
+//!         [--server-pid PID] [--trace FILE]
 //! ```
 //!
 //! Workloads (request counts are always bounded by the arguments):
@@ -22,14 +23,25 @@
 //! - `manifest-put`: `--count` distinct OCI manifests PUT by tag `t0`..; their config and
 //!   layer are pushed first (outside the timing).
 //! - `manifest-get`: GET of those tags.
+//! - `big-push-pull`: one blob of `--size` pushed as in `big-put`, then GET right away; only
+//!   the GET is timed (`push_secs=` reports the push), as a pull right after a push is what
+//!   CI does and the first read of freshly written bytes is what it measures.
+//! - `small-push-pull`: `--count` distinct blobs, `--concurrency` at once, each pushed as in
+//!   `small-put` and then GET right away (bytes checked); an operation is one push + one pull.
 //!
 //! Prints one line: `workload=.. ops=.. bytes=.. secs=..`; exits non-zero at the first request
-//! that does not get the expected status.
+//! that does not get the expected status. With `--server-pid`, it also prints
+//! `server_cpu_ticks=..`: the server's utime + stime (Linux `/proc`, clock ticks) over the
+//! timed part alone. With `--trace FILE`, it appends a line per HTTP request to FILE:
+//! `start end label status phase` (Unix seconds; phase `prepare` or `run`), so that requests a
+//! server makes to its storage can be matched to the client request that caused them
+//! (`bench/s3-requests.sh`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -52,6 +64,8 @@ struct Args {
     seed: u64,
     verify: bool,
     patch: bool,
+    server_pid: Option<u32>,
+    trace: Option<String>,
 }
 
 impl Args {
@@ -100,6 +114,11 @@ impl Args {
             seed: num("seed", 1)? as u64,
             verify: flags.iter().any(|f| f == "verify"),
             patch: flags.iter().any(|f| f == "patch"),
+            server_pid: values
+                .get("server-pid")
+                .map(|v| v.parse().map_err(|e| format!("--server-pid: {e}")))
+                .transpose()?,
+            trace: values.get("trace").cloned(),
         })
     }
 }
@@ -125,6 +144,98 @@ fn small_blob(seed: u64, i: usize, size: usize) -> Bytes {
         seed.wrapping_mul(1_000_003).wrapping_add(i as u64 + 1),
         size,
     )
+}
+
+/// `--trace`: the file every HTTP request is logged to.
+static TRACE: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
+/// Whether the timed part has begun (for the trace's phase column).
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Appends `start end label status phase` to the trace, if there is one.
+fn trace(label: &str, start: SystemTime, status: StatusCode) {
+    if let Some(file) = TRACE.get() {
+        let phase = if RUNNING.load(Ordering::Relaxed) {
+            "run"
+        } else {
+            "prepare"
+        };
+        let line = format!(
+            "{:.6}\t{:.6}\t{label}\t{}\t{phase}\n",
+            unix(start),
+            unix(SystemTime::now()),
+            status.as_u16()
+        );
+        // A lost trace line only blurs the attribution; the workload itself goes on.
+        let _ = file.lock().map(|mut f| f.write_all(line.as_bytes()));
+    }
+}
+
+/// Sends a request and traces it (ended when the response head arrives).
+async fn send(request: reqwest::RequestBuilder, label: &str) -> Result<reqwest::Response> {
+    let start = SystemTime::now();
+    let r = request.send().await.map_err(|e| e.to_string())?;
+    trace(label, start, r.status());
+    Ok(r)
+}
+
+/// utime + stime of a process so far, in clock ticks (fields 14 and 15 of `/proc/PID/stat`;
+/// the command name before them may hold spaces, so split after its closing parenthesis).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    let rest = stat.rsplit_once(") ").ok_or("unexpected /proc/PID/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| "unexpected /proc/PID/stat".to_owned())
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+/// The timed part of a run: when it began, the server's CPU ticks then, and extra
+/// `name=value` fields for the result line.
+struct Clock {
+    pid: Option<u32>,
+    started: Instant,
+    ticks: u64,
+    extra: String,
+}
+
+impl Clock {
+    fn start(pid: Option<u32>) -> Result<Clock> {
+        RUNNING.store(true, Ordering::Relaxed);
+        let ticks = pid.map(cpu_ticks).transpose()?.unwrap_or(0);
+        Ok(Clock {
+            pid,
+            started: Instant::now(),
+            ticks,
+            extra: String::new(),
+        })
+    }
+
+    /// Starts the timed part again here: what came before (a push before a pull) is not counted.
+    fn restart(&mut self) -> Result<()> {
+        self.ticks = self.pid.map(cpu_ticks).transpose()?.unwrap_or(0);
+        self.started = Instant::now();
+        Ok(())
+    }
+
+    /// The result line's tail: ` secs=..` and, with a server pid, ` server_cpu_ticks=..`.
+    fn finish(&self) -> Result<String> {
+        let mut out = format!(" secs={:.6}", self.started.elapsed().as_secs_f64());
+        if let Some(pid) = self.pid {
+            let ticks = cpu_ticks(pid)?.saturating_sub(self.ticks);
+            out.push_str(&format!(" server_cpu_ticks={ticks}"));
+        }
+        out.push_str(&self.extra);
+        Ok(out)
+    }
 }
 
 struct Registry {
@@ -160,12 +271,7 @@ impl Registry {
     }
 
     async fn start_upload(&self) -> Result<String> {
-        let r = self
-            .client
-            .post(self.url("blobs/uploads/"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let r = send(self.client.post(self.url("blobs/uploads/")), "POST-upload").await?;
         expect(&r, StatusCode::ACCEPTED, "POST upload")?;
         let location = r
             .headers()
@@ -182,28 +288,63 @@ impl Registry {
 
     async fn patch(&self, location: &str, start: usize, body: Bytes) -> Result<String> {
         let end = start + body.len() - 1;
-        let r = self
+        let request = self
             .client
             .patch(location)
             .header("content-type", "application/octet-stream")
             .header("content-range", format!("{start}-{end}"))
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .body(body);
+        let r = send(request, "PATCH").await?;
         expect(&r, StatusCode::ACCEPTED, "PATCH")?;
         next_location(self, &r)
     }
 
     async fn commit(&self, location: &str, digest: &Digest, body: Option<Bytes>) -> Result<()> {
         let mut request = self.client.put(Self::with_digest(location, digest));
-        if let Some(body) = body {
+        let label = if let Some(body) = body {
             request = request
                 .header("content-type", "application/octet-stream")
                 .body(body);
-        }
-        let r = request.send().await.map_err(|e| e.to_string())?;
+            "PUT-commit-body"
+        } else {
+            "PUT-commit"
+        };
+        let r = send(request, label).await?;
         expect(&r, StatusCode::CREATED, "PUT ?digest=")
+    }
+
+    /// GET of a blob, read to the end (`verify`: its digest checked); returns its length.
+    async fn get_blob(&self, digest: &Digest, verify: bool) -> Result<usize> {
+        let start = SystemTime::now();
+        let r = self
+            .client
+            .get(self.url(&format!("blobs/{digest}")))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        expect(&r, StatusCode::OK, "GET blob")?;
+        let status = r.status();
+        let mut stream = r.bytes_stream();
+        let mut hasher = verify.then(<sha2::Sha256 as sha2::Digest>::new);
+        let mut n = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            n += chunk.len();
+            if let Some(h) = hasher.as_mut() {
+                sha2::Digest::update(h, &chunk);
+            }
+        }
+        trace("GET-blob", start, status);
+        if let Some(h) = hasher {
+            let hex: String = sha2::Digest::finalize(h)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if hex != digest.hex() {
+                return Err(format!("GET blob: got sha256:{hex}, expected {digest}"));
+            }
+        }
+        Ok(n)
     }
 
     /// POST + PUT with the body (or POST + PATCH + PUT).
@@ -308,10 +449,10 @@ async fn prepare(args: &Args, reg: &Registry) -> Result<Prepared> {
                 p.blob = Bytes::new();
             }
         }
-        "small-put" | "small-head" => {
+        "small-put" | "small-head" | "small-push-pull" => {
             let blobs: Vec<Bytes> = (0..args.count).map(|i| small_blob(seed, i, size)).collect();
             p.small_digests = blobs.iter().map(|b| Digest::sha256(b)).collect();
-            if args.workload == "small-put" {
+            if args.workload != "small-head" {
                 p.small = blobs;
             }
         }
@@ -332,8 +473,13 @@ async fn prepare(args: &Args, reg: &Registry) -> Result<Prepared> {
     Ok(p)
 }
 
-/// Runs the workload; returns (operations, bytes moved).
-async fn run(args: &Args, reg: Arc<Registry>, p: Prepared) -> Result<(usize, usize)> {
+/// Runs the workload; returns (operations, bytes moved). `clock` is the timed part's start.
+async fn run(
+    args: &Args,
+    reg: Arc<Registry>,
+    p: Prepared,
+    clock: &mut Clock,
+) -> Result<(usize, usize)> {
     let size = args.size;
     match args.workload.as_str() {
         "big-put" => {
@@ -342,14 +488,12 @@ async fn run(args: &Args, reg: Arc<Registry>, p: Prepared) -> Result<(usize, usi
         }
         "big-post" => {
             let (blob, digest) = (p.blob, p.digest.expect("prepared"));
-            let r = reg
+            let request = reg
                 .client
                 .post(Registry::with_digest(&reg.url("blobs/uploads/"), &digest))
                 .header("content-type", "application/octet-stream")
-                .body(blob)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
+                .body(blob);
+            let r = send(request, "POST-mono").await?;
             expect(
                 &r,
                 StatusCode::CREATED,
@@ -376,14 +520,12 @@ async fn run(args: &Args, reg: Arc<Registry>, p: Prepared) -> Result<(usize, usi
                 .step_by(1 << 20)
                 .map(|s| Ok(blob.slice(s..(s + (1 << 20)).min(size))))
                 .collect();
-            let r = reg
+            let request = reg
                 .client
                 .patch(&location)
                 .header("content-type", "application/octet-stream")
-                .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
+                .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)));
+            let r = send(request, "PATCH-stream").await?;
             expect(&r, StatusCode::ACCEPTED, "PATCH (chunked transfer)")?;
             let location = next_location(&reg, &r)?;
             reg.commit(&location, &digest, None).await?;
@@ -393,38 +535,50 @@ async fn run(args: &Args, reg: Arc<Registry>, p: Prepared) -> Result<(usize, usi
             let digest = p.digest.expect("prepared");
             let mut total = 0;
             for _ in 0..args.rounds {
-                let r = reg
-                    .client
-                    .get(reg.url(&format!("blobs/{digest}")))
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                expect(&r, StatusCode::OK, "GET blob")?;
-                let mut stream = r.bytes_stream();
-                let mut hasher = args.verify.then(<sha2::Sha256 as sha2::Digest>::new);
-                let mut n = 0;
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| e.to_string())?;
-                    n += chunk.len();
-                    if let Some(h) = hasher.as_mut() {
-                        sha2::Digest::update(h, &chunk);
-                    }
-                }
+                let n = reg.get_blob(&digest, args.verify).await?;
                 if n != size {
                     return Err(format!("GET blob: {n} bytes, expected {size}"));
-                }
-                if let Some(h) = hasher {
-                    let hex: String = sha2::Digest::finalize(h)
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect();
-                    if hex != digest.hex() {
-                        return Err(format!("GET blob: got sha256:{hex}, expected {digest}"));
-                    }
                 }
                 total += n;
             }
             Ok((args.rounds, total))
+        }
+        "big-push-pull" => {
+            let pushed = Instant::now();
+            let digest = reg.push(p.blob, false).await?;
+            clock.extra = format!(" push_secs={:.6}", pushed.elapsed().as_secs_f64());
+            clock.restart()?;
+            let n = reg.get_blob(&digest, args.verify).await?;
+            if n != size {
+                return Err(format!("GET blob: {n} bytes, expected {size}"));
+            }
+            Ok((1, n))
+        }
+        "small-push-pull" => {
+            let (r, small) = (reg.clone(), Arc::new(p.small));
+            parallel(args.count, args.concurrency, move |i| {
+                let (r, small) = (r.clone(), small.clone());
+                async move {
+                    let digest = r.push(small[i].clone(), false).await?;
+                    let start = SystemTime::now();
+                    let resp = r
+                        .client
+                        .get(r.url(&format!("blobs/{digest}")))
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    expect(&resp, StatusCode::OK, "GET blob")?;
+                    let status = resp.status();
+                    let got = resp.bytes().await.map_err(|e| e.to_string())?;
+                    trace("GET-blob", start, status);
+                    if got != small[i] {
+                        return Err(format!("GET blob {digest}: different bytes"));
+                    }
+                    Ok(())
+                }
+            })
+            .await?;
+            Ok((args.count, args.count * size))
         }
         "small-put" => {
             let patch = args.patch;
@@ -444,12 +598,8 @@ async fn run(args: &Args, reg: Arc<Registry>, p: Prepared) -> Result<(usize, usi
                 let (r, digests) = (r.clone(), digests.clone());
                 async move {
                     let digest = &digests[i % digests.len()];
-                    let resp = r
-                        .client
-                        .head(r.url(&format!("blobs/{digest}")))
-                        .send()
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let request = r.client.head(r.url(&format!("blobs/{digest}")));
+                    let resp = send(request, "HEAD-blob").await?;
                     expect(&resp, StatusCode::OK, "HEAD blob")
                 }
             })
@@ -468,16 +618,15 @@ async fn run(args: &Args, reg: Arc<Registry>, p: Prepared) -> Result<(usize, usi
                     counted.fetch_add(body.len(), Ordering::Relaxed);
                     let url = r.url(&format!("manifests/t{i}"));
                     if put {
-                        let resp = r
+                        let request = r
                             .client
                             .put(url)
                             .header("content-type", OCI_MANIFEST)
-                            .body(body)
-                            .send()
-                            .await
-                            .map_err(|e| e.to_string())?;
+                            .body(body);
+                        let resp = send(request, "PUT-manifest").await?;
                         expect(&resp, StatusCode::CREATED, "PUT manifest")
                     } else {
+                        let start = SystemTime::now();
                         let resp = r
                             .client
                             .get(url)
@@ -486,7 +635,9 @@ async fn run(args: &Args, reg: Arc<Registry>, p: Prepared) -> Result<(usize, usi
                             .await
                             .map_err(|e| e.to_string())?;
                         expect(&resp, StatusCode::OK, "GET manifest")?;
+                        let status = resp.status();
                         let got = resp.bytes().await.map_err(|e| e.to_string())?;
+                        trace("GET-manifest", start, status);
                         if got != body {
                             return Err(format!("GET manifest t{i}: different bytes"));
                         }
@@ -514,6 +665,21 @@ async fn main() -> std::process::ExitCode {
         .timeout(Duration::from_secs(600))
         .build()
         .expect("HTTP client");
+    if let Some(path) = &args.trace {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
+        match file {
+            Ok(f) => {
+                let _ = TRACE.set(Mutex::new(f));
+            }
+            Err(e) => {
+                eprintln!("loadgen: --trace {path}: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     let reg = Arc::new(Registry {
         client,
         base: args.url.clone(),
@@ -526,16 +692,25 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let started = Instant::now();
-    match tokio::time::timeout(Duration::from_secs(1800), run(&args, reg, prepared)).await {
-        Ok(Ok((ops, bytes))) => {
-            let secs = started.elapsed().as_secs_f64();
-            println!(
-                "workload={} ops={ops} bytes={bytes} secs={secs:.6}",
-                args.workload
-            );
-            std::process::ExitCode::SUCCESS
+    let mut clock = match Clock::start(args.server_pid) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loadgen: --server-pid: {e}");
+            return std::process::ExitCode::from(2);
         }
+    };
+    let timed = run(&args, reg, prepared, &mut clock);
+    match tokio::time::timeout(Duration::from_secs(1800), timed).await {
+        Ok(Ok((ops, bytes))) => match clock.finish() {
+            Ok(tail) => {
+                println!("workload={} ops={ops} bytes={bytes}{tail}", args.workload);
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadgen: --server-pid: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Ok(Err(e)) => {
             eprintln!("loadgen {}: {e}", args.workload);
             std::process::ExitCode::FAILURE
