@@ -435,6 +435,26 @@ impl FsEngine {
     /// Takes the session's lock, waiting (up to `limit`, if given) while another holder has
     /// it, and runs `then` under it. Polled rather than blocking, so waiting holds no thread,
     /// and a caller that gives up (drops the future) stops waiting at once.
+    /// Locks the session for an append at `offset` and opens it. Appends are serialized: one
+    /// that races another waits for it, then checks its offset against the one the other
+    /// left, so the refusal names the real current offset.
+    async fn lock_for_append(
+        &self,
+        repo: &Repository,
+        paths: &Paths,
+        id: &UploadId,
+        offset: u64,
+    ) -> Result<(Guard, Appending)> {
+        let (fs, p, i, name) = (
+            Arc::clone(&self.fs),
+            paths.clone(),
+            id.clone(),
+            repo.name().clone(),
+        );
+        let open = move || open_for_append(&*fs, &p, &i, &name, offset);
+        self.lock_waiting_then(paths, id, None, open).await
+    }
+
     async fn lock_waiting_then<T: Send + 'static>(
         &self,
         paths: &Paths,
@@ -676,15 +696,6 @@ impl UploadEngine for FsEngine {
         chunk: ChunkStream<'_>,
     ) -> Result<UploadStatus> {
         let paths = self.paths(repo.store(), id);
-        // Appends are serialized: one that races another waits for it, then checks its offset
-        // against the one the other left, so the refusal names the real current offset.
-        let (fs, p, i, name) = (
-            Arc::clone(&self.fs),
-            paths.clone(),
-            id.clone(),
-            repo.name().clone(),
-        );
-        let open = move || open_for_append(&*fs, &p, &i, &name, offset);
         let (
             guard,
             Appending {
@@ -692,7 +703,7 @@ impl UploadEngine for FsEngine {
                 data,
                 hashes,
             },
-        ) = self.lock_waiting_then(&paths, id, None, open).await?;
+        ) = self.lock_for_append(repo, &paths, id, offset).await?;
         let durable = make_durable(
             &self.syncer,
             Arc::clone(&opened.state_file),
@@ -785,13 +796,6 @@ impl UploadEngine for FsEngine {
             None => self.status(store, id).await?.offset,
         };
         let paths = self.paths(store, id);
-        let (fs, p, i, name) = (
-            Arc::clone(&self.fs),
-            paths.clone(),
-            id.clone(),
-            repo.name().clone(),
-        );
-        let open = move || open_for_append(&*fs, &p, &i, &name, offset);
         let (
             guard,
             Appending {
@@ -799,7 +803,7 @@ impl UploadEngine for FsEngine {
                 data,
                 hashes,
             },
-        ) = self.lock_waiting_then(&paths, id, None, open).await?;
+        ) = self.lock_for_append(repo, &paths, id, offset).await?;
         let written =
             writer::write_and_hash(data, &paths.data, offset, hashes, chunk, &guard).await?;
         let mut session = opened.record.state.clone();
