@@ -790,11 +790,6 @@ async fn run_case(kind: BackendKind, case: Case) {
 
     // The run, over a store whose backend holds it at each of the case's holds in turn.
     let (gc_store, faulty) = faulty_store_on(&b);
-    let mut holds = Holds {
-        faulty: faulty.clone(),
-        next: case.holds.iter().copied().collect(),
-    };
-    holds.advance();
     let started = Arc::new(AtomicBool::new(false));
     let task = {
         let started = started.clone();
@@ -809,6 +804,23 @@ async fn run_case(kind: BackendKind, case: Case) {
         })
     };
     until(&started).await;
+    // The holds count from here: what the run reads and writes before it waits (its lock,
+    // its state) takes a different number of backend calls on each backend (on the
+    // filesystem every file call of a durable write counts), and nothing of it is held. The
+    // run waits `STATE_MAX_AGE` and more before its next request, so none is missed.
+    let (writes, reads) = (faulty.writes_seen(), faulty.reads_seen());
+    let mut holds = Holds {
+        faulty: faulty.clone(),
+        next: case
+            .holds
+            .iter()
+            .map(|hold| match *hold {
+                Hold::Write(n) => Hold::Write(writes + n),
+                Hold::Read(n) => Hold::Read(reads + n),
+            })
+            .collect(),
+    };
+    holds.advance();
     // A replica that starts while the run does, and the store that served before it, once
     // it has read the run's state too.
     let stores = [before, store_on(&b)];
