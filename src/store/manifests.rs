@@ -134,8 +134,9 @@ impl Repository {
 
         let keys = self.store.keys();
         let data = keys.blob_data(&digest);
-        // Create-only: stored manifest bytes are never rewritten, and one request either way.
-        self.store.create(&data, manifest.bytes.clone()).await?;
+        // Written whether or not they are there: the same bytes (the digest was verified), one
+        // atomic write, and one request, as a check would cost.
+        self.store.write(&data, manifest.bytes.clone()).await?;
         self.register().await?;
         let info = ManifestInfo {
             media_type: manifest.media_type.clone(),

@@ -229,15 +229,6 @@ impl Store {
         Ok(())
     }
 
-    /// Writes `key` unless it exists (then leaves it as it is).
-    pub(crate) async fn create(&self, key: &Path, bytes: impl Into<PutPayload>) -> Result<()> {
-        let opts = object_store::PutOptions::from(object_store::PutMode::Create);
-        match self.objects().put_opts(key, bytes.into(), opts).await {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     pub(crate) async fn write_link<T: serde::Serialize>(
         &self,
         key: &Path,

@@ -10,8 +10,8 @@
 //!    commit or cancel can use the session, and one that wrote first makes this write fail
 //!    (then the request takes the ordinary path, which sorts the race out as it always does);
 //! 2. the store's segment index of the digest is looked for (the bytes may be stored as
-//!    segments already), and unless there is one, the bytes are written create-only as the
-//!    blob's object (an existing one is the same bytes);
+//!    segments already), and unless there is one, the bytes are written as the blob's object
+//!    (an existing one is the same bytes);
 //! 3. the blob is linked.
 //!
 //! With the `POST`'s write that is five requests. The cancelled state is what a crash after
@@ -125,9 +125,10 @@ impl ObjectEngine {
     }
 }
 
-/// Stores verified bytes as the blob `digest` unless the store has it (as segments, or as an
-/// object: written create-only, so concurrent puts of the same content leave one copy, and
-/// the one there is the same bytes). Two requests at most.
+/// Stores verified bytes as the blob `digest` unless the store has it as segments. As an
+/// object it is written whether or not it is there: the bytes are the same, each write is
+/// atomic, so concurrent puts of the same content leave one whole copy, and one request
+/// costs what a check would. Two requests.
 pub(super) async fn store_bytes(
     store: &Store,
     digest: &Digest,
@@ -137,7 +138,7 @@ pub(super) async fn store_bytes(
         return Ok(CachedBlob::segments(index.size));
     }
     let size = bytes.len() as u64;
-    store.create(&store.keys().blob_data(digest), bytes).await?;
+    store.write(&store.keys().blob_data(digest), bytes).await?;
     Ok(CachedBlob::object(size))
 }
 
