@@ -289,13 +289,24 @@ impl Repository {
     /// # Errors
     /// [`Error::DigestInvalid`] if `data` does not hash to `expected`; nothing is written.
     pub async fn put_blob(&self, expected: &Digest, data: Bytes) -> Result<BlobInfo> {
-        let before = self.pinned_for_publish(expected).await?;
-        let info = self
+        let write = self
             .store
             .backend()
             .engine()
-            .put_bytes(self, expected, data)
-            .await?;
+            .put_bytes(self, expected, data);
+        self.publishing(expected, write).await
+    }
+
+    /// Runs `write`, which publishes the blob `expected` and links it here, between the pins
+    /// before ([`Self::pinned_for_publish`]) and the check after ([`Self::published_blob`]).
+    /// `write` does nothing until awaited, so it runs after the pins.
+    pub(crate) async fn publishing(
+        &self,
+        expected: &Digest,
+        write: impl Future<Output = Result<BlobInfo>>,
+    ) -> Result<BlobInfo> {
+        let before = self.pinned_for_publish(expected).await?;
+        let info = write.await?;
         self.published_blob(expected, before).await?;
         Ok(info)
     }

@@ -214,13 +214,10 @@ impl Repository {
         expected: &Digest,
         expected_size: Option<u64>,
     ) -> Result<BlobInfo> {
-        let before = self.pinned_for_publish(expected).await?;
-        let info = self
+        let write = self
             .engine()
-            .finish(self, id, offset, chunk, expected, expected_size)
-            .await?;
-        self.published_blob(expected, before).await?;
-        Ok(info)
+            .finish(self, id, offset, chunk, expected, expected_size);
+        self.publishing(expected, write).await
     }
 
     /// Verifies the session's bytes against `expected` (and `expected_size`), then publishes
@@ -242,13 +239,8 @@ impl Repository {
         expected: &Digest,
         expected_size: Option<u64>,
     ) -> Result<BlobInfo> {
-        let before = self.pinned_for_publish(expected).await?;
-        let info = self
-            .engine()
-            .commit(self, id, expected, expected_size)
-            .await?;
-        self.published_blob(expected, before).await?;
-        Ok(info)
+        let write = self.engine().commit(self, id, expected, expected_size);
+        self.publishing(expected, write).await
     }
 
     /// Cancels a session and deletes what it staged.
@@ -275,13 +267,10 @@ impl Repository {
         expected_size: Option<u64>,
         data: ChunkStream<'_>,
     ) -> Result<BlobInfo> {
-        let before = self.pinned_for_publish(expected).await?;
-        let info = self
+        let write = self
             .engine()
-            .put_stream(self, expected, expected_size, data)
-            .await?;
-        self.published_blob(expected, before).await?;
-        Ok(info)
+            .put_stream(self, expected, expected_size, data);
+        self.publishing(expected, write).await
     }
 }
 
