@@ -21,6 +21,7 @@
 
 mod group;
 mod io;
+mod recent;
 mod state;
 mod writer;
 
@@ -58,12 +59,16 @@ const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// Bytes read per job when a file is read back (a GET, or a re-hash).
 const READ_STEP: u64 = 1024 * 1024;
+/// Steps a GET reads ahead of the one being sent.
+const READ_AHEAD: usize = 1;
 
 /// Uploads into a directory on the local filesystem.
 pub(crate) struct FsEngine {
     root: PathBuf,
     fs: Arc<dyn FileSystem>,
     syncer: Arc<DirSyncer>,
+    /// Freshly written bytes kept in the page cache.
+    recent: recent::Recent,
 }
 
 impl std::fmt::Debug for FsEngine {
@@ -363,7 +368,12 @@ impl FsEngine {
     /// The engine over `root`; `syncer` shares its directory fsyncs with the store's other
     /// writers (links, manifests) over the same `fs`.
     pub(crate) fn new(root: PathBuf, fs: Arc<dyn FileSystem>, syncer: Arc<DirSyncer>) -> Self {
-        Self { root, fs, syncer }
+        Self {
+            root,
+            fs,
+            syncer,
+            recent: recent::Recent::default(),
+        }
     }
 
     fn local(&self, key: &object_store::path::Path) -> PathBuf {
@@ -711,7 +721,15 @@ impl UploadEngine for FsEngine {
             offset == 0,
             &guard,
         );
-        let written = writer::write_and_hash(data, &paths.data, offset, hashes, chunk, &guard);
+        let written = writer::write_and_hash(
+            data,
+            &paths.data,
+            offset,
+            hashes,
+            chunk,
+            &guard,
+            &self.recent,
+        );
         let (written, durable) = tokio::join!(written, durable);
         // The bytes are durable before the record that covers them is written.
         let written = written?;
@@ -804,8 +822,16 @@ impl UploadEngine for FsEngine {
                 hashes,
             },
         ) = self.lock_for_append(repo, &paths, id, offset).await?;
-        let written =
-            writer::write_and_hash(data, &paths.data, offset, hashes, chunk, &guard).await?;
+        let written = writer::write_and_hash(
+            data,
+            &paths.data,
+            offset,
+            hashes,
+            chunk,
+            &guard,
+            &self.recent,
+        )
+        .await?;
         let mut session = opened.record.state.clone();
         session.advance(written.len, &written.hashes);
         let size = session.offset;
@@ -878,7 +904,8 @@ impl UploadEngine for FsEngine {
         let result = async {
             let hashes = Hashes::for_algorithm(expected.algorithm());
             let written =
-                writer::write_and_hash(file, &paths.data, 0, hashes, data, &guard).await?;
+                writer::write_and_hash(file, &paths.data, 0, hashes, data, &guard, &self.recent)
+                    .await?;
             let actual = written
                 .hashes
                 .digest(expected.algorithm())
@@ -957,24 +984,25 @@ impl UploadEngine for FsEngine {
         };
         let range = range.unwrap_or(0..len);
         let path: Arc<Path> = Arc::from(path);
-        let stream = futures::stream::try_unfold(range.start, move |position| {
-            let (file, path) = (Arc::clone(&file), Arc::clone(&path));
-            let end = range.end;
-            async move {
-                if position >= end {
-                    return Ok(None);
+        // The next step is read while the last one is sent: reading and sending take turns
+        // otherwise, and the socket runs dry while the disk (or page cache) is read.
+        let steps = (range.start..range.end)
+            .step_by(usize::try_from(READ_STEP).unwrap_or(usize::MAX))
+            .map(move |position| (position, (range.end - position).min(READ_STEP)));
+        let stream = futures::stream::iter(steps)
+            .map(move |(position, n)| {
+                let (file, path) = (Arc::clone(&file), Arc::clone(&path));
+                async move {
+                    job(&Guard::none(), move || {
+                        let mut buf = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
+                        file.read_exact_at(&mut buf, position)
+                            .map_err(failed("reading", &path))?;
+                        Ok(Bytes::from(buf))
+                    })
+                    .await
                 }
-                let n = (end - position).min(READ_STEP);
-                let chunk = job(&Guard::none(), move || {
-                    let mut buf = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
-                    file.read_exact_at(&mut buf, position)
-                        .map_err(failed("reading", &path))?;
-                    Ok(buf)
-                })
-                .await?;
-                Ok(Some((Bytes::from(chunk), position + n)))
-            }
-        });
+            })
+            .buffered(READ_AHEAD + 1);
         Ok(stream.boxed())
     }
 }

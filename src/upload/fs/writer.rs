@@ -16,6 +16,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::io::{FileHandle, context};
+use super::recent::Recent;
 use super::{Guard, job};
 use crate::error::{Error, Result};
 use crate::upload::session::Hashes;
@@ -62,6 +63,7 @@ pub(super) async fn write_and_hash(
     hashes: Hashes,
     mut stream: ChunkStream<'_>,
     guard: &Guard,
+    recent: &Recent,
 ) -> Result<Written> {
     let (to_hasher, hasher_jobs) = mpsc::channel::<Batch>(QUEUED);
     let (to_writer, writer_jobs) = mpsc::channel::<WriteJob>(QUEUED);
@@ -163,13 +165,8 @@ pub(super) async fn write_and_hash(
             std::io::Error::other("a write lane stopped"),
         ));
     }
-    // Durable and clean now: a blob's bytes are rarely read right after they are pushed, and a
-    // multi-GB layer would otherwise push hotter data out of the cache. It also keeps an upload
-    // on a small set of recycled pages: on a VM that hands free memory back to its host, each
-    // new page costs a host fault (measured here at 2-3x the time of a 256 MiB upload). In the
-    // background: nothing waits for it.
-    drop(tokio::task::spawn_blocking(move || {
-        file.drop_cache(offset, len)
-    }));
+    // Durable and clean now: kept in the page cache for a pull right after the push, within
+    // a budget; older writes are dropped from it (see `recent`).
+    recent.written(path, &file, offset, len);
     Ok(Written { hashes, len })
 }
