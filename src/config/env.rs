@@ -81,6 +81,11 @@ pub(super) fn set_path(node: &mut Value, segments: &[String], value: Value) -> R
         }
         return set_path(&mut items[index], rest, value);
     }
+    if node.is_null() && first == "0" {
+        // `REGISTRY_HTTP_TLS_CLIENTCAS_0` where the file has no list: start one.
+        *node = Value::Sequence(Vec::new());
+        return set_path(node, segments, value);
+    }
     if !node.is_mapping() {
         *node = Value::Mapping(Mapping::new());
     }
@@ -198,9 +203,18 @@ mod tests {
 
     #[test]
     fn environment_indexes_lists() {
-        let e = Config::from_yaml(FS, &env(&[("REGISTRY_HTTP_TLS_CLIENTCAS_0", "/ca.pem")]))
-            .unwrap_err();
-        assert!(e.contains("http.tls.clientcas: "), "{e}");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap();
+        let config = Config::from_yaml(
+            FS,
+            &env(&[
+                ("REGISTRY_HTTP_TLS_CERTIFICATE", path),
+                ("REGISTRY_HTTP_TLS_KEY", path),
+                ("REGISTRY_HTTP_TLS_CLIENTCAS_0", path),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.http.tls.unwrap().client_cas, [file.path()]);
         let e = Config::from_yaml(
             "storage: {filesystem: {rootdirectory: /a}}\nhttp: {tls: {clientcas: []}}\n",
             &env(&[("REGISTRY_HTTP_TLS_CLIENTCAS_3", "/ca.pem")]),

@@ -3,7 +3,7 @@
 use layerstore::upload::PurgeOptions;
 
 use super::gc::parse_gc;
-use super::report::{Field, Report, Section, get_bool, get_positive_duration, take_bool};
+use super::report::{Field, Report, Section, get_positive_duration, take_bool};
 use super::storage::Storage;
 
 pub(super) fn parse_maintenance(report: &mut Report, field: &Field<'_>, storage: &mut Storage) {
@@ -43,14 +43,8 @@ pub(super) fn parse_maintenance(report: &mut Report, field: &Field<'_>, storage:
     if let Some(f) = s.take("readonly")
         && let Some(mut r) = Section::new(report, &f.key, f.value)
     {
-        if let Some(enabled) = r.take("enabled")
-            && get_bool(report, &enabled) == Some(true)
-        {
-            report.error(
-                &enabled.key,
-                "read-only mode is not supported: the registry would accept writes; remove it \
-                 or set it to false",
-            );
+        if let Some(enabled) = take_bool(report, &mut r, "enabled") {
+            storage.read_only = enabled;
         }
         r.finish(report);
     }
@@ -103,13 +97,34 @@ mod tests {
     }
 
     #[test]
-    fn read_only_mode_is_refused_but_false_is_accepted() {
-        let e = fail(&format!(
+    fn read_only_mode_is_read_and_off_by_default() {
+        assert!(!load(FS).storage.read_only);
+        let on = load(&format!(
             "{FS}  maintenance: {{readonly: {{enabled: true}}}}\n"
         ));
-        assert!(e.contains("storage.maintenance.readonly.enabled: "), "{e}");
-        load(&format!(
+        assert!(on.storage.read_only);
+        let off = load(&format!(
             "{FS}  maintenance: {{readonly: {{enabled: false}}}}\n"
         ));
+        assert!(!off.storage.read_only);
+        let e = fail(&format!(
+            "{FS}  maintenance: {{readonly: {{enabled: sometimes}}}}\n"
+        ));
+        assert!(
+            e.contains("storage.maintenance.readonly.enabled: expected true or false"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn read_only_mode_is_described() {
+        let text = load(&format!(
+            "{FS}  maintenance: {{readonly: {{enabled: true}}}}\n"
+        ))
+        .describe();
+        assert!(
+            text.contains("readonly               enabled (every write is refused with 405)"),
+            "{text}"
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! - Distribution keys that are safe to ignore are accepted and listed in
 //!   [`Config::warnings`] (printed at start and by `check-config`);
 //! - Distribution features whose absence would change what the registry lets through
-//!   (`auth`, `proxy`, TLS client certificates, Let's Encrypt, read-only mode) are refused;
+//!   (`proxy`, Let's Encrypt, `auth.silly`, an unknown auth kind) are refused;
 //! - any other key is an error naming its full dotted path, so a typo such as
 //!   `storage.filesystem.rootdirectroy` never silently falls back to a default.
 //!
@@ -74,8 +74,9 @@ use layerstore::upload::PurgerConfig;
 use layerstore::{Backend, BackendConfig, Store};
 use serde_yaml_ng::{Mapping, Value};
 
+pub use auth::{Auth, TokenConfig};
 pub use gc::GcSchedule;
-pub use http::Http;
+pub use http::{Http, Tls};
 pub use log::Log;
 pub use storage::Storage;
 
@@ -90,6 +91,8 @@ pub struct Config {
     pub storage: Storage,
     pub http: Http,
     pub log: Log,
+    /// `auth`: who may use the registry.
+    pub auth: Auth,
     /// Keys that were present but are not supported, by name; printed at start.
     pub warnings: Vec<String>,
     /// The `REGISTRY_*` environment variables that were applied, by name.
@@ -109,14 +112,17 @@ impl Default for Config {
                 cache: Some(MemoryCacheConfig::default()),
                 purging: PurgerConfig::default(),
                 gc: GcSchedule::default(),
+                read_only: false,
             },
             http: Http {
                 addr: SocketAddr::from(([127, 0, 0, 1], 5000)),
                 tls: None,
+                headers: Vec::new(),
             },
             log: Log {
                 level: "info".to_owned(),
             },
+            auth: Auth::None,
             warnings: Vec::new(),
             env_overrides: Vec::new(),
         }
@@ -235,6 +241,7 @@ impl Config {
         let mut out = String::new();
         self.storage.describe(&mut out);
         self.http.describe(&mut out);
+        self.auth.describe(&mut out);
         self.log.describe(&mut out);
         if !self.env_overrides.is_empty() {
             out.push_str("environment overrides\n");
@@ -336,7 +343,7 @@ fn parse_root(document: &Value, defaults: Defaults, report: &mut Report) -> Conf
     }
 
     if let Some(field) = root.take("auth") {
-        auth::parse_auth(report, &field);
+        config.auth = auth::parse_auth(report, &field);
     }
     if let Some(field) = root.take("proxy")
         && is_set(field.value)
@@ -466,10 +473,13 @@ mod tests {
         assert_eq!(config.http.addr, SocketAddr::from(([0, 0, 0, 0], 5000)));
         assert!(config.http.tls.is_none());
         assert_eq!(config.log.level, "debug");
-        for key in ["log.formatter", "log.fields", "http.headers", "health"] {
+        for key in ["log.formatter", "log.fields", "health"] {
             assert!(has_warning(&config, key), "{key}: {:?}", config.warnings);
         }
-        assert_eq!(config.warnings.len(), 4, "{:?}", config.warnings);
+        assert_eq!(config.warnings.len(), 3, "{:?}", config.warnings);
+        let (name, values) = &config.http.headers[0];
+        assert_eq!((name.as_str(), values.len()), ("x-content-type-options", 1));
+        assert_eq!(values[0], "nosniff");
     }
 
     #[test]
@@ -640,7 +650,8 @@ compatibility: {{}}
             "addr                   0.0.0.0:5000",
             "tls                    off",
             "level                  debug",
-            "warnings (4)",
+            "warnings (3)",
+            "headers                x-content-type-options: nosniff",
             "log.formatter: ignored",
         ] {
             assert!(text.contains(expected), "{expected:?} in\n{text}");

@@ -100,6 +100,14 @@ impl<'a> Section<'a> {
         self.entries.iter().any(|(k, _, _)| k == key)
     }
 
+    /// The keys not taken yet, in the file's order.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .filter(|(_, _, used)| !used)
+            .map(|(k, _, _)| k.as_str())
+    }
+
     pub(super) fn take(&mut self, key: &str) -> Option<Field<'a>> {
         let entry = self
             .entries

@@ -27,6 +27,9 @@ pub struct Storage {
     pub purging: PurgerConfig,
     /// `storage.maintenance.gc`, a layerstore extension.
     pub gc: GcSchedule,
+    /// `storage.maintenance.readonly.enabled`: every write endpoint answers 405, and neither
+    /// the upload purger nor scheduled GC runs.
+    pub read_only: bool,
 }
 
 /// Distribution's filesystem root when `rootdirectory` is not given.
@@ -459,6 +462,12 @@ impl Storage {
             "disabled (layerstore extension)".to_owned()
         };
         row(out, "gc", &gc);
+        let read_only = if self.read_only {
+            "enabled (every write is refused with 405)"
+        } else {
+            "disabled"
+        };
+        row(out, "readonly", &read_only);
     }
 }
 
