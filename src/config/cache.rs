@@ -3,6 +3,7 @@
 use layerstore::cache::MemoryCacheConfig;
 
 use super::report::{Field, Report, Section, get_string, get_u64};
+use super::{go_duration, row};
 
 /// Distribution's `storage.cache.blobdescriptorsize` default.
 pub(super) const DISTRIBUTION_CACHE_SIZE: u64 = 10_000;
@@ -71,6 +72,23 @@ pub(super) fn parse_cache(
             (current, None) => current,
         },
     }
+}
+
+/// The `cache.blobdescriptor` line of [`super::Config::describe`].
+pub(super) fn describe(out: &mut String, cache: Option<&MemoryCacheConfig>) {
+    let cache = match cache {
+        None => "none".to_owned(),
+        Some(c) if c.capacity == u64::MAX => format!(
+            "inmemory, unlimited entries, time-to-live {}",
+            go_duration(c.time_to_live)
+        ),
+        Some(c) => format!(
+            "inmemory, {} entries, time-to-live {}",
+            c.capacity,
+            go_duration(c.time_to_live)
+        ),
+    };
+    row(out, "cache.blobdescriptor", &cache);
 }
 
 #[cfg(test)]

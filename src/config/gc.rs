@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use layerstore::gc::GcOptions;
 
-use super::go_duration;
 use super::report::{Field, Report, Section, get_duration, get_positive_duration, take_bool};
+use super::{go_duration, row};
 
 /// Garbage collection run by `serve` on a schedule: `storage.maintenance.gc`, a layerstore
 /// extension beside Distribution's `uploadpurging` (Distribution reads `maintenance` as a
@@ -28,6 +28,25 @@ impl Default for GcSchedule {
             interval: Duration::from_secs(24 * 3600),
             options: GcOptions::default(),
         }
+    }
+}
+
+impl GcSchedule {
+    /// The `gc` line of [`super::Config::describe`].
+    pub(super) fn describe(&self, out: &mut String) {
+        let gc = if self.enabled {
+            format!(
+                "enabled (layerstore extension), interval {}, grace {}, deleteuntagged {}, \
+                 dryrun {}",
+                go_duration(self.interval),
+                go_duration(self.options.grace),
+                self.options.delete_untagged,
+                self.options.dry_run
+            )
+        } else {
+            "disabled (layerstore extension)".to_owned()
+        };
+        row(out, "gc", &gc);
     }
 }
 

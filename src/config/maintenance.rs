@@ -5,6 +5,7 @@ use layerstore::upload::PurgeOptions;
 use super::gc::parse_gc;
 use super::report::{Field, Report, Section, get_positive_duration, take_bool};
 use super::storage::Storage;
+use super::{go_duration, row};
 
 pub(super) fn parse_maintenance(report: &mut Report, field: &Field<'_>, storage: &mut Storage) {
     let Some(mut s) = Section::new(report, &field.key, field.value) else {
@@ -49,6 +50,29 @@ pub(super) fn parse_maintenance(report: &mut Report, field: &Field<'_>, storage:
         r.finish(report);
     }
     s.finish(report);
+}
+
+/// The `storage.maintenance` lines of [`super::Config::describe`].
+pub(super) fn describe(out: &mut String, storage: &Storage) {
+    let purging = &storage.purging;
+    let purging = if purging.enabled {
+        format!(
+            "enabled, age {}, interval {}, dryrun {}",
+            go_duration(purging.options.older_than),
+            go_duration(purging.interval),
+            purging.options.dry_run
+        )
+    } else {
+        "disabled".to_owned()
+    };
+    row(out, "uploadpurging", &purging);
+    storage.gc.describe(out);
+    let read_only = if storage.read_only {
+        "enabled (every write is refused with 405)"
+    } else {
+        "disabled"
+    };
+    row(out, "readonly", &read_only);
 }
 
 #[cfg(test)]

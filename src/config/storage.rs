@@ -16,7 +16,7 @@ use super::maintenance::parse_maintenance;
 use super::report::{
     Field, Report, Section, get_bool, get_string, is_set, join, take_bool, take_string,
 };
-use super::{Defaults, enabled, go_duration, redacted, row, yes_no};
+use super::{Defaults, enabled, redacted, row, yes_no};
 
 #[derive(Debug, Clone)]
 pub struct Storage {
@@ -423,51 +423,8 @@ impl Storage {
             }
         }
         row(out, "delete", &enabled(storage.delete_enabled));
-        let cache = match &storage.cache {
-            None => "none".to_owned(),
-            Some(c) if c.capacity == u64::MAX => format!(
-                "inmemory, unlimited entries, time-to-live {}",
-                go_duration(c.time_to_live)
-            ),
-            Some(c) => format!(
-                "inmemory, {} entries, time-to-live {}",
-                c.capacity,
-                go_duration(c.time_to_live)
-            ),
-        };
-        row(out, "cache.blobdescriptor", &cache);
-        let purging = &storage.purging;
-        let purging = if purging.enabled {
-            format!(
-                "enabled, age {}, interval {}, dryrun {}",
-                go_duration(purging.options.older_than),
-                go_duration(purging.interval),
-                purging.options.dry_run
-            )
-        } else {
-            "disabled".to_owned()
-        };
-        row(out, "uploadpurging", &purging);
-        let gc = &storage.gc;
-        let gc = if gc.enabled {
-            format!(
-                "enabled (layerstore extension), interval {}, grace {}, deleteuntagged {}, \
-                 dryrun {}",
-                go_duration(gc.interval),
-                go_duration(gc.options.grace),
-                gc.options.delete_untagged,
-                gc.options.dry_run
-            )
-        } else {
-            "disabled (layerstore extension)".to_owned()
-        };
-        row(out, "gc", &gc);
-        let read_only = if self.read_only {
-            "enabled (every write is refused with 405)"
-        } else {
-            "disabled"
-        };
-        row(out, "readonly", &read_only);
+        super::cache::describe(out, storage.cache.as_ref());
+        super::maintenance::describe(out, storage);
     }
 }
 
