@@ -4,9 +4,11 @@
 //! read-only mode both read it, and the `Allow` header of a 405 is derived from it.
 //!
 //! A route cannot be added without a rule: [`Route::endpoint`] and [`rules`] match every
-//! variant without a wildcard, so a new endpoint fails to compile until it has its row, and a
-//! method a handler serves but the table does not list fails
-//! `every_method_the_handlers_serve_has_a_rule` (its test lists what the handlers match).
+//! variant without a wildcard, so a new endpoint fails to compile until it has its row; and
+//! `handlers::dispatch` answers 405 to any method without a row before a handler runs, so a
+//! method added to a handler but not to the table is unreachable (its own tests fail) rather
+//! than open to any authenticated client. `every_method_the_handlers_serve_has_a_rule` keeps
+//! the table and the handlers' methods in step.
 
 use std::collections::HashMap;
 use std::fmt;
