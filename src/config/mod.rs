@@ -51,6 +51,10 @@
 //! read as YAML. Variables are applied in name order, so `REGISTRY_STORAGE=s3` (switch driver)
 //! comes before `REGISTRY_STORAGE_S3_BUCKET`. A variable whose first part is not a
 //! configuration section (such as an unrelated `REGISTRY_URL`) is ignored with a warning, as
+//! Distribution does; below a known section the keys are checked like the file's. They apply
+//! without a file too, on top of the server defaults: a container started with
+//! `REGISTRY_AUTH=htpasswd` and its `REGISTRY_AUTH_HTPASSWD_*` gets htpasswd, and one whose
+//! auth settings cannot be honoured is refused, never served open.
 
 mod auth;
 mod cache;
@@ -86,6 +90,7 @@ use log::parse_log;
 use report::{Report, Section, is_set, scalar_text};
 use storage::parse_storage;
 
+/// Everything `layerstore serve` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub storage: Storage,
