@@ -90,13 +90,41 @@ fn a_bad_file_exits_non_zero_and_names_the_key_on_stderr() {
 }
 
 #[test]
-fn an_auth_section_is_refused() {
+fn an_auth_section_that_cannot_be_honoured_is_refused() {
     let file = config_file(&format!(
-        "{GOOD}auth:\n  htpasswd:\n    realm: r\n    path: /auth/htpasswd\n"
+        "{GOOD}auth:\n  htpasswd:\n    realm: r\n    path: /nonexistent/auth/htpasswd\n"
     ));
     let output = check_config(file.path(), &[]);
     assert!(!output.status.success());
-    assert!(text(&output.stderr).contains("auth: authentication is not supported"));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("auth.htpasswd.path: cannot read /nonexistent/auth/htpasswd"),
+        "{stderr}"
+    );
+    let file = config_file(&format!("{GOOD}auth:\n  silly: {{realm: r, service: s}}\n"));
+    let output = check_config(file.path(), &[]);
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("auth.silly: "));
+}
+
+#[test]
+fn an_htpasswd_section_is_described() {
+    let htpasswd = config_file("");
+    let file = config_file(&format!(
+        "{GOOD}auth:\n  htpasswd:\n    realm: Registry\n    path: {}\n",
+        htpasswd.path().display()
+    ));
+    let output = check_config(file.path(), &[]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        stdout.contains("htpasswd (bcrypt entries only)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("realm                  Registry"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! A real client against the real server: skopeo pushes a multi-platform OCI image to
-//! `layerstore serve`, copies it back, lists its tags and deletes it.
+//! `layerstore serve`, copies it back, lists its tags and deletes it; behind `auth.htpasswd`
+//! it logs in (`skopeo login`, `--dest-creds`, `--src-creds`).
 //!
 //! The image is written here as an OCI image layout (nothing is pulled). skopeo must be
 //! installed (`apt-get install skopeo`): without it these tests fail when `CI=true` and are
@@ -62,7 +63,13 @@ fn skopeo_installed() -> bool {
 enum Storage {
     Filesystem,
     S3,
+    /// The filesystem, behind `auth.htpasswd` with one user, [`USER`] / [`PASSWORD`].
+    FilesystemWithHtpasswd,
 }
+
+const USER: &str = "skopeo-user";
+/// With colons: clients send it whole, the server splits user and password at the first.
+const PASSWORD: &str = "pass:with:colons";
 
 /// A `layerstore serve` child process, killed when dropped.
 struct Server {
@@ -87,6 +94,21 @@ impl Server {
             }
             Storage::S3 => {
                 let config = s3_config()?;
+                let path = dir.path().join("config.yml");
+                std::fs::write(&path, config).expect("write config.yml");
+                command.arg("--config").arg(&path);
+            }
+            Storage::FilesystemWithHtpasswd => {
+                let htpasswd = dir.path().join("htpasswd");
+                let hash = bcrypt::hash(PASSWORD, 4).expect("bcrypt");
+                std::fs::write(&htpasswd, format!("{USER}:{hash}\n")).expect("write htpasswd");
+                let config = format!(
+                    "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                     http:\n  addr: 127.0.0.1:0\nauth:\n  htpasswd:\n    realm: skopeo-test\n    \
+                     path: {}\n",
+                    dir.path().join("root").display(),
+                    htpasswd.display()
+                );
                 let path = dir.path().join("config.yml");
                 std::fs::write(&path, config).expect("write config.yml");
                 command.arg("--config").arg(&path);
@@ -348,15 +370,19 @@ fn write_image() -> Layout {
 // ---------------------------------------------------------------------------------------------
 // skopeo
 
-/// Runs skopeo (without a signature policy: these images are our own) and returns its output;
-/// panics with its stderr if it fails.
-fn skopeo(args: &[&str]) -> Output {
-    let output = Command::new("skopeo")
+/// skopeo (without a signature policy: these images are our own) run with `args`.
+fn run_skopeo(args: &[&str]) -> Output {
+    Command::new("skopeo")
         .arg("--insecure-policy")
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("run skopeo");
+        .expect("run skopeo")
+}
+
+/// Runs skopeo and returns its output; panics with its stderr if it fails.
+fn skopeo(args: &[&str]) -> Output {
+    let output = run_skopeo(args);
     assert!(
         output.status.success(),
         "skopeo {args:?} failed: {}\n{}",
@@ -489,4 +515,131 @@ fn s3_list_tags_shows_the_tag() {
 #[tokio::test]
 async fn s3_delete_removes_the_manifest() {
     delete_removes_the_manifest(Storage::S3).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// htpasswd: a real client logging in
+
+/// `skopeo copy --dest-creds` pushes to a registry behind htpasswd, `--src-creds` pulls back
+/// the same index, and without credentials (or with a wrong password) the push is refused.
+#[test]
+fn htpasswd_skopeo_copy_with_credentials_pushes_and_without_is_refused() {
+    if !skopeo_installed() {
+        return;
+    }
+    let Some(server) = Server::start(&Storage::FilesystemWithHtpasswd) else {
+        return;
+    };
+    let layout = write_image();
+    let authfile = tempfile::tempdir().expect("tempdir");
+    // An empty auth file of its own, so that no stored login of this machine is used.
+    let authfile = authfile.path().join("auth.json");
+    std::fs::write(&authfile, "{}").expect("write auth.json");
+    let authfile = authfile.to_str().expect("utf-8");
+    let creds = format!("{USER}:{PASSWORD}");
+    for refused in [None, Some(format!("{USER}:wrong"))] {
+        let mut args = vec![
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            "--authfile",
+            authfile,
+        ];
+        if let Some(creds) = &refused {
+            args.extend(["--dest-creds", creds]);
+        }
+        let image = server.image();
+        let reference = layout.reference();
+        args.extend([reference.as_str(), image.as_str()]);
+        let output = run_skopeo(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "pushed with {refused:?}");
+        assert!(
+            stderr.contains("unauthorized") || stderr.contains("401"),
+            "{refused:?}: {stderr}"
+        );
+    }
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        "--authfile",
+        authfile,
+        "--dest-creds",
+        &creds,
+        &layout.reference(),
+        &server.image(),
+    ]);
+    let back = tempfile::tempdir().expect("tempdir");
+    let back_path = back.path().join("layout");
+    skopeo(&[
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        "--authfile",
+        authfile,
+        "--src-creds",
+        &creds,
+        &server.image(),
+        &format!("oci:{}:{TAG}", back_path.display()),
+    ]);
+    assert_eq!(blobs_of(layout.path()), blobs_of(&back_path));
+}
+
+/// `skopeo login` stores the credentials (a wrong password is refused at login), and later
+/// commands use them: a push, then a tag listing.
+#[test]
+fn htpasswd_skopeo_login_then_push_and_list_with_the_stored_credentials() {
+    if !skopeo_installed() {
+        return;
+    }
+    let Some(server) = Server::start(&Storage::FilesystemWithHtpasswd) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let authfile = dir.path().join("auth.json");
+    let authfile = authfile.to_str().expect("utf-8");
+    let login = |password: &str| {
+        run_skopeo(&[
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            authfile,
+            "--username",
+            USER,
+            "--password",
+            password,
+            &server.host,
+        ])
+    };
+    let wrong = login("wrong");
+    assert!(
+        !wrong.status.success(),
+        "login with a wrong password succeeded"
+    );
+    let right = login(PASSWORD);
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+    let layout = write_image();
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        "--authfile",
+        authfile,
+        &layout.reference(),
+        &server.image(),
+    ]);
+    let output = skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        "--authfile",
+        authfile,
+        &format!("docker://{}/{REPO}", server.host),
+    ]);
+    let listed: Value = serde_json::from_slice(&output.stdout).expect("list-tags prints JSON");
+    assert_eq!(listed["Tags"], json!([TAG]), "{listed}");
 }

@@ -18,7 +18,6 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::multipart::MultipartStore;
 use object_store::prefix::PrefixStore;
-use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::upload::engine::UploadEngine;
@@ -26,14 +25,13 @@ use crate::upload::fs::{DirSyncer, FsEngine};
 use crate::upload::objects::ObjectEngine;
 use crate::upload::{FileSystem, StdFileSystem};
 
-/// Which backend to use, as plain data (deserializable from any serde format).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+/// Which backend to use, as plain data. A frontend builds it from its own configuration (the
+/// reference server reads Distribution's `storage` section in `src/config/storage.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {
     /// A directory on the local filesystem (the default).
     Filesystem(FilesystemConfig),
     /// Process memory; for tests. Everything is lost when the process exits.
-    #[serde(alias = "inmemory")]
     Memory,
     /// Amazon S3 or an S3-compatible server.
     S3(S3Config),
@@ -50,42 +48,28 @@ impl Default for BackendConfig {
 }
 
 /// Filesystem backend settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilesystemConfig {
     /// The directory holding all data; created if missing.
-    #[serde(alias = "rootdirectory")]
     pub root: PathBuf,
 }
 
 /// S3 backend settings. Credentials come from here or from `AWS_ACCESS_KEY_ID` /
 /// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`); layerstore never falls back to a cloud
 /// instance-metadata endpoint, so a missing credential is an error at start, not a hang.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct S3Config {
     pub bucket: String,
-    #[serde(default = "default_region")]
     pub region: String,
     /// Endpoint of an S3-compatible server, such as `http://127.0.0.1:9000`.
-    #[serde(default, alias = "regionendpoint")]
     pub endpoint: Option<String>,
     /// Allow plain HTTP (only sensible on loopback).
-    #[serde(default)]
     pub allow_http: bool,
-    #[serde(default, alias = "accesskey")]
     pub access_key_id: Option<String>,
-    #[serde(default, alias = "secretkey")]
     pub secret_access_key: Option<String>,
-    #[serde(default)]
     pub session_token: Option<String>,
     /// Key prefix inside the bucket, so several stores can share one bucket.
-    #[serde(default, alias = "rootdirectory")]
     pub prefix: Option<String>,
-}
-
-fn default_region() -> String {
-    "us-east-1".to_owned()
 }
 
 impl fmt::Debug for S3Config {
@@ -110,28 +94,21 @@ impl fmt::Debug for S3Config {
 }
 
 /// Azure Blob backend settings.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AzureConfig {
-    #[serde(alias = "accountname")]
     pub account: String,
     pub container: String,
     /// Shared key of the account.
-    #[serde(default, alias = "accountkey")]
     pub access_key: Option<String>,
     /// Blob endpoint including the account, such as `http://127.0.0.1:10000/devstoreaccount1`.
-    #[serde(default)]
     pub endpoint: Option<String>,
     /// Allow plain HTTP (only sensible on loopback).
-    #[serde(default)]
     pub allow_http: bool,
     /// Key prefix inside the container.
-    #[serde(default, alias = "rootdirectory")]
     pub prefix: Option<String>,
     /// Use the local Azurite emulator (its well-known account and key, plain HTTP, at
     /// `AZURITE_BLOB_STORAGE_URL` or `http://127.0.0.1:10000`); the account and key above are
     /// then ignored.
-    #[serde(default)]
     pub use_emulator: bool,
 }
 
@@ -602,42 +579,10 @@ mod tests {
     }
 
     #[test]
-    fn configuration_reads_distribution_key_names() {
-        let s3: BackendConfig = serde_json::from_str(
-            r#"{"s3": {"bucket": "b", "regionendpoint": "http://127.0.0.1:9000", "accesskey": "k", "secretkey": "s", "rootdirectory": "/registry"}}"#,
-        )
-        .unwrap();
-        let BackendConfig::S3(s3) = s3 else {
-            panic!("{s3:?}")
-        };
-        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
-        assert_eq!(s3.access_key_id.as_deref(), Some("k"));
-        assert_eq!(s3.prefix.as_deref(), Some("/registry"));
-        assert_eq!(s3.region, "us-east-1");
-        let fs: BackendConfig =
-            serde_json::from_str(r#"{"filesystem": {"rootdirectory": "/var/lib/registry"}}"#)
-                .unwrap();
-        assert_eq!(
-            fs,
-            BackendConfig::Filesystem(FilesystemConfig {
-                root: PathBuf::from("/var/lib/registry")
-            })
-        );
-    }
-
-    #[test]
-    fn unknown_configuration_keys_are_refused() {
-        let err =
-            serde_json::from_str::<BackendConfig>(r#"{"filesystem": {"rootdirectroy": "/x"}}"#)
-                .unwrap_err();
-        assert!(err.to_string().contains("rootdirectroy"), "{err}");
-    }
-
-    #[test]
     fn s3_with_half_the_credentials_is_refused_before_any_request() {
         let config = S3Config {
             bucket: "b".to_owned(),
-            region: default_region(),
+            region: "us-east-1".to_owned(),
             endpoint: Some("http://127.0.0.1:1".to_owned()),
             allow_http: true,
             access_key_id: Some("k".to_owned()),

@@ -11,6 +11,7 @@ use layerstore::upload::{ChunkStream, UploadStatus};
 use layerstore::{ByteRange, Digest, Paginated, Reference, Repository, Store};
 
 use super::AppState;
+use super::access;
 use super::error::{ApiError, ClientBodyError, upload_range};
 use super::routes::{self, Route};
 
@@ -36,9 +37,14 @@ pub async fn dispatch(state: &AppState, route: Route<'_>, req: Request) -> ApiRe
     let store = &state.store;
     let method = req.meta.method.clone();
     // RFC 9110: a 405 names the methods the endpoint does take.
-    let allow = route.allowed_methods(state.delete_enabled);
+    let allow = access::allowed_methods(route.endpoint(), state.delete_enabled, state.read_only);
     let not_allowed =
         |message: &str| ApiError::unsupported(message).with_header(header::ALLOW, allow.clone());
+    // Only what the access table lists reaches a handler: a method served below without a
+    // row there would otherwise need no more than authentication.
+    if access::rule(route.endpoint(), &method).is_none() {
+        return Err(not_allowed("method not allowed on this endpoint"));
+    }
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => Ok(Json::empty_object()),
         (Route::Catalog, Method::GET) => catalog(store, &req.meta).await,

@@ -1,24 +1,29 @@
 //! The OCI Distribution API v1.1 on a [`layerstore::Store`], using only the library's public
 //! API. Bodies stream in both directions, so memory does not grow with blob size.
 
+mod access;
+mod auth;
 mod error;
 mod handlers;
 mod routes;
 mod scheduled_gc;
+mod tls;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use layerstore::Store;
 use layerstore::upload::Purger;
 
-use crate::config::Config;
+use crate::config::{Auth, Config, TokenConfig};
+use auth::Authorizer;
 use error::ApiError;
 use routes::Route;
 use scheduled_gc::ScheduledGc;
@@ -28,16 +33,24 @@ use scheduled_gc::ScheduledGc;
 pub struct AppState {
     pub store: Store,
     pub delete_enabled: bool,
+    /// `storage.maintenance.readonly`: every route the access table marks as a write is
+    /// answered 405.
+    pub read_only: bool,
+    /// `None`: an open registry.
+    pub authorizer: Option<Arc<dyn Authorizer>>,
 }
 
+/// `http.headers`, added to every response.
+type ExtraHeaders = Arc<Vec<(HeaderName, Vec<HeaderValue>)>>;
+
 /// The registry's HTTP application.
-pub fn app(state: AppState) -> Router {
+pub fn app(state: AppState, headers: ExtraHeaders) -> Router {
     Router::new()
         .route("/v2", axum::routing::any(v2))
         .route("/v2/", axum::routing::any(v2))
         .route("/v2/{*rest}", axum::routing::any(v2))
         .fallback(|| async { ApiError::not_found() })
-        .layer(middleware::from_fn(log_and_version))
+        .layer(middleware::from_fn_with_state(headers, log_and_version))
         .with_state(state)
 }
 
@@ -52,6 +65,9 @@ async fn v2(
     let Some(route) = Route::parse(rest) else {
         return ApiError::not_found().into_response();
     };
+    if let Err(e) = admit(&state, &route, &parts.method, &parts.headers, &query).await {
+        return e.into_response();
+    }
     let req = handlers::Request {
         meta: handlers::Meta {
             method: parts.method,
@@ -66,8 +82,42 @@ async fn v2(
     }
 }
 
-/// Adds the API version header to every response and logs each request.
-async fn log_and_version(request: Request<Body>, next: Next) -> Response {
+/// Whether the request may go on, by the access table: the authorizer decides on the access
+/// the route needs (credentials first, as Distribution checks them), then read-only mode
+/// refuses whatever pushes or deletes.
+async fn admit(
+    state: &AppState,
+    route: &Route<'_>,
+    method: &Method,
+    headers: &axum::http::HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    let needed = access::required(route, method, query)?;
+    if let Some(authorizer) = &state.authorizer
+        && let Some(error) = authorizer.authorize(headers, &needed).await.into_error()
+    {
+        return Err(error);
+    }
+    let endpoint = route.endpoint();
+    if state.read_only && access::rule(endpoint, method).is_some_and(access::Need::writes) {
+        let allow = access::allowed_methods(endpoint, state.delete_enabled, true);
+        return Err(ApiError::unsupported(
+            "the registry is read-only (storage.maintenance.readonly): pushes and deletes are \
+             refused",
+        )
+        .with_header(header::ALLOW, allow));
+    }
+    Ok(())
+}
+
+/// Adds the API version header and the configured `http.headers` to every response (a header
+/// the response sets itself keeps its value, as a Distribution handler's own header replaces
+/// the configured one), and logs each request.
+async fn log_and_version(
+    State(extra): State<ExtraHeaders>,
+    request: Request<Body>,
+    next: Next,
+) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let started = Instant::now();
     let mut response = next.run(request).await;
@@ -75,6 +125,13 @@ async fn log_and_version(request: Request<Body>, next: Next) -> Response {
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),
     );
+    for (name, values) in extra.iter() {
+        if !response.headers().contains_key(name) {
+            for value in values {
+                response.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+    }
     let bytes = response
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -99,20 +156,36 @@ pub async fn serve(config: Config) -> Result<(), String> {
     for warning in &config.warnings {
         tracing::warn!("configuration: {warning}");
     }
+    let authorizer = authorizer(&config).await?;
     let store = config.open_store()?;
-    let purger = Purger::spawn(store.clone(), config.storage.purging);
-    let gc = ScheduledGc::spawn(store.clone(), config.storage.gc);
-    let app = app(AppState {
-        store,
-        delete_enabled: config.storage.delete_enabled,
-    });
+    let read_only = config.storage.read_only;
+    let (purger, gc) = if read_only {
+        tracing::info!(
+            "read-only mode: pushes and deletes are refused; upload purging and scheduled \
+             garbage collection do not run"
+        );
+        (None, None)
+    } else {
+        (
+            Purger::spawn(store.clone(), config.storage.purging),
+            ScheduledGc::spawn(store.clone(), config.storage.gc),
+        )
+    };
+    let app = app(
+        AppState {
+            store,
+            delete_enabled: config.storage.delete_enabled,
+            read_only,
+            authorizer,
+        },
+        Arc::new(config.http.headers.clone()),
+    );
     let addr = config.http.addr;
     let result = match &config.http.tls {
         Some(tls) => {
-            let rustls =
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.certificate, &tls.key)
-                    .await
-                    .map_err(|e| format!("http.tls: {e}"))?;
+            let rustls = tls::rustls_config(tls)
+                .await
+                .map_err(|e| format!("http.tls: {e}"))?;
             let handle = axum_server::Handle::new();
             let shutdown = handle.clone();
             tokio::spawn(async move {
@@ -155,6 +228,36 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     tracing::info!("stopped");
     result
+}
+
+/// The authorizer `auth` configures; `None` for an open registry.
+async fn authorizer(config: &Config) -> Result<Option<Arc<dyn Authorizer>>, String> {
+    match &config.auth {
+        Auth::None => Ok(None),
+        Auth::Htpasswd(h) => {
+            if config.http.tls.is_none() {
+                tracing::warn!(
+                    "auth.htpasswd without http.tls: Basic credentials cross the network in \
+                     clear text unless TLS ends at a proxy in front of this server"
+                );
+            }
+            let htpasswd = auth::htpasswd::Htpasswd::open(&h.realm, &h.path)
+                .await
+                .map_err(|e| format!("auth.htpasswd: {e}"))?;
+            Ok(Some(htpasswd))
+        }
+        Auth::Token(token) => token_authorizer(token),
+    }
+}
+
+/// Where the token verifier (`auth.token`, the Docker token specification) plugs in as a
+/// second [`Authorizer`]; until it does, a configuration asking for it is refused.
+fn token_authorizer(token: &TokenConfig) -> Result<Option<Arc<dyn Authorizer>>, String> {
+    Err(format!(
+        "auth.token (realm {}, service {}): token auth not yet built into this server; \
+         refusing to start rather than serve the registry open",
+        token.realm, token.service
+    ))
 }
 
 /// Sets `TCP_NODELAY` on every connection `listener` accepts. A response's head and body

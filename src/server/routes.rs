@@ -19,24 +19,6 @@ pub enum Route<'a> {
 }
 
 impl<'a> Route<'a> {
-    /// The methods this endpoint takes, as an `Allow` header lists them.
-    pub fn allowed_methods(&self, deletes: bool) -> String {
-        let (always, delete) = match self {
-            Self::Base => ("GET, HEAD", false),
-            Self::Catalog | Self::Tags { .. } | Self::Referrers { .. } => ("GET", false),
-            Self::Manifest { .. } => ("GET, HEAD, PUT", true),
-            Self::Blob { .. } => ("GET, HEAD", true),
-            Self::Uploads { .. } => ("POST", false),
-            // Cancelling an upload is no delete of content: always allowed.
-            Self::Upload { .. } => ("GET, PATCH, PUT, DELETE", false),
-        };
-        if delete && deletes {
-            format!("{always}, DELETE")
-        } else {
-            always.to_owned()
-        }
-    }
-
     /// Reads the part of the path after `/v2/`; `None` if no endpoint matches.
     pub fn parse(rest: &'a str) -> Option<Self> {
         if rest.is_empty() {
