@@ -1,6 +1,7 @@
 //! The OCI Distribution API v1.1 on a [`layerstore::Store`], using only the library's public
 //! API. Bodies stream in both directions, so memory does not grow with blob size.
 
+mod auth;
 mod error;
 mod handlers;
 mod routes;
