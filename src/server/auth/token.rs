@@ -273,7 +273,7 @@ impl TokenVerifier {
         Ok(Granted {
             subject: claims.sub,
             access: claims.access,
-            expires_at: claims.exp,
+            expires_at: claims.exp.unwrap_or_default() as u64,
         })
     }
 
@@ -334,10 +334,21 @@ struct PeekedHeader {
 
 fn peek_header(token: &str) -> Result<PeekedHeader, AuthError> {
     let malformed = |why: &str| AuthError::Malformed(why.to_owned());
-    if token.split('.').count() != 3 {
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() != 3 {
         return Err(malformed("not a JWT (three dot-separated parts)"));
     }
-    let encoded = token.split('.').next().unwrap_or_default();
+    // The signature covers the text of the parts, so a part that is not base64url would only
+    // show as a bad signature: name it for what it is.
+    let base64url = |part: &str| {
+        part.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && part.len() % 4 != 1
+    };
+    if !parts.iter().all(|part| base64url(part)) {
+        return Err(malformed("a JWT part is not base64url"));
+    }
+    let encoded = parts[0];
     let json = URL_SAFE_NO_PAD
         .decode(encoded)
         .map_err(|_| malformed("the JWT header is not base64url"))?;
@@ -385,7 +396,10 @@ fn jwt_error(kind: jsonwebtoken::errors::ErrorKind) -> AuthError {
 struct Claims {
     #[serde(default)]
     sub: String,
-    exp: u64,
+    /// Required and checked by the validation, which runs after this is read: absent here
+    /// means "missing" there, not malformed. A NumericDate may have a fraction.
+    #[serde(default)]
+    exp: Option<f64>,
     #[serde(default)]
     access: Vec<Access>,
 }

@@ -66,7 +66,11 @@ impl VerifyingKey {
 
     /// The key of a DER SubjectPublicKeyInfo (from a certificate).
     fn from_spki(spki: &[u8]) -> Result<Self, String> {
-        let (algorithm, curve, key) = parse_spki(spki)?;
+        let Spki {
+            algorithm,
+            curve,
+            key,
+        } = parse_spki(spki)?;
         match (algorithm, curve) {
             (OID_RSA_ENCRYPTION, _) => {
                 let (n, e) = parse_rsa_public_key(key)?;
@@ -374,7 +378,11 @@ pub(super) fn libtrust_key_id(spki: &[u8]) -> Option<String> {
 /// The RFC 7638 JWK thumbprint (SHA-256, base64url) of a public key, the `kid` Distribution 3
 /// gives the bundle's keys. `None` for key types it has no JWK form for here.
 pub(super) fn jwk_thumbprint(spki: &[u8]) -> Option<String> {
-    let (algorithm, curve, key) = parse_spki(spki).ok()?;
+    let Spki {
+        algorithm,
+        curve,
+        key,
+    } = parse_spki(spki).ok()?;
     let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
     // Members in lexical order, no spaces (RFC 7638 section 3.2).
     let json = match (algorithm, curve) {
@@ -438,9 +446,17 @@ const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
 
-/// The algorithm OID, the curve OID (EC keys) and the key bits of a DER SubjectPublicKeyInfo
+/// The parts of a DER SubjectPublicKeyInfo
 /// `SEQUENCE { SEQUENCE { OID, params }, BIT STRING }` (RFC 5280 section 4.1).
-fn parse_spki(spki: &[u8]) -> Result<(&[u8], Option<&[u8]>, &[u8]), String> {
+struct Spki<'a> {
+    algorithm: &'a [u8],
+    /// The named curve of an EC key.
+    curve: Option<&'a [u8]>,
+    /// The BIT STRING's contents: a PKCS#1 RSAPublicKey, or an EC point.
+    key: &'a [u8],
+}
+
+fn parse_spki(spki: &[u8]) -> Result<Spki<'_>, String> {
     let bad = || "a malformed SubjectPublicKeyInfo".to_string();
     let mut outer = Der(spki);
     let mut info = Der(outer.expect(0x30).ok_or_else(bad)?);
@@ -457,7 +473,11 @@ fn parse_spki(spki: &[u8]) -> Result<(&[u8], Option<&[u8]>, &[u8]), String> {
     let bits = info.expect(0x03).ok_or_else(bad)?;
     // The first byte of a BIT STRING counts its unused bits: a key has none.
     match bits.split_first() {
-        Some((0, key)) => Ok((oid, curve, key)),
+        Some((0, key)) => Ok(Spki {
+            algorithm: oid,
+            curve,
+            key,
+        }),
         _ => Err(bad()),
     }
 }
