@@ -145,6 +145,20 @@ fn a_kid_equal_to_the_jwk_thumbprint_of_a_bundle_key_is_accepted() {
 }
 
 #[test]
+fn every_certificate_of_a_bundle_is_trusted() {
+    let first = Signer::self_signed(KeyKind::Rsa);
+    let second = Signer::self_signed(KeyKind::P256);
+    let bundle = format!("{}{}", first.cert_pem(), second.cert_pem());
+    let verifier = Verifier::new(Some(&bundle), None);
+    for signer in [&first, &second] {
+        let token = signer.sign(&signer.kid_header(), &valid_claims(pull_on("app")));
+        verifier
+            .verify(&token, &[Access::repository("app", &[PULL])])
+            .unwrap();
+    }
+}
+
+#[test]
 fn a_jwks_key_is_found_by_its_kid() {
     let signer = Signer::self_signed(KeyKind::P256);
     let jwks = json!({"keys": [
@@ -194,8 +208,10 @@ fn an_x5c_chain_through_an_intermediate_to_a_bundle_ca_is_accepted() {
 }
 
 #[test]
-fn an_x5c_holding_a_bundle_certificate_itself_is_accepted() {
-    let signer = Signer::self_signed(KeyKind::Rsa);
+fn an_x5c_holding_a_bundle_ca_certificate_itself_is_accepted() {
+    // Go's verifier (Distribution) accepts a leaf that is itself a root; webpki alone would
+    // refuse a CA certificate as the end entity.
+    let signer = Signer::self_signed_ca(KeyKind::Rsa);
     let token = signer.sign(&signer.x5c_header(&[]), &valid_claims(pull_on("app")));
     Verifier::trusting(&signer)
         .verify(&token, &[Access::repository("app", &[PULL])])
@@ -373,6 +389,15 @@ fn a_token_from_another_issuer_is_rejected() {
 }
 
 #[test]
+fn an_issuer_array_is_rejected_even_holding_the_issuer() {
+    let signer = Signer::self_signed(KeyKind::Rsa);
+    let claims = with_claim(valid_claims(pull_on("app")), "iss", json!([ISSUER]));
+    let token = signer.sign(&signer.kid_header(), &claims);
+    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    assert_eq!(rejection(result), Rejection::BadClaim("iss".into()));
+}
+
+#[test]
 fn a_token_for_another_service_is_rejected() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let claims = with_claim(valid_claims(pull_on("app")), "aud", json!("other.registry"));
@@ -498,6 +523,16 @@ fn an_x5c_chain_from_another_ca_is_rejected() {
     );
     let result = Verifier::new(Some(bundle_ca.pem()), None)
         .verify(&token, &[Access::repository("app", &[PULL])]);
+    assert!(matches!(rejection(result), Rejection::Chain(_)));
+}
+
+#[test]
+fn an_x5c_leaf_certificate_that_has_expired_is_rejected() {
+    let ca = TestCa::new(KeyKind::Rsa, "bundle CA");
+    let signer = Signer::issued_by_expired(&ca, KeyKind::Rsa);
+    let token = signer.sign(&signer.x5c_header(&[]), &valid_claims(pull_on("app")));
+    let result =
+        Verifier::new(Some(ca.pem()), None).verify(&token, &[Access::repository("app", &[PULL])]);
     assert!(matches!(rejection(result), Rejection::Chain(_)));
 }
 

@@ -131,11 +131,24 @@ impl Signer {
     /// A key with a self-signed certificate: the bundle holds that certificate and tokens name
     /// the key by its libtrust `kid` (the docker_auth and GitLab setup).
     pub fn self_signed(kind: KeyKind) -> Self {
+        Self::self_signed_with(kind, |_| {})
+    }
+
+    /// As [`Signer::self_signed`], the certificate being a CA's (basic constraints CA:TRUE), as
+    /// when a token server signs with its CA key.
+    pub fn self_signed_ca(kind: KeyKind) -> Self {
+        Self::self_signed_with(kind, |params| {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        })
+    }
+
+    fn self_signed_with(kind: KeyKind, adjust: impl FnOnce(&mut CertificateParams)) -> Self {
         let key = generate(kind);
         let mut params = CertificateParams::new(vec!["token-signer".to_owned()]).expect("params");
         params
             .distinguished_name
             .push(DnType::CommonName, "test token signer");
+        adjust(&mut params);
         let cert = params.self_signed(&key).expect("self-sign");
         Signer {
             kind,
@@ -148,11 +161,28 @@ impl Signer {
     /// A key whose certificate `ca` issued: the bundle holds the CA and tokens carry the chain in
     /// `x5c`.
     pub fn issued_by(ca: &TestCa, kind: KeyKind) -> Self {
+        Self::issued_with(ca, kind, |_| {})
+    }
+
+    /// As [`Signer::issued_by`], with a certificate that expired in 2021.
+    pub fn issued_by_expired(ca: &TestCa, kind: KeyKind) -> Self {
+        Self::issued_with(ca, kind, |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        })
+    }
+
+    fn issued_with(
+        ca: &TestCa,
+        kind: KeyKind,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Self {
         let key = generate(kind);
         let mut params = CertificateParams::new(vec!["token-signer".to_owned()]).expect("params");
         params
             .distinguished_name
             .push(DnType::CommonName, "test token signer");
+        adjust(&mut params);
         let cert = params.signed_by(&key, &ca.issuer).expect("sign");
         Signer {
             kind,

@@ -294,9 +294,15 @@ impl TokenVerifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.set_issuer(&[&self.inner.issuer]);
         validation.set_audience(&[&self.inner.service]);
-        jsonwebtoken::decode::<Claims>(token, decoding, &validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, decoding, &validation)
             .map(|data| data.claims)
-            .map_err(|e| jwt_error(e.into_kind()))
+            .map_err(|e| jwt_error(e.into_kind()))?;
+        // The validation takes an array of issuers holding ours; RFC 7519 and Distribution
+        // have one issuer, a string.
+        if !matches!(claims.iss, Some(serde_json::Value::String(_))) {
+            return Err(Rejection::BadClaim("iss".into()).into());
+        }
+        Ok(claims)
     }
 }
 
@@ -396,6 +402,8 @@ fn jwt_error(kind: jsonwebtoken::errors::ErrorKind) -> AuthError {
 struct Claims {
     #[serde(default)]
     sub: String,
+    #[serde(default)]
+    iss: Option<serde_json::Value>,
     /// Required and checked by the validation, which runs after this is read: absent here
     /// means "missing" there, not malformed. A NumericDate may have a fraction.
     #[serde(default)]
