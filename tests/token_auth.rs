@@ -342,6 +342,39 @@ fn the_catalog_is_open_to_a_token_with_registry_catalog_star() {
 }
 
 #[test]
+fn a_null_access_claim_grants_nothing() {
+    // Go token servers marshal an empty list as null.
+    let signer = Signer::self_signed(KeyKind::Rsa);
+    let token = signer.sign(&signer.kid_header(), &valid_claims(Value::Null));
+    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    assert_eq!(
+        result,
+        Err(AuthError::InsufficientScope {
+            missing: vec![Access::repository("app", &[PULL])]
+        })
+    );
+}
+
+#[test]
+fn null_actions_grant_nothing_on_their_resource() {
+    let signer = Signer::self_signed(KeyKind::Rsa);
+    let access = json!([
+        {"type": "repository", "name": "app", "actions": null},
+        access_entry("repository", "other", &[PULL]),
+    ]);
+    let token = signer.sign(&signer.kid_header(), &valid_claims(access));
+    let result =
+        Verifier::trusting(&signer).verify(&token, &[Access::repository("other", &[PULL])]);
+    assert_eq!(
+        result.unwrap().access,
+        vec![
+            Access::repository("app", &[]),
+            Access::repository("other", &[PULL])
+        ]
+    );
+}
+
+#[test]
 fn the_insufficient_scope_error_names_the_missing_scope() {
     let error = AuthError::InsufficientScope {
         missing: vec![Access::repository("app", &[PUSH])],

@@ -266,13 +266,14 @@ impl TokenVerifier {
     ) -> Result<Granted, AuthError> {
         let token = bearer_token(authorization)?;
         let claims = self.verified_claims(token)?;
-        let missing = access::missing(&claims.access, required);
+        let access = claims.access.unwrap_or_default();
+        let missing = access::missing(&access, required);
         if !missing.is_empty() {
             return Err(AuthError::InsufficientScope { missing });
         }
         Ok(Granted {
             subject: claims.sub,
-            access: claims.access,
+            access,
             expires_at: claims.exp.unwrap_or_default() as u64,
         })
     }
@@ -408,8 +409,9 @@ struct Claims {
     /// means "missing" there, not malformed. A NumericDate may have a fraction.
     #[serde(default)]
     exp: Option<f64>,
+    /// Go token servers write an empty list as `null`.
     #[serde(default)]
-    access: Vec<Access>,
+    access: Option<Vec<Access>>,
 }
 
 /// One entry of the `access` claim: `{"type", "name", "actions"}` (a `class` is ignored, as the
@@ -420,7 +422,7 @@ struct ClaimedAccess {
     kind: String,
     name: String,
     #[serde(default)]
-    actions: Vec<String>,
+    actions: Option<Vec<String>>,
 }
 
 impl<'de> serde::Deserialize<'de> for Access {
@@ -433,7 +435,7 @@ impl<'de> serde::Deserialize<'de> for Access {
         Ok(Access {
             kind,
             name,
-            actions,
+            actions: actions.unwrap_or_default(),
         })
     }
 }
