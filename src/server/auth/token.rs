@@ -6,8 +6,8 @@
 //! Invariant: a request passes only with a token signed by a key the operator trusts (a
 //! root-bundle certificate's key, found by its libtrust key ID or JWK thumbprint as `kid`, or
 //! the leaf of an `x5c` chain that verifies up to the bundle; or a JWKS key by `kid`), with an
-//! asymmetric algorithm (RS*, PS*, ES256, ES384: never `none` nor HS*), from the configured
-//! `issuer`, for this `service` as audience (a string, or an array holding it as RFC 7519 and
+//! asymmetric algorithm (RS*, PS*, ES256, ES384: never `none` nor HS*; RSA keys of 2048 bits
+//! or more), from the configured `issuer` (`iss` a string), for this `service` as audience (a string, or an array holding it as RFC 7519 and
 //! Distribution 3 allow), unexpired (`exp` required), past its `nbf`, both with 60 s of leeway,
 //! whose `access` claim grants every action the request needs on the exact resource (a `*`
 //! action grants all actions on its resource).
@@ -37,6 +37,10 @@
 //!
 //! Every `AuthError` is the client's: none of them is a 5xx. Under token auth every request
 //! needs a token, the `/v2/` base included (with an empty `required`: any valid token passes).
+//!
+//! Tests: the unit tests here (`cargo test --bin layerstore server::auth`) and the verifier's
+//! behaviour in `tests/token_auth.rs`, which compiles this module in with `#[path]`: keep it
+//! free of `crate::` paths (it only needs its own dependencies).
 
 // Nothing in the server calls this module until the authorizer wires it (issue 14).
 #![allow(dead_code, unused_imports)]
