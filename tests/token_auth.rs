@@ -127,6 +127,53 @@ fn an_es256_token_naming_a_bundle_key_by_libtrust_kid_grants_its_access() {
 }
 
 #[test]
+fn an_es384_token_from_a_p384_bundle_key_grants_its_access() {
+    let signer = Signer::self_signed(KeyKind::P384);
+    let token = signer.sign(&signer.kid_header(), &valid_claims(pull_on("app")));
+    Verifier::trusting(&signer)
+        .verify(&token, &[Access::repository("app", &[PULL])])
+        .unwrap();
+}
+
+#[test]
+fn a_ps256_token_from_an_rsa_bundle_key_grants_its_access() {
+    let signer = Signer::self_signed(KeyKind::Rsa);
+    let header = json!({"alg": "PS256", "kid": signer.libtrust_kid()});
+    let token = signer.sign(&header, &valid_claims(pull_on("app")));
+    Verifier::trusting(&signer)
+        .verify(&token, &[Access::repository("app", &[PULL])])
+        .unwrap();
+}
+
+#[test]
+fn a_p384_jwks_key_is_found_by_its_kid() {
+    let signer = Signer::self_signed(KeyKind::P384);
+    let jwks = json!({"keys": [signer.public_jwk("p384")]});
+    let token = signer.sign(
+        &json!({"alg": "ES384", "kid": "p384"}),
+        &valid_claims(pull_on("app")),
+    );
+    Verifier::new(None, Some(&jwks))
+        .verify(&token, &[Access::repository("app", &[PULL])])
+        .unwrap();
+}
+
+#[test]
+fn a_jwks_key_pinned_to_an_algorithm_refuses_another() {
+    let signer = Signer::self_signed(KeyKind::Rsa);
+    let mut jwk = signer.public_jwk("rsa-pinned");
+    jwk["alg"] = json!("RS256");
+    let jwks = json!({"keys": [jwk]});
+    let token = signer.sign(
+        &json!({"alg": "PS256", "kid": "rsa-pinned"}),
+        &valid_claims(pull_on("app")),
+    );
+    let result =
+        Verifier::new(None, Some(&jwks)).verify(&token, &[Access::repository("app", &[PULL])]);
+    assert!(matches!(rejection(result), Rejection::Algorithm(_)));
+}
+
+#[test]
 fn a_kid_equal_to_the_jwk_thumbprint_of_a_bundle_key_is_accepted() {
     // Distribution 3 names bundle keys by their RFC 7638 thumbprint instead.
     let signer = Signer::self_signed(KeyKind::P256);

@@ -45,6 +45,8 @@ pub enum KeyKind {
     Rsa,
     /// P-256, ES256.
     P256,
+    /// P-384, ES384.
+    P384,
 }
 
 impl KeyKind {
@@ -52,6 +54,7 @@ impl KeyKind {
         match self {
             KeyKind::Rsa => &rcgen::PKCS_RSA_SHA256,
             KeyKind::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyKind::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
         }
     }
 
@@ -60,6 +63,7 @@ impl KeyKind {
         match self {
             KeyKind::Rsa => "RS256",
             KeyKind::P256 => "ES256",
+            KeyKind::P384 => "ES384",
         }
     }
 }
@@ -231,16 +235,21 @@ impl Signer {
                 json!({"kty": "RSA", "kid": kid, "use": "sig",
                        "n": b64(&components.n), "e": b64(&components.e)})
             }
-            KeyKind::P256 => {
+            KeyKind::P256 | KeyKind::P384 => {
+                let (crv, len) = match self.kind {
+                    KeyKind::P256 => ("P-256", 32),
+                    _ => ("P-384", 48),
+                };
                 let point = &self.key.public_key_raw()[1..];
-                json!({"kty": "EC", "kid": kid, "crv": "P-256", "use": "sig",
-                       "x": b64(&point[..32]), "y": b64(&point[32..])})
+                json!({"kty": "EC", "kid": kid, "crv": crv, "use": "sig",
+                       "x": b64(&point[..len]), "y": b64(&point[len..])})
             }
         }
     }
 
     /// A JWT with exactly this header and these claims, signed with this key by its own
-    /// algorithm (whatever `alg` the header says).
+    /// algorithm whatever `alg` the header says (an RSA key signs PS256 if it says so, RS256
+    /// otherwise).
     pub fn sign(&self, header: &Value, claims: &Value) -> String {
         let signing_input = format!(
             "{}.{}",
@@ -252,13 +261,14 @@ impl Signer {
             KeyKind::Rsa => {
                 let pair = RsaKeyPair::from_pkcs8(self.key.serialized_der()).expect("RSA key");
                 let mut signature = vec![0; pair.public_modulus_len()];
-                pair.sign(
-                    &RSA_PKCS1_SHA256,
-                    &rng,
-                    signing_input.as_bytes(),
-                    &mut signature,
-                )
-                .expect("RSA signature");
+                let padding: &'static dyn aws_lc_rs::signature::RsaEncoding =
+                    if header["alg"] == "PS256" {
+                        &aws_lc_rs::signature::RSA_PSS_SHA256
+                    } else {
+                        &RSA_PKCS1_SHA256
+                    };
+                pair.sign(padding, &rng, signing_input.as_bytes(), &mut signature)
+                    .expect("RSA signature");
                 signature
             }
             KeyKind::P256 => {
@@ -267,6 +277,17 @@ impl Signer {
                     self.key.serialized_der(),
                 )
                 .expect("P-256 key");
+                pair.sign(&rng, signing_input.as_bytes())
+                    .expect("ECDSA signature")
+                    .as_ref()
+                    .to_vec()
+            }
+            KeyKind::P384 => {
+                let pair = EcdsaKeyPair::from_pkcs8(
+                    &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+                    self.key.serialized_der(),
+                )
+                .expect("P-384 key");
                 pair.sign(&rng, signing_input.as_bytes())
                     .expect("ECDSA signature")
                     .as_ref()
