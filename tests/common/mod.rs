@@ -28,6 +28,7 @@ pub mod images;
 pub mod power_cut;
 pub mod server;
 pub mod stores;
+pub mod token_issuer;
 
 pub use backends::{BackendKind, TestBackend, make, run_backend_test};
 pub use counting::{CountingStore, Counts};

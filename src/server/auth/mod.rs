@@ -8,6 +8,7 @@
 //! authorizer accepts).
 
 pub mod htpasswd;
+pub mod token;
 
 use async_trait::async_trait;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
