@@ -10,16 +10,15 @@ mod common;
 #[path = "../src/server/auth"]
 #[allow(dead_code)]
 mod auth {
+    pub mod scope;
     pub mod token;
 }
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use auth::token::{
-    ALL, Access, AuthError, DELETE, Granted, PULL, PUSH, Rejection, RequestOrigin, Settings,
-    TokenVerifier,
-};
+use auth::scope::{ALL, DELETE, PULL, PUSH, Scope};
+use auth::token::{AuthError, Granted, Rejection, RequestOrigin, Settings, TokenVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::token_issuer::{
@@ -53,7 +52,7 @@ impl Verifier {
         Self::new(Some(signer.cert_pem()), None)
     }
 
-    fn verify(&self, token: &str, required: &[Access]) -> Result<Granted, AuthError> {
+    fn verify(&self, token: &str, required: &[Scope]) -> Result<Granted, AuthError> {
         self.verifier
             .verify(Some(format!("Bearer {token}").as_bytes()), required)
     }
@@ -110,13 +109,10 @@ fn an_rs256_token_naming_a_bundle_key_by_libtrust_kid_grants_its_access() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let token = signer.sign(&signer.kid_header(), &valid_claims(pull_on("team/app")));
     let granted = Verifier::trusting(&signer)
-        .verify(&token, &[Access::repository("team/app", &[PULL])])
+        .verify(&token, &[Scope::repository("team/app", &[PULL])])
         .unwrap();
     assert_eq!(granted.subject, "alice");
-    assert_eq!(
-        granted.access,
-        vec![Access::repository("team/app", &[PULL])]
-    );
+    assert_eq!(granted.access, vec![Scope::repository("team/app", &[PULL])]);
 }
 
 #[test]
@@ -124,7 +120,7 @@ fn an_es256_token_naming_a_bundle_key_by_libtrust_kid_grants_its_access() {
     let signer = Signer::self_signed(KeyKind::P256);
     let token = signer.sign(&signer.kid_header(), &valid_claims(pull_on("team/app")));
     Verifier::trusting(&signer)
-        .verify(&token, &[Access::repository("team/app", &[PULL])])
+        .verify(&token, &[Scope::repository("team/app", &[PULL])])
         .unwrap();
 }
 
@@ -133,7 +129,7 @@ fn an_es384_token_from_a_p384_bundle_key_grants_its_access() {
     let signer = Signer::self_signed(KeyKind::P384);
     let token = signer.sign(&signer.kid_header(), &valid_claims(pull_on("app")));
     Verifier::trusting(&signer)
-        .verify(&token, &[Access::repository("app", &[PULL])])
+        .verify(&token, &[Scope::repository("app", &[PULL])])
         .unwrap();
 }
 
@@ -143,7 +139,7 @@ fn a_ps256_token_from_an_rsa_bundle_key_grants_its_access() {
     let header = json!({"alg": "PS256", "kid": signer.libtrust_kid()});
     let token = signer.sign(&header, &valid_claims(pull_on("app")));
     Verifier::trusting(&signer)
-        .verify(&token, &[Access::repository("app", &[PULL])])
+        .verify(&token, &[Scope::repository("app", &[PULL])])
         .unwrap();
 }
 
@@ -156,7 +152,7 @@ fn a_p384_jwks_key_is_found_by_its_kid() {
         &valid_claims(pull_on("app")),
     );
     Verifier::new(None, Some(&jwks))
-        .verify(&token, &[Access::repository("app", &[PULL])])
+        .verify(&token, &[Scope::repository("app", &[PULL])])
         .unwrap();
 }
 
@@ -171,7 +167,7 @@ fn a_jwks_key_pinned_to_an_algorithm_refuses_another() {
         &valid_claims(pull_on("app")),
     );
     let result =
-        Verifier::new(None, Some(&jwks)).verify(&token, &[Access::repository("app", &[PULL])]);
+        Verifier::new(None, Some(&jwks)).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert!(matches!(rejection(result), Rejection::Algorithm(_)));
 }
 
@@ -189,7 +185,7 @@ fn a_kid_equal_to_the_jwk_thumbprint_of_a_bundle_key_is_accepted() {
     let header = json!({"alg": "ES256", "kid": thumbprint});
     let token = signer.sign(&header, &valid_claims(pull_on("app")));
     Verifier::trusting(&signer)
-        .verify(&token, &[Access::repository("app", &[PULL])])
+        .verify(&token, &[Scope::repository("app", &[PULL])])
         .unwrap();
 }
 
@@ -202,7 +198,7 @@ fn every_certificate_of_a_bundle_is_trusted() {
     for signer in [&first, &second] {
         let token = signer.sign(&signer.kid_header(), &valid_claims(pull_on("app")));
         verifier
-            .verify(&token, &[Access::repository("app", &[PULL])])
+            .verify(&token, &[Scope::repository("app", &[PULL])])
             .unwrap();
     }
 }
@@ -217,7 +213,7 @@ fn a_jwks_key_is_found_by_its_kid() {
     let header = json!({"alg": "ES256", "kid": "signing-key-1"});
     let token = signer.sign(&header, &valid_claims(pull_on("app")));
     Verifier::new(None, Some(&jwks))
-        .verify(&token, &[Access::repository("app", &[PULL])])
+        .verify(&token, &[Scope::repository("app", &[PULL])])
         .unwrap();
 }
 
@@ -228,7 +224,7 @@ fn an_rsa_jwks_key_is_found_by_its_kid() {
     let header = json!({"alg": "RS256", "kid": "rsa-1"});
     let token = signer.sign(&header, &valid_claims(pull_on("app")));
     Verifier::new(None, Some(&jwks))
-        .verify(&token, &[Access::repository("app", &[PULL])])
+        .verify(&token, &[Scope::repository("app", &[PULL])])
         .unwrap();
 }
 
@@ -238,7 +234,7 @@ fn an_x5c_chain_issued_by_a_bundle_ca_is_accepted() {
     let signer = Signer::issued_by(&ca, KeyKind::P256);
     let token = signer.sign(&signer.x5c_header(&[]), &valid_claims(pull_on("app")));
     Verifier::new(Some(ca.pem()), None)
-        .verify(&token, &[Access::repository("app", &[PULL])])
+        .verify(&token, &[Scope::repository("app", &[PULL])])
         .unwrap();
 }
 
@@ -252,7 +248,7 @@ fn an_x5c_chain_through_an_intermediate_to_a_bundle_ca_is_accepted() {
         &valid_claims(pull_on("app")),
     );
     Verifier::new(Some(root.pem()), None)
-        .verify(&token, &[Access::repository("app", &[PULL])])
+        .verify(&token, &[Scope::repository("app", &[PULL])])
         .unwrap();
 }
 
@@ -263,7 +259,7 @@ fn an_x5c_holding_a_bundle_ca_certificate_itself_is_accepted() {
     let signer = Signer::self_signed_ca(KeyKind::Rsa);
     let token = signer.sign(&signer.x5c_header(&[]), &valid_claims(pull_on("app")));
     Verifier::trusting(&signer)
-        .verify(&token, &[Access::repository("app", &[PULL])])
+        .verify(&token, &[Scope::repository("app", &[PULL])])
         .unwrap();
 }
 
@@ -274,7 +270,7 @@ fn a_token_expired_less_than_the_leeway_ago_passes() {
     let claims = with_claim(claims, "nbf", json!(now() - 300));
     let token = signer.sign(&signer.kid_header(), &claims);
     Verifier::trusting(&signer)
-        .verify(&token, &[Access::repository("app", &[PULL])])
+        .verify(&token, &[Scope::repository("app", &[PULL])])
         .unwrap();
 }
 
@@ -284,7 +280,7 @@ fn a_token_valid_less_than_the_leeway_from_now_passes() {
     let claims = with_claim(valid_claims(pull_on("app")), "nbf", json!(now() + 30));
     let token = signer.sign(&signer.kid_header(), &claims);
     Verifier::trusting(&signer)
-        .verify(&token, &[Access::repository("app", &[PULL])])
+        .verify(&token, &[Scope::repository("app", &[PULL])])
         .unwrap();
 }
 
@@ -299,7 +295,7 @@ fn an_audience_array_holding_the_service_is_accepted() {
     );
     let token = signer.sign(&signer.kid_header(), &claims);
     Verifier::trusting(&signer)
-        .verify(&token, &[Access::repository("app", &[PULL])])
+        .verify(&token, &[Scope::repository("app", &[PULL])])
         .unwrap();
 }
 
@@ -318,11 +314,11 @@ fn a_token_for_one_repository_does_not_open_another() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let token = signer.sign(&signer.kid_header(), &valid_claims(pull_on("team/a")));
     let result =
-        Verifier::trusting(&signer).verify(&token, &[Access::repository("team/b", &[PULL])]);
+        Verifier::trusting(&signer).verify(&token, &[Scope::repository("team/b", &[PULL])]);
     assert_eq!(
         result,
         Err(AuthError::InsufficientScope {
-            missing: vec![Access::repository("team/b", &[PULL])]
+            missing: vec![Scope::repository("team/b", &[PULL])]
         })
     );
 }
@@ -332,11 +328,11 @@ fn a_pull_only_token_cannot_push() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let token = signer.sign(&signer.kid_header(), &valid_claims(pull_on("app")));
     let result =
-        Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL, PUSH])]);
+        Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL, PUSH])]);
     assert_eq!(
         result,
         Err(AuthError::InsufficientScope {
-            missing: vec![Access::repository("app", &[PUSH])]
+            missing: vec![Scope::repository("app", &[PUSH])]
         })
     );
 }
@@ -346,12 +342,11 @@ fn delete_needs_the_delete_action() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let access = json!([access_entry("repository", "app", &[PULL, PUSH])]);
     let token = signer.sign(&signer.kid_header(), &valid_claims(access));
-    let result =
-        Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[DELETE])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[DELETE])]);
     assert_eq!(
         result,
         Err(AuthError::InsufficientScope {
-            missing: vec![Access::repository("app", &[DELETE])]
+            missing: vec![Scope::repository("app", &[DELETE])]
         })
     );
 }
@@ -362,7 +357,7 @@ fn a_star_action_grants_every_action_on_its_repository() {
     let access = json!([access_entry("repository", "app", &[ALL])]);
     let token = signer.sign(&signer.kid_header(), &valid_claims(access));
     Verifier::trusting(&signer)
-        .verify(&token, &[Access::repository("app", &[PULL, PUSH, DELETE])])
+        .verify(&token, &[Scope::repository("app", &[PULL, PUSH, DELETE])])
         .unwrap();
 }
 
@@ -371,11 +366,11 @@ fn the_catalog_is_closed_to_a_token_without_registry_catalog_star() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let access = json!([access_entry("repository", "app", &[ALL])]);
     let token = signer.sign(&signer.kid_header(), &valid_claims(access));
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::catalog()]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::catalog()]);
     assert_eq!(
         result,
         Err(AuthError::InsufficientScope {
-            missing: vec![Access::catalog()]
+            missing: vec![Scope::catalog()]
         })
     );
 }
@@ -386,7 +381,7 @@ fn the_catalog_is_open_to_a_token_with_registry_catalog_star() {
     let access = json!([access_entry("registry", "catalog", &[ALL])]);
     let token = signer.sign(&signer.kid_header(), &valid_claims(access));
     Verifier::trusting(&signer)
-        .verify(&token, &[Access::catalog()])
+        .verify(&token, &[Scope::catalog()])
         .unwrap();
 }
 
@@ -395,11 +390,11 @@ fn a_null_access_claim_grants_nothing() {
     // Go token servers marshal an empty list as null.
     let signer = Signer::self_signed(KeyKind::Rsa);
     let token = signer.sign(&signer.kid_header(), &valid_claims(Value::Null));
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert_eq!(
         result,
         Err(AuthError::InsufficientScope {
-            missing: vec![Access::repository("app", &[PULL])]
+            missing: vec![Scope::repository("app", &[PULL])]
         })
     );
 }
@@ -412,13 +407,12 @@ fn null_actions_grant_nothing_on_their_resource() {
         access_entry("repository", "other", &[PULL]),
     ]);
     let token = signer.sign(&signer.kid_header(), &valid_claims(access));
-    let result =
-        Verifier::trusting(&signer).verify(&token, &[Access::repository("other", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("other", &[PULL])]);
     assert_eq!(
         result.unwrap().access,
         vec![
-            Access::repository("app", &[]),
-            Access::repository("other", &[PULL])
+            Scope::repository("app", &[]),
+            Scope::repository("other", &[PULL])
         ]
     );
 }
@@ -426,7 +420,7 @@ fn null_actions_grant_nothing_on_their_resource() {
 #[test]
 fn the_insufficient_scope_error_names_the_missing_scope() {
     let error = AuthError::InsufficientScope {
-        missing: vec![Access::repository("app", &[PUSH])],
+        missing: vec![Scope::repository("app", &[PUSH])],
     };
     assert!(error.to_string().contains("repository:app:push"), "{error}");
 }
@@ -439,7 +433,7 @@ fn an_expired_token_is_rejected() {
     let claims = with_claim(valid_claims(pull_on("app")), "exp", json!(now() - 120));
     let claims = with_claim(claims, "nbf", json!(now() - 600));
     let token = signer.sign(&signer.kid_header(), &claims);
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert_eq!(rejection(result), Rejection::Expired);
 }
 
@@ -448,7 +442,7 @@ fn a_token_not_valid_until_beyond_the_leeway_is_rejected() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let claims = with_claim(valid_claims(pull_on("app")), "nbf", json!(now() + 120));
     let token = signer.sign(&signer.kid_header(), &claims);
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert_eq!(rejection(result), Rejection::NotYetValid);
 }
 
@@ -457,7 +451,7 @@ fn a_token_without_exp_is_rejected() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let claims = without_claim(valid_claims(pull_on("app")), "exp");
     let token = signer.sign(&signer.kid_header(), &claims);
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert_eq!(rejection(result), Rejection::MissingClaim("exp".into()));
 }
 
@@ -466,7 +460,7 @@ fn a_token_from_another_issuer_is_rejected() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let claims = with_claim(valid_claims(pull_on("app")), "iss", json!("someone-else"));
     let token = signer.sign(&signer.kid_header(), &claims);
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert_eq!(rejection(result), Rejection::Issuer);
 }
 
@@ -475,7 +469,7 @@ fn an_issuer_array_is_rejected_even_holding_the_issuer() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let claims = with_claim(valid_claims(pull_on("app")), "iss", json!([ISSUER]));
     let token = signer.sign(&signer.kid_header(), &claims);
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert_eq!(rejection(result), Rejection::BadClaim("iss".into()));
 }
 
@@ -484,7 +478,7 @@ fn a_token_for_another_service_is_rejected() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let claims = with_claim(valid_claims(pull_on("app")), "aud", json!("other.registry"));
     let token = signer.sign(&signer.kid_header(), &claims);
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert_eq!(rejection(result), Rejection::Audience);
 }
 
@@ -493,7 +487,7 @@ fn a_token_without_an_audience_is_rejected() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let claims = without_claim(valid_claims(pull_on("app")), "aud");
     let token = signer.sign(&signer.kid_header(), &claims);
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert_eq!(rejection(result), Rejection::MissingClaim("aud".into()));
 }
 
@@ -509,7 +503,7 @@ fn a_tampered_payload_is_rejected() {
         URL_SAFE_NO_PAD.encode(widened.to_string()),
         parts[2]
     );
-    let result = Verifier::trusting(&signer).verify(&forged, &[Access::repository("app", &[PUSH])]);
+    let result = Verifier::trusting(&signer).verify(&forged, &[Scope::repository("app", &[PUSH])]);
     assert_eq!(rejection(result), Rejection::Signature);
 }
 
@@ -521,7 +515,7 @@ fn a_tampered_signature_is_rejected() {
     let mut bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
     bytes[10] ^= 0x01;
     let forged = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(bytes));
-    let result = Verifier::trusting(&signer).verify(&forged, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&forged, &[Scope::repository("app", &[PULL])]);
     assert_eq!(rejection(result), Rejection::Signature);
 }
 
@@ -534,7 +528,7 @@ fn an_unsigned_token_with_alg_none_is_rejected() {
         URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(valid_claims(pull_on("app")).to_string())
     );
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert!(matches!(rejection(result), Rejection::Algorithm(_)));
 }
 
@@ -551,7 +545,7 @@ fn an_hs256_token_keyed_with_the_public_key_is_rejected() {
         URL_SAFE_NO_PAD.encode(signer.spki_der()).into_bytes(),
     ] {
         let token = sign_hs256(&header, &valid_claims(pull_on("app")), &secret);
-        let result = verifier.verify(&token, &[Access::repository("app", &[PULL])]);
+        let result = verifier.verify(&token, &[Scope::repository("app", &[PULL])]);
         assert!(matches!(rejection(result), Rejection::Algorithm(_)));
     }
 }
@@ -561,7 +555,7 @@ fn a_token_whose_alg_does_not_fit_its_key_is_rejected() {
     let signer = Signer::self_signed(KeyKind::P256);
     let header = json!({"alg": "RS256", "kid": signer.libtrust_kid()});
     let token = signer.sign(&header, &valid_claims(pull_on("app")));
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert!(matches!(rejection(result), Rejection::Algorithm(_)));
 }
 
@@ -570,7 +564,7 @@ fn a_token_signed_by_an_untrusted_key_under_a_trusted_kid_is_rejected() {
     let trusted = Signer::self_signed(KeyKind::Rsa);
     let impostor = Signer::self_signed(KeyKind::Rsa);
     let token = impostor.sign(&trusted.kid_header(), &valid_claims(pull_on("app")));
-    let result = Verifier::trusting(&trusted).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&trusted).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert_eq!(rejection(result), Rejection::Signature);
 }
 
@@ -579,7 +573,7 @@ fn an_unknown_kid_is_rejected() {
     let trusted = Signer::self_signed(KeyKind::Rsa);
     let other = Signer::self_signed(KeyKind::Rsa);
     let token = other.sign(&other.kid_header(), &valid_claims(pull_on("app")));
-    let result = Verifier::trusting(&trusted).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&trusted).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert_eq!(
         rejection(result),
         Rejection::UnknownKey(other.libtrust_kid())
@@ -590,7 +584,7 @@ fn an_unknown_kid_is_rejected() {
 fn a_token_naming_no_key_is_rejected() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let token = signer.sign(&json!({"alg": "RS256"}), &valid_claims(pull_on("app")));
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert_eq!(rejection(result), Rejection::NoKey);
 }
 
@@ -604,7 +598,7 @@ fn an_x5c_chain_from_another_ca_is_rejected() {
         &valid_claims(pull_on("app")),
     );
     let result = Verifier::new(Some(bundle_ca.pem()), None)
-        .verify(&token, &[Access::repository("app", &[PULL])]);
+        .verify(&token, &[Scope::repository("app", &[PULL])]);
     assert!(matches!(rejection(result), Rejection::Chain(_)));
 }
 
@@ -614,7 +608,7 @@ fn an_x5c_leaf_certificate_that_has_expired_is_rejected() {
     let signer = Signer::issued_by_expired(&ca, KeyKind::Rsa);
     let token = signer.sign(&signer.x5c_header(&[]), &valid_claims(pull_on("app")));
     let result =
-        Verifier::new(Some(ca.pem()), None).verify(&token, &[Access::repository("app", &[PULL])]);
+        Verifier::new(Some(ca.pem()), None).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert!(matches!(rejection(result), Rejection::Chain(_)));
 }
 
@@ -628,7 +622,7 @@ fn an_x5c_chain_does_not_fall_back_to_a_trusted_kid() {
     header["kid"] = json!(bundle_signer.libtrust_kid());
     let token = bundle_signer.sign(&header, &valid_claims(pull_on("app")));
     let result =
-        Verifier::trusting(&bundle_signer).verify(&token, &[Access::repository("app", &[PULL])]);
+        Verifier::trusting(&bundle_signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert!(matches!(rejection(result), Rejection::Chain(_)));
 }
 
@@ -641,7 +635,7 @@ fn no_authorization_header_asks_for_a_token() {
     assert_eq!(
         verifier
             .verifier
-            .verify(None, &[Access::repository("app", &[PULL])]),
+            .verify(None, &[Scope::repository("app", &[PULL])]),
         Err(AuthError::Missing)
     );
 }
@@ -652,7 +646,7 @@ fn a_huge_authorization_header_is_malformed() {
     let huge = format!("Bearer {}", "a".repeat(1 << 20));
     let result = Verifier::trusting(&signer)
         .verifier
-        .verify(Some(huge.as_bytes()), &[Access::repository("app", &[PULL])]);
+        .verify(Some(huge.as_bytes()), &[Scope::repository("app", &[PULL])]);
     assert!(matches!(result, Err(AuthError::Malformed(_))), "{result:?}");
 }
 
@@ -667,7 +661,7 @@ fn a_token_with_bad_base64_is_malformed() {
         format!("{}.{}$%.{}", parts[0], parts[1], parts[2]),
         format!("{}.{}.{}*", parts[0], parts[1], parts[2]),
     ] {
-        let result = verifier.verify(&bad, &[Access::repository("app", &[PULL])]);
+        let result = verifier.verify(&bad, &[Scope::repository("app", &[PULL])]);
         assert!(
             matches!(result, Err(AuthError::Malformed(_))),
             "{bad}: {result:?}"
@@ -680,7 +674,7 @@ fn a_token_that_is_not_three_parts_is_malformed() {
     let signer = Signer::self_signed(KeyKind::Rsa);
     let verifier = Verifier::trusting(&signer);
     for bad in ["abc", "a.b", "a.b.c.d", "...."] {
-        let result = verifier.verify(bad, &[Access::repository("app", &[PULL])]);
+        let result = verifier.verify(bad, &[Scope::repository("app", &[PULL])]);
         assert!(
             matches!(result, Err(AuthError::Malformed(_))),
             "{bad}: {result:?}"
@@ -697,7 +691,7 @@ fn an_access_claim_of_the_wrong_shape_is_malformed() {
         json!("repository:app:pull"),
     );
     let token = signer.sign(&signer.kid_header(), &claims);
-    let result = Verifier::trusting(&signer).verify(&token, &[Access::repository("app", &[PULL])]);
+    let result = Verifier::trusting(&signer).verify(&token, &[Scope::repository("app", &[PULL])]);
     assert!(matches!(result, Err(AuthError::Malformed(_))), "{result:?}");
 }
 
@@ -712,7 +706,7 @@ fn the_challenge_without_a_token_names_realm_service_and_scope() {
     let v = challenge_verifier();
     assert_eq!(
         v.verifier.challenge(
-            &[Access::repository("team/app", &[PULL])],
+            &[Scope::repository("team/app", &[PULL])],
             Some(&AuthError::Missing),
             RequestOrigin::default()
         ),
@@ -725,7 +719,7 @@ fn the_challenge_for_an_upload_asks_for_pull_and_push() {
     let v = challenge_verifier();
     assert_eq!(
         v.verifier.challenge(
-            &[Access::repository("app", &[PULL, PUSH])],
+            &[Scope::repository("app", &[PULL, PUSH])],
             None,
             RequestOrigin::default()
         ),
@@ -737,8 +731,8 @@ fn the_challenge_for_an_upload_asks_for_pull_and_push() {
 fn the_challenge_for_a_mount_lists_both_repositories_separated_by_a_space() {
     let v = challenge_verifier();
     let required = [
-        Access::repository("target", &[PULL, PUSH]),
-        Access::repository("source", &[PULL]),
+        Scope::repository("target", &[PULL, PUSH]),
+        Scope::repository("source", &[PULL]),
     ];
     assert_eq!(
         v.verifier
@@ -754,7 +748,7 @@ fn the_challenge_for_the_catalog_asks_for_registry_catalog_star() {
     let v = challenge_verifier();
     assert_eq!(
         v.verifier
-            .challenge(&[Access::catalog()], None, RequestOrigin::default()),
+            .challenge(&[Scope::catalog()], None, RequestOrigin::default()),
         format!(r#"Bearer realm="{REALM}",service="{SERVICE}",scope="registry:catalog:*""#)
     );
 }
@@ -772,7 +766,7 @@ fn the_challenge_for_the_base_endpoint_has_no_scope() {
 fn the_challenge_after_an_invalid_token_says_invalid_token() {
     let v = challenge_verifier();
     let challenge = v.verifier.challenge(
-        &[Access::repository("app", &[PULL])],
+        &[Scope::repository("app", &[PULL])],
         Some(&AuthError::Invalid(Rejection::Expired)),
         RequestOrigin::default(),
     );
@@ -786,7 +780,7 @@ fn the_challenge_after_an_invalid_token_says_invalid_token() {
 fn the_challenge_after_a_malformed_token_says_invalid_token() {
     let v = challenge_verifier();
     let challenge = v.verifier.challenge(
-        &[Access::repository("app", &[PULL])],
+        &[Scope::repository("app", &[PULL])],
         Some(&AuthError::Malformed("bad".into())),
         RequestOrigin::default(),
     );
@@ -799,9 +793,9 @@ fn the_challenge_after_a_malformed_token_says_invalid_token() {
 #[test]
 fn the_challenge_after_an_insufficient_scope_says_so_and_asks_for_the_whole_scope() {
     let v = challenge_verifier();
-    let required = [Access::repository("app", &[PULL, PUSH])];
+    let required = [Scope::repository("app", &[PULL, PUSH])];
     let error = AuthError::InsufficientScope {
-        missing: vec![Access::repository("app", &[PUSH])],
+        missing: vec![Scope::repository("app", &[PUSH])],
     };
     assert_eq!(
         v.verifier
@@ -960,10 +954,7 @@ async fn the_issuer_grants_only_the_actions_the_user_may_do() {
     let (_dir, verifier) = verifier_for(&issuer);
     let token = format!("Bearer {}", body["token"].as_str().unwrap());
     let granted = verifier.verify(Some(token.as_bytes()), &[]).unwrap();
-    assert_eq!(
-        granted.access,
-        vec![Access::repository("team/app", &[PULL])]
-    );
+    assert_eq!(granted.access, vec![Scope::repository("team/app", &[PULL])]);
 }
 
 #[tokio::test]
@@ -994,7 +985,7 @@ async fn the_issuer_tokens_with_an_x5c_chain_verify_against_its_bundle() {
     verifier
         .verify(
             Some(token.as_bytes()),
-            &[Access::repository("alice/app", &[PULL, PUSH, DELETE])],
+            &[Scope::repository("alice/app", &[PULL, PUSH, DELETE])],
         )
         .unwrap();
 }

@@ -11,11 +11,10 @@
 //! the table and the handlers' methods in step.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use axum::http::Method;
-use layerstore::RepositoryName;
 
+use super::auth::scope::{self, Scope};
 use super::error::ApiError;
 use super::routes::{self, Route};
 
@@ -25,17 +24,14 @@ pub enum Action {
     Pull,
     Push,
     Delete,
-    /// `*`: everything on the resource (the catalog's only action).
-    All,
 }
 
 impl Action {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Pull => "pull",
-            Self::Push => "push",
-            Self::Delete => "delete",
-            Self::All => "*",
+            Self::Pull => scope::PULL,
+            Self::Push => scope::PUSH,
+            Self::Delete => scope::DELETE,
         }
     }
 
@@ -45,36 +41,10 @@ impl Action {
     }
 }
 
-/// A resource access is asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resource {
-    /// `repository:NAME`
-    Repository(RepositoryName),
-    /// `registry:catalog`
-    Catalog,
-}
-
-/// Actions on one resource: `repository:library/alpine:pull,push`, `registry:catalog:*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
-    pub resource: Resource,
-    pub actions: Vec<Action>,
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.resource {
-            Resource::Repository(name) => write!(f, "repository:{name}:")?,
-            Resource::Catalog => f.write_str("registry:catalog:")?,
-        }
-        for (i, action) in self.actions.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            f.write_str(action.as_str())?;
-        }
-        Ok(())
-    }
+/// The scope of `actions` on a repository (whose name the caller has validated).
+fn on_repository(name: &str, actions: &[Action]) -> Scope {
+    let actions: Vec<&str> = actions.iter().map(|a| a.as_str()).collect();
+    Scope::repository(name, &actions)
 }
 
 /// The endpoints, without their parameters.
@@ -143,6 +113,12 @@ pub enum Need {
     Repository(&'static [Action]),
     /// These actions on the repository in the path and, for a cross-repository mount
     /// (`?mount=DIGEST&from=SOURCE`), `pull` on the source: a mount reads the source.
+    ///
+    /// Without `pull` on the source the request is refused (token auth: 401
+    /// `insufficient_scope` naming `repository:SOURCE:pull`), as Distribution refuses it,
+    /// rather than answered with a plain upload session (the OCI specification's 202
+    /// fallback): the client learns which scope is missing, and clients that meet the refusal
+    /// (docker, containerd) push the blob in an ordinary upload. Either way it never mounts.
     RepositoryAndMountSource(&'static [Action]),
 }
 
@@ -231,31 +207,22 @@ pub fn required(
     query: &HashMap<String, String>,
 ) -> Result<Vec<Scope>, ApiError> {
     let need = rule(route.endpoint(), method).unwrap_or(Need::Authenticated);
-    let on_repository = |actions: &[Action]| -> Result<Scope, ApiError> {
-        let name = route.name().unwrap_or_default();
-        Ok(Scope {
-            resource: Resource::Repository(routes::name(name)?),
-            actions: actions.to_vec(),
-        })
+    let on_route_repository = |actions: &[Action]| -> Result<Scope, ApiError> {
+        let name = routes::name(route.name().unwrap_or_default())?;
+        Ok(on_repository(name.as_str(), actions))
     };
     Ok(match need {
         Need::Authenticated => Vec::new(),
-        Need::Catalog => vec![Scope {
-            resource: Resource::Catalog,
-            actions: vec![Action::All],
-        }],
-        Need::Repository(actions) => vec![on_repository(actions)?],
+        Need::Catalog => vec![Scope::catalog()],
+        Need::Repository(actions) => vec![on_route_repository(actions)?],
         Need::RepositoryAndMountSource(actions) => {
-            let mut scopes = vec![on_repository(actions)?];
+            let mut scopes = vec![on_route_repository(actions)?];
             // A `from` that breaks the grammar is never mounted from (the handler starts an
             // ordinary upload instead), so it needs nothing.
             if query.contains_key("mount")
                 && let Some(from) = query.get("from").and_then(|f| routes::name(f).ok())
             {
-                scopes.push(Scope {
-                    resource: Resource::Repository(from),
-                    actions: vec![Action::Pull],
-                });
+                scopes.push(on_repository(from.as_str(), &[Action::Pull]));
             }
             scopes
         }

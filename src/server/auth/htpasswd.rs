@@ -23,8 +23,8 @@ use base64::Engine as _;
 use moka::future::Cache;
 use sha2::{Digest as _, Sha256};
 
+use super::scope::Scope;
 use super::{Authorizer, Decision, quoted};
-use crate::server::access::Scope;
 
 /// How often the file's modification time and size are compared with the loaded ones.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);

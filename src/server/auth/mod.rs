@@ -1,20 +1,22 @@
 //! Who may do what: an [`Authorizer`] decides, from a request's headers and the access the
-//! access table says its endpoint needs ([`super::access`]), whether it goes on. One
-//! implementation per `auth` kind: [`htpasswd::Htpasswd`] (Basic credentials, bcrypt), and a
-//! token verifier (the Docker token specification) plugs in the same way.
+//! access table says its endpoint needs ([`super::access`], in [`scope::Scope`]s), whether it
+//! goes on. One implementation per `auth` kind: [`htpasswd::Htpasswd`] (Basic credentials,
+//! bcrypt), and a token verifier (the Docker token specification, [`token`]) plugs in the
+//! same way.
 //!
 //! Under any authorizer nothing is anonymous: the base endpoint, the catalog, tag lists and
 //! HEAD requests need credentials too (the base endpoint needs no scope, only a client the
 //! authorizer accepts).
 
 pub mod htpasswd;
+pub mod scope;
 pub mod token;
 
 use async_trait::async_trait;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use super::access::Scope;
 use super::error::ApiError;
+use scope::Scope;
 
 /// What an authorizer decided about one request.
 #[derive(Debug)]
@@ -90,7 +92,6 @@ pub fn quoted(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::access::{Action, Resource};
     use axum::response::IntoResponse;
 
     #[test]
@@ -101,10 +102,7 @@ mod tests {
 
     #[test]
     fn a_denial_names_the_missing_scope() {
-        let missing = vec![Scope {
-            resource: Resource::Repository(layerstore::RepositoryName::parse("a/b").unwrap()),
-            actions: vec![Action::Push],
-        }];
+        let missing = vec![Scope::repository("a/b", &[scope::PUSH])];
         let forbidden = Decision::Deny {
             missing: missing.clone(),
             challenge: None,

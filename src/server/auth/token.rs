@@ -19,8 +19,8 @@
 //! let verifier = TokenVerifier::new(Settings { realm, service, issuer,
 //!     root_cert_bundle, jwks, autoredirect, ..Settings::default() })?;
 //!
-//! // Per request, with what the route needs, e.g. [Access::repository(name, &[PULL, PUSH])],
-//! // plus Access::repository(source, &[PULL]) for a mount, [Access::catalog()] for the catalog:
+//! // Per request, with what the route needs, e.g. [Scope::repository(name, &[PULL, PUSH])],
+//! // plus Scope::repository(source, &[PULL]) for a mount, [Scope::catalog()] for the catalog:
 //! let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
 //! match verifier.verify(header, &required) {
 //!     Ok(granted) => { /* granted.subject for logs; granted.access is the token's grant */ }
@@ -45,7 +45,6 @@
 // Nothing in the server calls this module until the authorizer wires it (issue 14).
 #![allow(dead_code, unused_imports)]
 
-mod access;
 mod keys;
 
 use std::path::PathBuf;
@@ -55,7 +54,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, Validation};
 
-pub use access::{ALL, Access, DELETE, PULL, PUSH, ScopeError, scope_param};
+use super::scope;
+use super::scope::{Scope, scope_param};
 use keys::{TrustedKeys, VerifyingKey};
 
 /// An `Authorization` header longer than this is refused unread. Tokens with an `x5c` chain of a
@@ -105,7 +105,7 @@ pub struct Granted {
     /// `sub`: the user the token was issued to (empty if it names none).
     pub subject: String,
     /// Everything the token grants, as its `access` claim lists it.
-    pub access: Vec<Access>,
+    pub access: Vec<Scope>,
     /// `exp`, in seconds since the Unix epoch.
     pub expires_at: u64,
 }
@@ -126,7 +126,7 @@ pub enum AuthError {
     /// A valid token that lacks some of the access the request needs (listed, with only the
     /// missing actions).
     #[error("insufficient scope: the token does not grant {}", scope_param(.missing))]
-    InsufficientScope { missing: Vec<Access> },
+    InsufficientScope { missing: Vec<Scope> },
 }
 
 impl AuthError {
@@ -225,7 +225,7 @@ impl TokenVerifier {
     /// there is one).
     pub fn challenge(
         &self,
-        required: &[Access],
+        required: &[Scope],
         error: Option<&AuthError>,
         origin: RequestOrigin<'_>,
     ) -> String {
@@ -266,12 +266,12 @@ impl TokenVerifier {
     pub fn verify(
         &self,
         authorization: Option<&[u8]>,
-        required: &[Access],
+        required: &[Scope],
     ) -> Result<Granted, AuthError> {
         let token = bearer_token(authorization)?;
         let claims = self.verified_claims(token)?;
         let access = claims.access.unwrap_or_default();
-        let missing = access::missing(&access, required);
+        let missing = scope::missing(&access, required);
         if !missing.is_empty() {
             return Err(AuthError::InsufficientScope { missing });
         }
@@ -415,7 +415,7 @@ struct Claims {
     exp: Option<f64>,
     /// Go token servers write an empty list as `null`.
     #[serde(default)]
-    access: Option<Vec<Access>>,
+    access: Option<Vec<Scope>>,
 }
 
 /// One entry of the `access` claim: `{"type", "name", "actions"}` (a `class` is ignored, as the
@@ -429,14 +429,14 @@ struct ClaimedAccess {
     actions: Option<Vec<String>>,
 }
 
-impl<'de> serde::Deserialize<'de> for Access {
+impl<'de> serde::Deserialize<'de> for Scope {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let ClaimedAccess {
             kind,
             name,
             actions,
         } = ClaimedAccess::deserialize(deserializer)?;
-        Ok(Access {
+        Ok(Scope {
             kind,
             name,
             actions: actions.unwrap_or_default(),

@@ -1,6 +1,15 @@
 //! What a request needs and what a token grants, in the scope form of the Docker token
 //! specification: `TYPE:NAME:ACTION[,ACTION]*`, e.g. `repository:library/alpine:pull,push` and
 //! `registry:catalog:*`.
+//!
+//! The one scope type of the server: the access table ([`crate::server::access`]) writes what
+//! each request needs in it, authorizers receive it, the token verifier compares it with what a
+//! token grants, and a denial names what is missing in it. It is plain strings, because a
+//! token may grant types and actions this registry has never heard of; the access table only
+//! ever builds it from a validated repository name and the action constants here.
+//!
+//! No `crate::` paths outside doc links: `tests/token_auth.rs` compiles this module (with the
+//! token verifier) on its own.
 
 use std::fmt;
 
@@ -15,7 +24,7 @@ pub const ALL: &str = "*";
 
 /// Actions on one resource: what a request needs, or what a token grants.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Access {
+pub struct Scope {
     /// `repository` or `registry` (any other type a token names is kept, and matches only
     /// itself).
     pub kind: String,
@@ -24,16 +33,9 @@ pub struct Access {
     pub actions: Vec<String>,
 }
 
-/// A scope string that does not have the `TYPE:NAME:ACTIONS` form.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid scope {scope:?}: expected TYPE:NAME:ACTION[,ACTION]")]
-pub struct ScopeError {
-    pub scope: String,
-}
-
-impl Access {
+impl Scope {
     pub fn new(kind: &str, name: &str, actions: &[&str]) -> Self {
-        Access {
+        Scope {
             kind: kind.to_owned(),
             name: name.to_owned(),
             actions: actions.iter().map(|a| (*a).to_owned()).collect(),
@@ -50,44 +52,13 @@ impl Access {
         Self::new("registry", "catalog", &[ALL])
     }
 
-    /// Parses one scope. The name may itself hold a `:` (a registry host with a port), so the
-    /// type ends at the first `:` and the actions start after the last.
-    pub fn parse(scope: &str) -> Result<Self, ScopeError> {
-        let error = || ScopeError {
-            scope: scope.to_owned(),
-        };
-        let (kind, rest) = scope.split_once(':').ok_or_else(error)?;
-        let (name, actions) = rest.rsplit_once(':').ok_or_else(error)?;
-        let actions: Vec<String> = actions.split(',').map(str::to_owned).collect();
-        let valid_kind = !kind.is_empty()
-            && kind
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "()".contains(c));
-        let valid_actions = actions
-            .iter()
-            .all(|a| !a.is_empty() && a.chars().all(|c| c.is_ascii_lowercase() || c == '*'));
-        if !valid_kind || name.is_empty() || name.contains(char::is_whitespace) || !valid_actions {
-            return Err(error());
-        }
-        Ok(Access {
-            kind: kind.to_owned(),
-            name: name.to_owned(),
-            actions,
-        })
-    }
-
-    /// Parses a space-separated list of scopes (the `scope` attribute of a challenge).
-    pub fn parse_list(scopes: &str) -> Result<Vec<Self>, ScopeError> {
-        scopes.split_whitespace().map(Self::parse).collect()
-    }
-
-    fn same_resource(&self, other: &Access) -> bool {
+    fn same_resource(&self, other: &Scope) -> bool {
         self.kind == other.kind && self.name == other.name
     }
 }
 
 /// `TYPE:NAME:ACTION,ACTION`.
-impl fmt::Display for Access {
+impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.kind, self.name, self.actions.join(","))
     }
@@ -96,7 +67,7 @@ impl fmt::Display for Access {
 /// The `scope` attribute of a challenge: one scope per resource, in the order the resources
 /// first appear, its actions merged without repeats, scopes separated by spaces (as
 /// Distribution writes it).
-pub fn scope_param(required: &[Access]) -> String {
+pub fn scope_param(required: &[Scope]) -> String {
     merge(required)
         .iter()
         .map(ToString::to_string)
@@ -106,7 +77,7 @@ pub fn scope_param(required: &[Access]) -> String {
 
 /// The accesses of `required` that `granted` lacks, one per resource with just the missing
 /// actions. A resource matches on type and exact name; a granted `*` covers every action on it.
-pub fn missing(granted: &[Access], required: &[Access]) -> Vec<Access> {
+pub fn missing(granted: &[Scope], required: &[Scope]) -> Vec<Scope> {
     let mut missing = Vec::new();
     for need in merge(required) {
         let lacking: Vec<String> = need
@@ -121,7 +92,7 @@ pub fn missing(granted: &[Access], required: &[Access]) -> Vec<Access> {
             .cloned()
             .collect();
         if !lacking.is_empty() {
-            missing.push(Access {
+            missing.push(Scope {
                 actions: lacking,
                 ..need
             });
@@ -131,13 +102,13 @@ pub fn missing(granted: &[Access], required: &[Access]) -> Vec<Access> {
 }
 
 /// One access per resource, first-appearance order, actions without repeats.
-fn merge(accesses: &[Access]) -> Vec<Access> {
-    let mut merged: Vec<Access> = Vec::new();
+fn merge(accesses: &[Scope]) -> Vec<Scope> {
+    let mut merged: Vec<Scope> = Vec::new();
     for access in accesses {
         let at = match merged.iter().position(|m| m.same_resource(access)) {
             Some(at) => at,
             None => {
-                merged.push(Access {
+                merged.push(Scope {
                     actions: Vec::new(),
                     ..access.clone()
                 });
@@ -160,63 +131,18 @@ mod tests {
     #[test]
     fn a_scope_formats_as_type_name_and_comma_separated_actions() {
         assert_eq!(
-            Access::repository("library/alpine", &[PULL, PUSH]).to_string(),
+            Scope::repository("library/alpine", &[PULL, PUSH]).to_string(),
             "repository:library/alpine:pull,push"
         );
-        assert_eq!(Access::catalog().to_string(), "registry:catalog:*");
-    }
-
-    #[test]
-    fn parsing_keeps_a_port_in_the_name() {
-        assert_eq!(
-            Access::parse("repository:localhost:5000/team/app:pull,push").unwrap(),
-            Access::repository("localhost:5000/team/app", &[PULL, PUSH])
-        );
-    }
-
-    #[test]
-    fn parsing_reads_back_what_formatting_wrote() {
-        for access in [
-            Access::repository("a/b", &[PULL]),
-            Access::repository("x", &[PULL, PUSH, DELETE]),
-            Access::catalog(),
-        ] {
-            assert_eq!(Access::parse(&access.to_string()).unwrap(), access);
-        }
-    }
-
-    #[test]
-    fn parsing_refuses_what_is_not_type_name_actions() {
-        for bad in [
-            "",
-            "repository",
-            "repository:name",
-            ":name:pull",
-            "repository::pull",
-            "repository:name:",
-            "repository:name:pull,",
-            "repository:na me:pull",
-            "Repository:name:pull",
-            "repository:name:PULL",
-        ] {
-            assert!(Access::parse(bad).is_err(), "{bad:?} was accepted");
-        }
-    }
-
-    #[test]
-    fn a_list_of_scopes_is_separated_by_spaces() {
-        assert_eq!(
-            Access::parse_list("repository:a:pull registry:catalog:*").unwrap(),
-            vec![Access::repository("a", &[PULL]), Access::catalog()]
-        );
+        assert_eq!(Scope::catalog().to_string(), "registry:catalog:*");
     }
 
     #[test]
     fn the_scope_param_merges_actions_per_resource_in_first_appearance_order() {
         let required = [
-            Access::repository("target", &[PULL]),
-            Access::repository("source", &[PULL]),
-            Access::repository("target", &[PUSH, PULL]),
+            Scope::repository("target", &[PULL]),
+            Scope::repository("source", &[PULL]),
+            Scope::repository("target", &[PUSH, PULL]),
         ];
         assert_eq!(
             scope_param(&required),
@@ -226,36 +152,30 @@ mod tests {
 
     #[test]
     fn missing_names_only_the_actions_not_granted() {
-        let granted = [Access::repository("app", &[PULL])];
-        let required = [Access::repository("app", &[PULL, PUSH])];
+        let granted = [Scope::repository("app", &[PULL])];
+        let required = [Scope::repository("app", &[PULL, PUSH])];
         assert_eq!(
             missing(&granted, &required),
-            vec![Access::repository("app", &[PUSH])]
+            vec![Scope::repository("app", &[PUSH])]
         );
     }
 
     #[test]
     fn a_granted_star_covers_every_action_on_its_resource_only() {
-        let granted = [Access::repository("app", &[ALL])];
-        assert!(
-            missing(
-                &granted,
-                &[Access::repository("app", &[PULL, PUSH, DELETE])]
-            )
-            .is_empty()
-        );
+        let granted = [Scope::repository("app", &[ALL])];
+        assert!(missing(&granted, &[Scope::repository("app", &[PULL, PUSH, DELETE])]).is_empty());
         assert_eq!(
-            missing(&granted, &[Access::repository("other", &[PULL])]),
-            vec![Access::repository("other", &[PULL])]
+            missing(&granted, &[Scope::repository("other", &[PULL])]),
+            vec![Scope::repository("other", &[PULL])]
         );
     }
 
     #[test]
     fn repository_names_match_exactly() {
-        let granted = [Access::repository("team/app", &[PULL])];
+        let granted = [Scope::repository("team/app", &[PULL])];
         for other in ["team/app2", "team", "team/app/sub", "TEAM/app", "team/app "] {
             assert_eq!(
-                missing(&granted, &[Access::repository(other, &[PULL])]).len(),
+                missing(&granted, &[Scope::repository(other, &[PULL])]).len(),
                 1,
                 "a grant on team/app covered {other:?}"
             );
@@ -264,9 +184,9 @@ mod tests {
 
     #[test]
     fn the_type_must_match_as_well_as_the_name() {
-        let granted = [Access::new("registry", "app", &[ALL])];
+        let granted = [Scope::new("registry", "app", &[ALL])];
         assert_eq!(
-            missing(&granted, &[Access::repository("app", &[PULL])]).len(),
+            missing(&granted, &[Scope::repository("app", &[PULL])]).len(),
             1
         );
     }
