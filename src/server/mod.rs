@@ -250,14 +250,30 @@ async fn authorizer(config: &Config) -> Result<Option<Arc<dyn Authorizer>>, Stri
     }
 }
 
-/// Where the token verifier (`auth.token`, the Docker token specification) plugs in as a
-/// second [`Authorizer`]; until it does, a configuration asking for it is refused.
+/// The `auth.token` authorizer: bearer tokens of the Docker token specification, checked
+/// against the keys of `rootcertbundle` and/or `jwks` (read once, at start).
 fn token_authorizer(token: &TokenConfig) -> Result<Option<Arc<dyn Authorizer>>, String> {
-    Err(format!(
-        "auth.token (realm {}, service {}): token auth not yet built into this server; \
-         refusing to start rather than serve the registry open",
-        token.realm, token.service
-    ))
+    let authorizer = auth::bearer::TokenAuthorizer::new(token_settings(token))?;
+    tracing::info!(
+        realm = token.realm,
+        service = token.service,
+        issuer = token.issuer,
+        "token auth: every request needs a bearer token from the realm"
+    );
+    Ok(Some(Arc::new(authorizer)))
+}
+
+/// The verifier's settings for `auth.token`.
+fn token_settings(token: &TokenConfig) -> auth::token::Settings {
+    auth::token::Settings {
+        realm: token.realm.clone(),
+        service: token.service.clone(),
+        issuer: token.issuer.clone(),
+        root_cert_bundle: token.root_cert_bundle.clone(),
+        jwks: token.jwks.clone(),
+        autoredirect: token.auto_redirect,
+        autoredirect_path: None,
+    }
 }
 
 /// Sets `TCP_NODELAY` on every connection `listener` accepts. A response's head and body

@@ -445,6 +445,7 @@ pub struct TokenIssuer {
     addr: SocketAddr,
     config: IssuerConfig,
     bundle_pem: String,
+    shared: Arc<Shared>,
     requests: Arc<Mutex<Vec<TokenRequest>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -486,6 +487,7 @@ impl TokenIssuer {
             .expect("nonblocking listener");
         let addr = listener.local_addr().expect("token server address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = shared.clone();
         let thread = std::thread::Builder::new()
             .name("token-issuer".into())
             .spawn(move || {
@@ -497,7 +499,7 @@ impl TokenIssuer {
                     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                     let app = axum::Router::new()
                         .route("/token", axum::routing::get(token))
-                        .with_state(shared);
+                        .with_state(serving);
                     axum::serve(listener, app)
                         .with_graceful_shutdown(async {
                             let _ = stopped.await;
@@ -511,6 +513,7 @@ impl TokenIssuer {
             addr,
             config,
             bundle_pem,
+            shared,
             requests,
             stop: Some(stop),
             thread: Some(thread),
@@ -535,6 +538,22 @@ impl TokenIssuer {
     /// PEM to write as `auth.token.rootcertbundle`.
     pub fn root_cert_bundle(&self) -> &str {
         &self.bundle_pem
+    }
+
+    /// The key the server signs with: for tokens a test forges with the trusted key (expired,
+    /// for another audience, with a tampered payload) or around it (HS256 keyed with it).
+    pub fn signer(&self) -> &Signer {
+        &self.shared.signer
+    }
+
+    /// The JOSE header the server's tokens carry (its key by `kid`, or its `x5c` chain).
+    pub fn token_header(&self) -> Value {
+        key_header(&self.shared)
+    }
+
+    /// A token signed by the server's key with `claims`, as it would issue one.
+    pub fn sign(&self, claims: &Value) -> String {
+        self.signer().sign(&self.token_header(), claims)
     }
 
     /// Every request so far, in order.
@@ -674,13 +693,7 @@ fn issue(shared: &Shared, user: &User, requested: &[String]) -> Response {
         Value::Array(access),
         config.lifetime,
     );
-    let header = match config.reference {
-        KeyReference::Kid => shared.signer.kid_header(),
-        KeyReference::X5c => shared
-            .signer
-            .x5c_header(&shared.chain.iter().collect::<Vec<_>>()),
-    };
-    let token = shared.signer.sign(&header, &claims);
+    let token = shared.signer.sign(&key_header(shared), &claims);
     let issued_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     axum::Json(json!({
         "token": token,
@@ -689,6 +702,16 @@ fn issue(shared: &Shared, user: &User, requested: &[String]) -> Response {
         "issued_at": issued_at,
     }))
     .into_response()
+}
+
+/// The header naming the server's key, by `kid` or `x5c` as configured.
+fn key_header(shared: &Shared) -> Value {
+    match shared.config.reference {
+        KeyReference::Kid => shared.signer.kid_header(),
+        KeyReference::X5c => shared
+            .signer
+            .x5c_header(&shared.chain.iter().collect::<Vec<_>>()),
+    }
 }
 
 /// The fields of a token response, for tests that read one.

@@ -1,13 +1,14 @@
 //! Who may do what: an [`Authorizer`] decides, from a request's headers and the access the
 //! access table says its endpoint needs ([`super::access`], in [`scope::Scope`]s), whether it
 //! goes on. One implementation per `auth` kind: [`htpasswd::Htpasswd`] (Basic credentials,
-//! bcrypt), and a token verifier (the Docker token specification, [`token`]) plugs in the
-//! same way.
+//! bcrypt) and [`bearer::TokenAuthorizer`] (the Docker token specification, over the verifier
+//! in [`token`]).
 //!
 //! Under any authorizer nothing is anonymous: the base endpoint, the catalog, tag lists and
 //! HEAD requests need credentials too (the base endpoint needs no scope, only a client the
 //! authorizer accepts).
 
+pub mod bearer;
 pub mod htpasswd;
 pub mod scope;
 pub mod token;
@@ -32,10 +33,6 @@ pub enum Decision {
     /// An authenticated client without the access: the scopes it lacks are named. With a
     /// challenge, 401 (as the token specification's `error="insufficient_scope"`, which makes
     /// clients ask for a new token); without, 403 `DENIED`.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "htpasswd grants all; the token authorizer denies")
-    )]
     Deny {
         missing: Vec<Scope>,
         challenge: Option<HeaderValue>,

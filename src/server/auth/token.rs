@@ -12,38 +12,23 @@
 //! whose `access` claim grants every action the request needs on the exact resource (a `*`
 //! action grants all actions on its resource).
 //!
-//! # Wiring (for the server's authorizer)
+//! # Wiring
 //!
-//! ```ignore
-//! // At start, from `auth.token` (a clear SetupError stops the server otherwise):
-//! let verifier = TokenVerifier::new(Settings { realm, service, issuer,
-//!     root_cert_bundle, jwks, autoredirect, ..Settings::default() })?;
-//!
-//! // Per request, with what the route needs, e.g. [Scope::repository(name, &[PULL, PUSH])],
-//! // plus Scope::repository(source, &[PULL]) for a mount, [Scope::catalog()] for the catalog:
-//! let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-//! match verifier.verify(header, &required) {
-//!     Ok(granted) => { /* granted.subject for logs; granted.access is the token's grant */ }
-//!     Err(error) => {
-//!         // 401, `WWW-Authenticate: <challenge>`, OCI code UNAUTHORIZED (DENIED would also
-//!         // do for insufficient_scope) and `error` as the message: it names what was missing.
-//!         // 401 (not 403) for an insufficient scope, as Distribution does, lets clients fetch
-//!         // a token with the wider scope the challenge names.
-//!         let origin = RequestOrigin { host, forwarded_proto }; // used with autoredirect only
-//!         let challenge = verifier.challenge(&required, Some(&error), origin);
-//!     }
-//! }
-//! ```
+//! [`super::bearer::TokenAuthorizer`] is the server's authorizer over this verifier: it builds
+//! a [`TokenVerifier`] from `auth.token` at start (a [`SetupError`] stops the server), passes
+//! each request's `Authorization` header and the scopes the access table names to
+//! [`TokenVerifier::verify`], and answers a refusal with 401 and
+//! [`TokenVerifier::challenge`]. 401 (not 403) for an insufficient scope, as Distribution
+//! answers, lets clients fetch a token with the wider scope the challenge names.
 //!
 //! Every `AuthError` is the client's: none of them is a 5xx. Under token auth every request
 //! needs a token, the `/v2/` base included (with an empty `required`: any valid token passes).
 //!
 //! Tests: the unit tests here (`cargo test --bin layerstore server::auth`) and the verifier's
-//! behaviour in `tests/token_auth.rs`, which compiles this module in with `#[path]`: keep it
-//! free of `crate::` paths (it only needs its own dependencies).
-
-// Nothing in the server calls this module until the authorizer wires it (issue 14).
-#![allow(dead_code, unused_imports)]
+//! behaviour in `tests/token_auth.rs`, which compiles this module and `../scope.rs` in with
+//! `#[path]`: keep it free of `crate::` paths and of `super::` paths other than
+//! `super::scope` (it only needs its own dependencies); the end-to-end behaviour over HTTP is
+//! in `tests/access_control.rs`.
 
 mod keys;
 
