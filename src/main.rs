@@ -204,7 +204,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::CheckConfig { file } => {
             let config = config::Config::resolve(Some(&file), None, None)?;
+            let loaded = server::check_auth(&config)?;
             print!("{}", config.describe());
+            if let Some(loaded) = loaded {
+                println!("{loaded}");
+            }
             Ok(())
         }
     }

@@ -127,6 +127,67 @@ fn an_htpasswd_section_is_described() {
     );
 }
 
+/// `auth.token` with `bundle` (PEM text) as its root bundle.
+fn token_config(bundle: &str) -> (tempfile::NamedTempFile, tempfile::NamedTempFile) {
+    let bundle = config_file(bundle);
+    let file = config_file(&format!(
+        "{GOOD}auth:\n  token:\n    realm: http://auth.example/token\n    service: registry\n    \
+         issuer: auth-service\n    rootcertbundle: {}\n",
+        bundle.path().display()
+    ));
+    (bundle, file)
+}
+
+#[test]
+fn a_token_section_is_described_once_its_keys_load() {
+    let signer = rcgen::generate_simple_self_signed(vec!["token-signer".to_owned()]).unwrap();
+    let (_bundle, file) = token_config(&signer.cert.pem());
+    let output = check_config(file.path(), &[]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    for line in [
+        "kind                   token",
+        "realm                  http://auth.example/token",
+        "service                registry",
+        "issuer                 auth-service",
+        "auth.token: the signing keys load",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from\n{stdout}");
+    }
+}
+
+#[test]
+fn a_token_bundle_without_a_certificate_is_refused_naming_it() {
+    let (bundle, file) = token_config("not a certificate\n");
+    let output = check_config(file.path(), &[]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "auth.token: rootcertbundle {}: no PEM CERTIFICATE",
+            bundle.path().display()
+        )),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "nothing resolved is printed");
+}
+
+#[test]
+fn an_htpasswd_file_with_a_non_bcrypt_entry_is_refused_naming_the_line() {
+    let htpasswd = config_file("alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n");
+    let file = config_file(&format!(
+        "{GOOD}auth:\n  htpasswd:\n    realm: Registry\n    path: {}\n",
+        htpasswd.path().display()
+    ));
+    let output = check_config(file.path(), &[]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}: line 1: SHA-1", htpasswd.path().display())),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn registry_environment_variables_override_the_file() {
     let file = config_file(GOOD);

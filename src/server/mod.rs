@@ -276,6 +276,26 @@ fn token_settings(token: &TokenConfig) -> auth::token::Settings {
     }
 }
 
+/// What `check-config` checks beyond the configuration's text: that the auth kind can start
+/// (the token keys load, the htpasswd file holds only bcrypt entries). A description of what was loaded, or why it cannot start.
+pub fn check_auth(config: &Config) -> Result<Option<String>, String> {
+    match &config.auth {
+        Auth::Token(token) => {
+            auth::bearer::TokenAuthorizer::new(token_settings(token))?;
+            Ok(Some("auth.token: the signing keys load".to_owned()))
+        }
+        Auth::Htpasswd(h) => {
+            let table =
+                auth::htpasswd::Table::load(&h.path).map_err(|e| format!("auth.htpasswd: {e}"))?;
+            Ok(Some(format!(
+                "auth.htpasswd: {} users with bcrypt entries",
+                table.users()
+            )))
+        }
+        Auth::None => Ok(None),
+    }
+}
+
 /// Sets `TCP_NODELAY` on every connection `listener` accepts. A response's head and body
 /// leave in separate writes, and with Nagle's algorithm the body of a small one (a 4 KiB blob,
 /// a manifest) waits for the client's delayed ACK: 40 ms on Linux, per request.

@@ -106,7 +106,7 @@ mod tests {
     use crate::server::auth::scope::{PULL, PUSH};
 
     /// A verifier over a bundle of one certificate nothing signs with: enough for every answer
-    /// but `Allow`, which `tests/token_access.rs` covers with a token server.
+    /// but `Allow`, which `tests/access_control.rs` covers with a token server.
     fn authorizer() -> (tempfile::TempDir, TokenAuthorizer) {
         let dir = tempfile::tempdir().unwrap();
         let certified = rcgen::generate_simple_self_signed(vec!["signer".to_owned()]).unwrap();

@@ -142,6 +142,11 @@ impl Table {
         Ok(table)
     }
 
+    /// How many users the file has.
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
     /// The hash a login by `user` is checked against: the user's entry, or the dummy of the
     /// same cost for an unknown user; and whether the user is known.
     fn hash_for(&self, user: &str) -> (&str, bool) {
