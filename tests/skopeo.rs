@@ -1,6 +1,7 @@
 //! A real client against the real server: skopeo pushes a multi-platform OCI image to
-//! `layerstore serve`, copies it back, lists its tags and deletes it; behind `auth.htpasswd`
-//! it logs in (`skopeo login`, `--dest-creds`, `--src-creds`).
+//! `layerstore serve`, copies it back, lists its tags and deletes it; behind `auth.htpasswd`,
+//! and behind `auth.token` with a token server the test starts (plain HTTP realm), it logs in
+//! (`skopeo login`, `--dest-creds`, `--src-creds`).
 //!
 //! The image is written here as an OCI image layout (nothing is pulled). skopeo must be
 //! installed (`apt-get install skopeo`): without it these tests fail when `CI=true` and are
@@ -20,6 +21,7 @@ use tempfile::TempDir;
 
 mod common;
 use common::server::{layerstore, spawn_server};
+use common::token_issuer::{IssuerConfig, TokenIssuer, User};
 
 const REPO: &str = "test/multi";
 const TAG: &str = "v1";
@@ -65,6 +67,27 @@ enum Storage {
     S3,
     /// The filesystem, behind `auth.htpasswd` with one user, [`USER`] / [`PASSWORD`].
     FilesystemWithHtpasswd,
+    /// The filesystem, behind `auth.token` trusting this token server.
+    FilesystemWithToken(TokenServer),
+}
+
+/// What `auth.token` needs to know of a [`TokenIssuer`].
+struct TokenServer {
+    realm: String,
+    service: String,
+    issuer: String,
+    bundle_pem: String,
+}
+
+impl TokenServer {
+    fn of(issuer: &TokenIssuer) -> Self {
+        TokenServer {
+            realm: issuer.realm(),
+            service: issuer.service().to_owned(),
+            issuer: issuer.issuer().to_owned(),
+            bundle_pem: issuer.root_cert_bundle().to_owned(),
+        }
+    }
 }
 
 const USER: &str = "skopeo-user";
@@ -108,6 +131,23 @@ impl Server {
                      path: {}\n",
                     dir.path().join("root").display(),
                     htpasswd.display()
+                );
+                let path = dir.path().join("config.yml");
+                std::fs::write(&path, config).expect("write config.yml");
+                command.arg("--config").arg(&path);
+            }
+            Storage::FilesystemWithToken(token) => {
+                let bundle = dir.path().join("bundle.pem");
+                std::fs::write(&bundle, &token.bundle_pem).expect("write bundle.pem");
+                let config = format!(
+                    "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                     http:\n  addr: 127.0.0.1:0\nauth:\n  token:\n    realm: {}\n    \
+                     service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    dir.path().join("root").display(),
+                    token.realm,
+                    token.service,
+                    token.issuer,
+                    bundle.display()
                 );
                 let path = dir.path().join("config.yml");
                 std::fs::write(&path, config).expect("write config.yml");
@@ -594,6 +634,169 @@ fn htpasswd_skopeo_login_then_push_and_list_with_the_stored_credentials() {
         return;
     }
     let Some(server) = Server::start(&Storage::FilesystemWithHtpasswd) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let authfile = dir.path().join("auth.json");
+    let authfile = authfile.to_str().expect("utf-8");
+    let login = |password: &str| {
+        run_skopeo(&[
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            authfile,
+            "--username",
+            USER,
+            "--password",
+            password,
+            &server.host,
+        ])
+    };
+    let wrong = login("wrong");
+    assert!(
+        !wrong.status.success(),
+        "login with a wrong password succeeded"
+    );
+    let right = login(PASSWORD);
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+    let layout = write_image();
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        "--authfile",
+        authfile,
+        &layout.reference(),
+        &server.image(),
+    ]);
+    let output = skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        "--authfile",
+        authfile,
+        &format!("docker://{}/{REPO}", server.host),
+    ]);
+    let listed: Value = serde_json::from_slice(&output.stdout).expect("list-tags prints JSON");
+    assert_eq!(listed["Tags"], json!([TAG]), "{listed}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token auth: a real client fetching tokens from a token server
+
+/// A user that may only pull: its token never grants the push.
+const READER: &str = "skopeo-reader";
+
+/// A token server with [`USER`] (pull and push under `test/`) and [`READER`] (pull only), both
+/// with [`PASSWORD`], and a registry trusting it.
+fn token_server_and_registry() -> Option<(TokenIssuer, Server)> {
+    let issuer = TokenIssuer::start(IssuerConfig {
+        users: vec![
+            User::new(USER, PASSWORD, &["repository:test/*:pull,push"]),
+            User::new(READER, PASSWORD, &["repository:test/*:pull"]),
+        ],
+        ..IssuerConfig::default()
+    });
+    let server = Server::start(&Storage::FilesystemWithToken(TokenServer::of(&issuer)))?;
+    Some((issuer, server))
+}
+
+/// An empty auth file of its own, so that no stored login of this machine is used.
+fn empty_authfile(dir: &TempDir) -> String {
+    let authfile = dir.path().join("auth.json");
+    std::fs::write(&authfile, "{}").expect("write auth.json");
+    authfile.to_str().expect("utf-8").to_owned()
+}
+
+/// `skopeo copy --dest-creds` pushes through tokens the token server issues for
+/// `repository:test/multi:pull,push`, and `--src-creds` pulls the same blobs back; without
+/// credentials, with a wrong password, or as a user whose token grants only pull, the push is
+/// refused.
+#[test]
+fn token_skopeo_copy_with_credentials_pushes_and_without_is_refused() {
+    if !skopeo_installed() {
+        return;
+    }
+    let Some((issuer, server)) = token_server_and_registry() else {
+        return;
+    };
+    let layout = write_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let authfile = empty_authfile(&dir);
+    let reader = format!("{READER}:{PASSWORD}");
+    let wrong = format!("{USER}:wrong");
+    for refused in [None, Some(wrong.as_str()), Some(reader.as_str())] {
+        let mut args = vec![
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            "--authfile",
+            &authfile,
+        ];
+        if let Some(creds) = refused {
+            args.extend(["--dest-creds", creds]);
+        }
+        let image = server.image();
+        let reference = layout.reference();
+        args.extend([reference.as_str(), image.as_str()]);
+        let output = run_skopeo(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "pushed with {refused:?}");
+        assert!(
+            stderr.contains("unauthorized") || stderr.contains("401"),
+            "{refused:?}: {stderr}"
+        );
+    }
+    let creds = format!("{USER}:{PASSWORD}");
+    skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        "--authfile",
+        &authfile,
+        "--dest-creds",
+        &creds,
+        &layout.reference(),
+        &server.image(),
+    ]);
+    let push_scope = format!("repository:{REPO}:pull,push");
+    assert!(
+        issuer
+            .requests()
+            .iter()
+            .any(|r| r.user.as_deref() == Some(USER)
+                && r.status == 200
+                && r.scopes.contains(&push_scope)),
+        "skopeo never got a {push_scope} token: {:?}",
+        issuer.requests()
+    );
+    let back = tempfile::tempdir().expect("tempdir");
+    let back_path = back.path().join("layout");
+    skopeo(&[
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        "--authfile",
+        &authfile,
+        "--src-creds",
+        &reader,
+        &server.image(),
+        &format!("oci:{}:{TAG}", back_path.display()),
+    ]);
+    assert_eq!(blobs_of(layout.path()), blobs_of(&back_path));
+}
+
+/// `skopeo login` gets a token from the realm (a wrong password is refused there), and later
+/// commands use the stored credentials: a push, then a tag listing.
+#[test]
+fn token_skopeo_login_then_push_and_list_with_the_stored_credentials() {
+    if !skopeo_installed() {
+        return;
+    }
+    let Some((_issuer, server)) = token_server_and_registry() else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
