@@ -19,7 +19,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::server::Running;
 use common::token_issuer::{
-    IssuerConfig, KeyKind, Signer, TokenIssuer, User, access_entry, claims, now, sign_hs256,
+    IssuerConfig, KeyKind, KeyReference, Signer, TokenIssuer, User, access_entry, claims, now,
+    sign_hs256,
 };
 
 const REALM: &str = "layerstore test realm";
@@ -630,10 +631,16 @@ struct TokenRegistry {
 }
 
 impl TokenRegistry {
+    /// With a token server that signs RS256 and names its key by libtrust `kid`.
     async fn start() -> Self {
+        Self::start_with(IssuerConfig::default()).await
+    }
+
+    /// With a token server configured as `config` (its users replaced by [`token_users`]).
+    async fn start_with(config: IssuerConfig) -> Self {
         let issuer = TokenIssuer::start(IssuerConfig {
             users: token_users(),
-            ..IssuerConfig::default()
+            ..config
         });
         let bundle = tempfile::tempdir().expect("tempdir");
         let bundle_file = bundle.path().join("bundle.pem");
@@ -915,6 +922,20 @@ async fn token_granting_pull_and_push_and_delete_every_endpoint_answers_as_witho
             "{}",
             row.name
         );
+    }
+}
+
+#[tokio::test]
+async fn token_signed_es256_with_an_x5c_chain_to_a_bundle_ca_opens_every_endpoint() {
+    let t = TokenRegistry::start_with(IssuerConfig {
+        key: KeyKind::P256,
+        reference: KeyReference::X5c,
+        ..IssuerConfig::default()
+    })
+    .await;
+    for row in &every_endpoint(&t.fixture) {
+        let response = send_row(&t.registry, Creds::Bearer(&t.admin), row).await;
+        assert_eq!(response.status(), row.allowed, "{}", row.name);
     }
 }
 
