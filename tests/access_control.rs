@@ -1220,6 +1220,43 @@ async fn token_hostile_authorization_headers_are_400_or_401_and_change_nothing()
 }
 
 #[tokio::test]
+async fn token_an_authorization_header_past_the_http_limit_is_431_before_any_handler() {
+    let t = TokenRegistry::start().await;
+    // Past hyper's limit on a request head (about 400 KiB): refused while the head is read.
+    let value = format!("Bearer {}", "a".repeat(1024 * 1024));
+    let response = t
+        .registry
+        .request(
+            Creds::None,
+            Method::PUT,
+            &format!("/v2/{REPO}/manifests/v2"),
+        )
+        .header(header::AUTHORIZATION, value)
+        .header(header::CONTENT_TYPE, OCI_MANIFEST)
+        .body(t.fixture.manifest.clone())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    let unchanged = t
+        .registry
+        .send(
+            Creds::Bearer(&t.admin),
+            Method::GET,
+            &format!("/v2/{REPO}/manifests/v2"),
+        )
+        .await;
+    assert_eq!(
+        unchanged.status(),
+        StatusCode::NOT_FOUND,
+        "the manifest was put"
+    );
+}
+
+#[tokio::test]
 async fn token_auth_with_a_bundle_holding_no_certificate_refuses_to_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = dir.path().join("bundle.pem");
