@@ -633,11 +633,12 @@ struct TokenRegistry {
 impl TokenRegistry {
     /// With a token server that signs RS256 and names its key by libtrust `kid`.
     async fn start() -> Self {
-        Self::start_with(IssuerConfig::default()).await
+        Self::start_with(IssuerConfig::default(), "").await
     }
 
-    /// With a token server configured as `config` (its users replaced by [`token_users`]).
-    async fn start_with(config: IssuerConfig) -> Self {
+    /// With a token server configured as `config` (its users replaced by [`token_users`]), and
+    /// `extra` keys of `auth.token` (each line indented by four spaces).
+    async fn start_with(config: IssuerConfig, extra: &str) -> Self {
         let issuer = TokenIssuer::start(IssuerConfig {
             users: token_users(),
             ..config
@@ -650,7 +651,7 @@ impl TokenRegistry {
             data.path(),
             &format!(
                 "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    \
-                 rootcertbundle: {}\n",
+                 rootcertbundle: {}\n{extra}",
                 issuer.realm(),
                 issuer.service(),
                 issuer.issuer(),
@@ -927,15 +928,44 @@ async fn token_granting_pull_and_push_and_delete_every_endpoint_answers_as_witho
 
 #[tokio::test]
 async fn token_signed_es256_with_an_x5c_chain_to_a_bundle_ca_opens_every_endpoint() {
-    let t = TokenRegistry::start_with(IssuerConfig {
-        key: KeyKind::P256,
-        reference: KeyReference::X5c,
-        ..IssuerConfig::default()
-    })
+    let t = TokenRegistry::start_with(
+        IssuerConfig {
+            key: KeyKind::P256,
+            reference: KeyReference::X5c,
+            ..IssuerConfig::default()
+        },
+        "",
+    )
     .await;
     for row in &every_endpoint(&t.fixture) {
         let response = send_row(&t.registry, Creds::Bearer(&t.admin), row).await;
         assert_eq!(response.status(), row.allowed, "{}", row.name);
+    }
+}
+
+#[tokio::test]
+async fn token_autoredirect_points_the_realm_at_the_host_the_client_used() {
+    let t = TokenRegistry::start_with(IssuerConfig::default(), "    autoredirect: true\n").await;
+    let host = &t.registry.addr;
+    for (proto, scheme) in [
+        (None, "https"),
+        (Some("http"), "http"),
+        (Some("https"), "https"),
+    ] {
+        let mut request = t.registry.request(Creds::None, Method::GET, "/v2/");
+        if let Some(proto) = proto {
+            request = request.header("x-forwarded-proto", proto);
+        }
+        let response = request.send().await.expect("request");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            header_of(&response, "www-authenticate"),
+            format!(
+                "Bearer realm=\"{scheme}://{host}/auth/token\",service=\"{}\"",
+                t.issuer.service()
+            ),
+            "X-Forwarded-Proto {proto:?}"
+        );
     }
 }
 
