@@ -636,6 +636,12 @@ fn htpasswd_skopeo_login_then_push_and_list_with_the_stored_credentials() {
     let Some(server) = Server::start(&Storage::FilesystemWithHtpasswd) else {
         return;
     };
+    login_then_push_and_list(&server);
+}
+
+/// `skopeo login` with a wrong password fails and with the right one succeeds; a push and a
+/// tag listing then use the stored credentials.
+fn login_then_push_and_list(server: &Server) {
     let dir = tempfile::tempdir().expect("tempdir");
     let authfile = dir.path().join("auth.json");
     let authfile = authfile.to_str().expect("utf-8");
@@ -799,50 +805,5 @@ fn token_skopeo_login_then_push_and_list_with_the_stored_credentials() {
     let Some((_issuer, server)) = token_server_and_registry() else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let authfile = dir.path().join("auth.json");
-    let authfile = authfile.to_str().expect("utf-8");
-    let login = |password: &str| {
-        run_skopeo(&[
-            "login",
-            "--tls-verify=false",
-            "--authfile",
-            authfile,
-            "--username",
-            USER,
-            "--password",
-            password,
-            &server.host,
-        ])
-    };
-    let wrong = login("wrong");
-    assert!(
-        !wrong.status.success(),
-        "login with a wrong password succeeded"
-    );
-    let right = login(PASSWORD);
-    assert!(
-        right.status.success(),
-        "{}",
-        String::from_utf8_lossy(&right.stderr)
-    );
-    let layout = write_image();
-    skopeo(&[
-        "copy",
-        "--all",
-        "--dest-tls-verify=false",
-        "--authfile",
-        authfile,
-        &layout.reference(),
-        &server.image(),
-    ]);
-    let output = skopeo(&[
-        "list-tags",
-        "--tls-verify=false",
-        "--authfile",
-        authfile,
-        &format!("docker://{}/{REPO}", server.host),
-    ]);
-    let listed: Value = serde_json::from_slice(&output.stdout).expect("list-tags prints JSON");
-    assert_eq!(listed["Tags"], json!([TAG]), "{listed}");
+    login_then_push_and_list(&server);
 }

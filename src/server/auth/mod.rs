@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use super::error::ApiError;
 use scope::Scope;
+pub use scope::quoted;
 
 /// What an authorizer decided about one request.
 #[derive(Debug)]
@@ -70,20 +71,6 @@ pub trait Authorizer: Send + Sync {
     /// endpoint (authentication alone). Must never fail with a server error because of what
     /// the client sent: a malformed `Authorization` header is a challenge.
     async fn authorize(&self, headers: &HeaderMap, access: &[Scope]) -> Decision;
-}
-
-/// `realm="…"`-style quoting for a challenge parameter (RFC 9110 quoted-string).
-pub fn quoted(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('"');
-    for c in value.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]

@@ -124,6 +124,20 @@ fn merge(accesses: &[Scope]) -> Vec<Scope> {
     merged
 }
 
+/// A challenge parameter as an HTTP quoted-string (RFC 9110 section 5.6.4): `realm="…"`.
+pub fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

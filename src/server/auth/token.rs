@@ -40,7 +40,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, Validation};
 
 use super::scope;
-use super::scope::{Scope, scope_param};
+use super::scope::{Scope, quoted, scope_param};
 use keys::{TrustedKeys, VerifyingKey};
 
 /// An `Authorization` header longer than this is refused unread. Tokens with an `x5c` chain of a
@@ -427,20 +427,6 @@ impl<'de> serde::Deserialize<'de> for Scope {
             actions: actions.unwrap_or_default(),
         })
     }
-}
-
-/// An HTTP quoted-string (RFC 9110 section 5.6.4).
-fn quoted(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('"');
-    for c in value.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
