@@ -5,7 +5,8 @@
 //! dockerd must be running and reachable (`docker version` succeeds): without it these tests
 //! fail when `CI=true` and are skipped with a note on stderr otherwise. dockerd treats
 //! 127.0.0.0/8 as a plain-HTTP registry, so `127.0.0.1:PORT` needs no `--insecure-registry`;
-//! how `.ci/run` starts it: `/work/shared/recipes/real-clients.md` (dockerd 20.10 of Debian 12).
+//! `.ci/run` installs Debian 12's `docker.io` (dockerd 20.10) and starts dockerd by hand
+//! (`dockerd_start`), which is also how to run these tests on a machine without an init system.
 //!
 //! Every test has a docker config directory of its own (`DOCKER_CONFIG`), so logins never reach
 //! `~/.docker` nor another test, its own server, and repository names with the process id in
@@ -283,8 +284,8 @@ fn build(docker: &Docker, reference: &str) -> Image {
     let context = tempfile::tempdir().expect("tempdir");
     write_context(context.path(), reference);
     let context = context.path().to_str().expect("utf-8 path");
-    // The legacy builder (DOCKER_BUILDKIT=0, set for every command): Debian's dockerd 20.10
-    // comes without buildx.
+    // The legacy builder (DOCKER_BUILDKIT=0, set for every command): Debian 12's docker.io has
+    // no buildx plugin, without which the CLI cannot build with BuildKit.
     let id = docker.ok(&["build", "--quiet", "--tag", reference, context]);
     let id = id.lines().last().unwrap_or_default().to_owned();
     assert!(id.starts_with("sha256:"), "docker build printed {id:?}");
