@@ -1,7 +1,7 @@
 //! The server's configuration: YAML in the CNCF Distribution `config.yml` layout.
 //!
-//! An existing Distribution `config.yml` loads unchanged as far as its `storage`, `http` and
-//! `log` sections go. Every key is accounted for:
+//! An existing Distribution `config.yml` loads unchanged as far as its `storage`, `http` (with
+//! `http.debug`), `log`, `health` and `auth` sections go. Every key is accounted for:
 //!
 //! - keys layerstore honours are mapped onto [`Config`];
 //! - Distribution keys that are safe to ignore are accepted and listed in
@@ -12,7 +12,8 @@
 //!   `storage.filesystem.rootdirectroy` never silently falls back to a default.
 //!
 //! One module per section, each with its reader and its tests: `storage` (the driver, `delete`),
-//! `cache`, `maintenance` (and layerstore's `gc`), `http` (and TLS), `log`, `auth`. The rules
+//! `cache`, `maintenance` (and layerstore's `gc`), `http` (TLS and the debug server), `log`,
+//! `health`, `auth`. The rules
 //! they share (taking keys, typed values, the report of errors and warnings) are in `report`,
 //! the `REGISTRY_*` environment in `env`.
 //!

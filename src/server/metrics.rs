@@ -153,19 +153,20 @@ struct Counted {
 
 impl http_body::Body for Counted {
     type Data = Bytes;
-    type Error = axum::Error;
+    // The inner error unwrapped, so that `Body::new` wraps it once, as it was.
+    type Error = axum::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
             self.bytes.increment(data.len() as u64);
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(axum::Error::into_inner)))
     }
 
     fn is_end_stream(&self) -> bool {
