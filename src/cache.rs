@@ -147,6 +147,7 @@ impl Counters {
     fn count(&self, hit: bool) {
         let counter = if hit { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::cache_lookup(hit);
     }
 }
 
@@ -157,6 +158,7 @@ fn eviction_counter<K, V>(
     move |_key, _value, cause| {
         if cause.was_evicted() {
             counters.evictions.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::cache_evicted();
         }
     }
 }

@@ -91,6 +91,12 @@
 //! stores over the same backend keep serving (what a client was told exists within the grace
 //! period is never deleted); [`Store::gc_plan`] only counts it; see [`gc`].
 //!
+//! ## Operating it
+//!
+//! [`Store::probe`] makes one cheap backend read, for a frontend's health check. Uploads,
+//! cache lookups, backend requests and maintenance runs are counted through the [`metrics`]
+//! facade (names and labels in [`mod@metrics`]); a frontend that wants them installs a recorder.
+//!
 //! ## Guarantees
 //!
 //! - A blob's bytes are stored once per store; a repository sees a blob only through its link.
@@ -108,6 +114,7 @@ pub mod error;
 pub mod gc;
 pub mod layout;
 pub mod manifest;
+pub mod metrics;
 pub mod name;
 pub mod scrub;
 pub mod store;

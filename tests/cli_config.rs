@@ -66,7 +66,7 @@ fn a_good_file_exits_zero_and_prints_the_resolved_values() {
         "age 168h, interval 1h30m",
         "0.0.0.0:5000",
         "level                  debug",
-        "log.formatter: ignored",
+        "formatter              json",
     ] {
         assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
     }

@@ -6,6 +6,7 @@
 //! uploads, a local directory) are explicit fields, not runtime surprises.
 
 mod local;
+mod metered;
 
 use std::fmt;
 use std::path::{Path as FsPath, PathBuf};
@@ -133,7 +134,10 @@ impl fmt::Debug for AzureConfig {
 /// chosen for it (once, here: nothing else asks which kind of backend it is).
 #[derive(Clone)]
 pub struct Backend {
+    /// The object store, counted and timed ([`metered`]).
     pub(crate) objects: Arc<dyn ObjectStore>,
+    /// The same store before metering, for [`Self::with_multipart`] to wrap again.
+    unmetered: Arc<dyn ObjectStore>,
     engine: Arc<dyn UploadEngine>,
     local_root: Option<PathBuf>,
     multipart: bool,
@@ -171,15 +175,22 @@ impl Backend {
     }
 
     /// An object store, with its multipart uploads if it has them: the object-store engine.
+    /// Every request is counted and timed ([`metered`]).
     fn over_objects(
         objects: Arc<dyn ObjectStore>,
         multipart: Option<Arc<dyn MultipartStore>>,
     ) -> Self {
         let description = objects.to_string();
+        let unmetered = objects;
+        let objects: Arc<dyn ObjectStore> =
+            Arc::new(metered::MeteredObjects::new(Arc::clone(&unmetered)));
+        let multipart = multipart
+            .map(|m| Arc::new(metered::MeteredMultipart::new(m)) as Arc<dyn MultipartStore>);
         Self {
             multipart: multipart.is_some(),
             engine: Arc::new(ObjectEngine::new(Arc::clone(&objects), multipart)),
             objects,
+            unmetered,
             local_root: None,
             description,
         }
@@ -233,12 +244,14 @@ impl Backend {
     ) -> Self {
         // One syncer per store: its links, manifests and blob commits share directory fsyncs.
         let syncer = Arc::new(DirSyncer::new(Arc::clone(&fs)));
+        let unmetered: Arc<dyn ObjectStore> = Arc::new(local::LocalObjects::new(
+            objects,
+            root.to_path_buf(),
+            Arc::clone(&syncer),
+        ));
         Self {
-            objects: Arc::new(local::LocalObjects::new(
-                objects,
-                root.to_path_buf(),
-                Arc::clone(&syncer),
-            )),
+            objects: Arc::new(metered::MeteredObjects::new(Arc::clone(&unmetered))),
+            unmetered,
             engine: Arc::new(FsEngine::new(root.to_path_buf(), fs, syncer)),
             local_root: Some(root.to_path_buf()),
             multipart: false,
@@ -265,7 +278,7 @@ impl Backend {
     #[must_use]
     pub fn with_multipart(self, multipart: Arc<dyn MultipartStore>) -> Self {
         let description = self.description.clone();
-        Self::over_objects(self.objects, Some(multipart)).described(description)
+        Self::over_objects(self.unmetered, Some(multipart)).described(description)
     }
 
     fn s3(config: &S3Config) -> Result<Self> {

@@ -1,4 +1,5 @@
-//! `http`: the listening address, TLS (with client certificates) and extra response headers.
+//! `http`: the listening address, TLS (with client certificates), extra response headers and
+//! the debug server (`http.debug`: `/debug/health` and Prometheus metrics).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -6,7 +7,9 @@ use std::path::PathBuf;
 use axum::http::{HeaderName, HeaderValue};
 use serde_yaml_ng::Value;
 
-use super::report::{Field, Report, Section, checked_file, get_string, is_set, join, kind};
+use super::report::{
+    Field, Report, Section, checked_file, get_string, is_set, join, kind, take_bool, take_string,
+};
 use super::{Config, row};
 
 #[derive(Debug, Clone)]
@@ -16,7 +19,20 @@ pub struct Http {
     /// `http.headers`: added to every response, in the file's order, each name with its
     /// values (a header the response sets itself keeps the response's value).
     pub headers: Vec<(HeaderName, Vec<HeaderValue>)>,
+    /// `http.debug`: a second listener, never the registry's.
+    pub debug: Option<Debug>,
 }
+
+/// The debug server: `/debug/health` always, metrics when `prometheus` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Debug {
+    pub addr: SocketAddr,
+    /// `http.debug.prometheus.path` (default `/metrics`) when `prometheus.enabled`.
+    pub prometheus: Option<String>,
+}
+
+/// Where `/metrics` is served unless `http.debug.prometheus.path` says otherwise.
+pub const DEFAULT_METRICS_PATH: &str = "/metrics";
 
 #[derive(Debug, Clone)]
 pub struct Tls {
@@ -55,6 +71,14 @@ impl Http {
                 row(out, "headers", &format!("{name}: {value}"));
             }
         }
+        match &self.debug {
+            None => row(out, "debug", &"off"),
+            Some(debug) => {
+                row(out, "debug.addr", &debug.addr);
+                let metrics = debug.prometheus.as_deref().unwrap_or("off");
+                row(out, "debug.prometheus", &metrics);
+            }
+        }
     }
 }
 
@@ -83,6 +107,18 @@ pub(super) fn parse_http(report: &mut Report, field: &Field<'_>) -> Http {
     if let Some(f) = s.take("headers") {
         http.headers = parse_headers(report, &f);
     }
+    if let Some(f) = s.take("debug") {
+        http.debug = parse_debug(report, &f);
+    }
+    if let Some(debug) = &http.debug
+        && debug.addr == http.addr
+        && debug.addr.port() != 0
+    {
+        report.error(
+            &join(&field.key, "debug.addr"),
+            "the debug server needs its own address, not the registry's",
+        );
+    }
     for (key, why) in [
         ("prefix", "the API is served at /v2/"),
         ("host", "URLs in responses are derived from the request"),
@@ -92,7 +128,6 @@ pub(super) fn parse_http(report: &mut Report, field: &Field<'_>) -> Http {
             "draintimeout",
             "connections are drained without a time limit",
         ),
-        ("debug", "no debug server"),
         ("http2", "HTTP/2 is negotiated automatically over TLS"),
         ("h2c", "no HTTP/2 without TLS"),
     ] {
@@ -100,6 +135,54 @@ pub(super) fn parse_http(report: &mut Report, field: &Field<'_>) -> Http {
     }
     s.finish(report);
     http
+}
+
+/// `http.debug`: `addr` and `prometheus: {enabled, path}`. Without `addr` there is no debug
+/// server, as in Distribution; metrics asked for without one are refused rather than lost.
+fn parse_debug(report: &mut Report, field: &Field<'_>) -> Option<Debug> {
+    let mut s = Section::new(report, &field.key, field.value)?;
+    let addr_field = s.take("addr");
+    let addr = addr_field.as_ref().and_then(|f| {
+        let text = get_string(report, f)?;
+        parse_addr(&text)
+            .map_err(|why| report.error(&f.key, why))
+            .ok()
+    });
+    let mut prometheus = None;
+    let mut prometheus_key = None;
+    if let Some(f) = s.take("prometheus")
+        && let Some(mut p) = Section::new(report, &f.key, f.value)
+    {
+        let enabled = take_bool(report, &mut p, "enabled").unwrap_or(false);
+        let path_key = join(&f.key, "path");
+        let path = take_string(report, &mut p, "path");
+        p.finish(report);
+        if enabled {
+            let path = path.unwrap_or_else(|| DEFAULT_METRICS_PATH.to_owned());
+            if !path.starts_with('/') || path == "/debug/health" {
+                report.error(
+                    &path_key,
+                    format!("`{path}` must be a path starting with / other than /debug/health"),
+                );
+            }
+            prometheus = Some(path);
+            prometheus_key = Some(f.key);
+        }
+    }
+    s.finish(report);
+    let Some(addr) = addr else {
+        if let Some(key) = prometheus_key {
+            report.error(
+                &key,
+                format!(
+                    "metrics are served by the debug server: set {} too",
+                    join(&field.key, "addr")
+                ),
+            );
+        }
+        return None;
+    };
+    Some(Debug { addr, prometheus })
 }
 
 /// `:5000` (all interfaces), `host:port`, `[::1]:5000`, or a resolvable `name:port`.
@@ -449,6 +532,76 @@ mod tests {
             ]
         );
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn the_debug_server_listens_on_its_own_address_with_metrics_off_by_default() {
+        let config = load(&format!(
+            "{FS}http: {{debug: {{addr: 'localhost:5001'}}}}\n"
+        ));
+        let debug = config.http.debug.expect("debug server");
+        assert!(debug.addr.ip().is_loopback());
+        assert_eq!(debug.addr.port(), 5001);
+        assert_eq!(debug.prometheus, None);
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        assert_eq!(load(FS).http.debug, None);
+    }
+
+    #[test]
+    fn prometheus_is_served_at_metrics_unless_a_path_is_given() {
+        let config = load(&format!(
+            "{FS}http:\n  debug:\n    addr: :5001\n    prometheus:\n      enabled: true\n"
+        ));
+        let debug = config.http.debug.unwrap();
+        assert_eq!(
+            debug.prometheus.as_deref(),
+            Some(super::DEFAULT_METRICS_PATH)
+        );
+        let config = load(&format!(
+            "{FS}http: {{debug: {{addr: ':5001', prometheus: {{enabled: true, path: /prom}}}}}}\n"
+        ));
+        assert_eq!(
+            config.http.debug.unwrap().prometheus.as_deref(),
+            Some("/prom")
+        );
+        let off = load(&format!(
+            "{FS}http: {{debug: {{addr: ':5001', prometheus: {{enabled: false, path: /prom}}}}}}\n"
+        ));
+        assert_eq!(off.http.debug.unwrap().prometheus, None);
+    }
+
+    #[test]
+    fn metrics_without_a_debug_address_are_refused() {
+        let e = fail(&format!(
+            "{FS}http: {{debug: {{prometheus: {{enabled: true}}}}}}\n"
+        ));
+        assert!(
+            e.contains("http.debug.prometheus: metrics are served by the debug server"),
+            "{e}"
+        );
+        assert_eq!(
+            load(&format!("{FS}http: {{debug: {{}}}}\n")).http.debug,
+            None
+        );
+    }
+
+    #[test]
+    fn the_debug_server_cannot_share_the_registry_address_or_health_path() {
+        let e = fail(&format!(
+            "{FS}http: {{addr: ':5000', debug: {{addr: ':5000'}}}}\n"
+        ));
+        assert!(
+            e.contains("http.debug.addr: the debug server needs its own"),
+            "{e}"
+        );
+        let e = fail(&format!(
+            "{FS}http: {{debug: {{addr: ':5001', prometheus: {{enabled: true, path: /debug/health}}}}}}\n"
+        ));
+        assert!(e.contains("http.debug.prometheus.path: "), "{e}");
+        let e = fail(&format!(
+            "{FS}http: {{debug: {{addr: ':5001', pprof: {{}}}}}}\n"
+        ));
+        assert!(e.contains("http.debug.pprof: unknown key"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The server's configuration: YAML in the CNCF Distribution `config.yml` layout.
 //!
-//! An existing Distribution `config.yml` loads unchanged as far as its `storage`, `http` and
-//! `log` sections go. Every key is accounted for:
+//! An existing Distribution `config.yml` loads unchanged as far as its `storage`, `http` (with
+//! `http.debug`), `log`, `health` and `auth` sections go. Every key is accounted for:
 //!
 //! - keys layerstore honours are mapped onto [`Config`];
 //! - Distribution keys that are safe to ignore are accepted and listed in
@@ -12,7 +12,8 @@
 //!   `storage.filesystem.rootdirectroy` never silently falls back to a default.
 //!
 //! One module per section, each with its reader and its tests: `storage` (the driver, `delete`),
-//! `cache`, `maintenance` (and layerstore's `gc`), `http` (and TLS), `log`, `auth`. The rules
+//! `cache`, `maintenance` (and layerstore's `gc`), `http` (TLS and the debug server), `log`,
+//! `health`, `auth`. The rules
 //! they share (taking keys, typed values, the report of errors and warnings) are in `report`,
 //! the `REGISTRY_*` environment in `env`.
 //!
@@ -60,6 +61,7 @@ mod auth;
 mod cache;
 mod env;
 mod gc;
+mod health;
 mod http;
 mod log;
 mod maintenance;
@@ -80,8 +82,9 @@ use serde_yaml_ng::{Mapping, Value};
 
 pub use auth::{Auth, TokenConfig};
 pub use gc::GcSchedule;
-pub use http::{Http, Tls};
-pub use log::Log;
+pub use health::{Health, StorageDriverCheck};
+pub use http::{Debug, Http, Tls};
+pub use log::{Log, LogFormat};
 pub use storage::Storage;
 
 use env::{apply_env, process_env};
@@ -96,6 +99,8 @@ pub struct Config {
     pub storage: Storage,
     pub http: Http,
     pub log: Log,
+    /// `health`: the checks of `/debug/health`.
+    pub health: Health,
     /// `auth`: who may use the registry.
     pub auth: Auth,
     /// Keys that were present but are not supported, by name; printed at start.
@@ -123,10 +128,10 @@ impl Default for Config {
                 addr: SocketAddr::from(([127, 0, 0, 1], 5000)),
                 tls: None,
                 headers: Vec::new(),
+                debug: None,
             },
-            log: Log {
-                level: "info".to_owned(),
-            },
+            log: Log::default(),
+            health: Health::default(),
             auth: Auth::None,
             warnings: Vec::new(),
             env_overrides: Vec::new(),
@@ -248,6 +253,7 @@ impl Config {
         self.http.describe(&mut out);
         self.auth.describe(&mut out);
         self.log.describe(&mut out);
+        self.health.describe(&mut out);
         if !self.env_overrides.is_empty() {
             out.push_str("environment overrides\n");
             for name in &self.env_overrides {
@@ -347,6 +353,9 @@ fn parse_root(document: &Value, defaults: Defaults, report: &mut Report) -> Conf
         config.http = parse_http(report, &field);
     }
 
+    if let Some(field) = root.take("health") {
+        config.health = health::parse_health(report, &field);
+    }
     if let Some(field) = root.take("auth") {
         config.auth = auth::parse_auth(report, &field);
     }
@@ -361,7 +370,6 @@ fn parse_root(document: &Value, defaults: Defaults, report: &mut Report) -> Conf
     }
     for (key, why) in [
         ("notifications", "event notifications are not sent"),
-        ("health", "no health checks beyond answering /v2/"),
         ("redis", "layerstore uses no Redis"),
         (
             "middleware",
@@ -478,10 +486,19 @@ mod tests {
         assert_eq!(config.http.addr, SocketAddr::from(([0, 0, 0, 0], 5000)));
         assert!(config.http.tls.is_none());
         assert_eq!(config.log.level, "debug");
-        for key in ["log.formatter", "log.fields", "health"] {
-            assert!(has_warning(&config, key), "{key}: {:?}", config.warnings);
-        }
-        assert_eq!(config.warnings.len(), 3, "{:?}", config.warnings);
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(
+            config.log.fields,
+            [("service".to_owned(), serde_json::json!("registry"))]
+        );
+        assert_eq!(
+            config.health.storage_driver,
+            Some(StorageDriverCheck {
+                interval: Duration::from_secs(10),
+                threshold: 3
+            })
+        );
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
         let (name, values) = &config.http.headers[0];
         assert_eq!((name.as_str(), values.len()), ("x-content-type-options", 1));
         assert_eq!(values[0], "nosniff");
@@ -565,7 +582,6 @@ http:
   host: https://registry.example.com
   relativeurls: false
   draintimeout: 60s
-  debug: {{addr: 'localhost:5001'}}
   http2: {{disabled: false}}
 notifications: {{endpoints: []}}
 middleware: {{storage: [{{name: cloudfront}}]}}
@@ -583,7 +599,6 @@ compatibility: {{}}
             "http.host",
             "http.relativeurls",
             "http.draintimeout",
-            "http.debug",
             "http.http2",
             "notifications",
             "middleware",
@@ -655,9 +670,13 @@ compatibility: {{}}
             "addr                   0.0.0.0:5000",
             "tls                    off",
             "level                  debug",
-            "warnings (3)",
+            "formatter              text",
+            "fields                 service=\"registry\"",
+            "accesslog              on",
+            "storagedriver          enabled, interval 10s, threshold 3",
+            "no warnings",
             "headers                x-content-type-options: nosniff",
-            "log.formatter: ignored",
+            "debug                  off",
         ] {
             assert!(text.contains(expected), "{expected:?} in\n{text}");
         }

@@ -189,6 +189,17 @@ impl Store {
                 ),
             });
         }
+        let run = self.gc_run(options, progress).await;
+        crate::metrics::run(crate::metrics::GC_RUNS, run.is_ok());
+        run
+    }
+
+    /// [`Self::gc`] past its checks: lock, mark, sweep, release.
+    async fn gc_run(
+        &self,
+        options: GcOptions,
+        progress: &(dyn Fn(&GcProgress) + Send + Sync),
+    ) -> Result<GcReport> {
         let (held, took_over) = self.gc_lock(options.lock).await?;
         let generation = held.state.generation;
         let swept = self.gc_locked(&held, options, progress).await;

@@ -3,8 +3,12 @@
 
 mod access;
 mod auth;
+mod debug;
 mod error;
 mod handlers;
+mod health;
+mod logging;
+mod metrics;
 mod routes;
 mod scheduled_gc;
 mod tls;
@@ -25,6 +29,7 @@ use layerstore::upload::Purger;
 use crate::config::{Auth, Config, TokenConfig};
 use auth::Authorizer;
 use error::ApiError;
+use health::Health;
 use routes::Route;
 use scheduled_gc::ScheduledGc;
 
@@ -40,18 +45,45 @@ pub struct AppState {
     pub authorizer: Option<Arc<dyn Authorizer>>,
 }
 
-/// `http.headers`, added to every response.
-type ExtraHeaders = Arc<Vec<(HeaderName, Vec<HeaderValue>)>>;
+/// What the outermost layer adds to every request: `http.headers` on the response, and the
+/// access log line unless `log.accesslog.disabled`.
+#[derive(Clone)]
+pub struct Decor {
+    pub headers: Arc<Vec<(HeaderName, Vec<HeaderValue>)>>,
+    pub access_log: bool,
+}
 
-/// The registry's HTTP application.
-pub fn app(state: AppState, headers: ExtraHeaders) -> Router {
-    Router::new()
+/// The registry's HTTP application. With health checks, every request is answered 503 while
+/// one fails (see [`health`]); with `metrics`, every request is counted.
+pub fn app(state: AppState, decor: Decor, health: Health, metrics: bool) -> Router {
+    let mut router = Router::new()
         .route("/v2", axum::routing::any(v2))
         .route("/v2/", axum::routing::any(v2))
         .route("/v2/{*rest}", axum::routing::any(v2))
-        .fallback(|| async { ApiError::not_found() })
-        .layer(middleware::from_fn_with_state(headers, log_and_version))
+        .fallback(|| async { ApiError::not_found() });
+    if health.is_checked() {
+        router = router.layer(middleware::from_fn_with_state(health, unless_unhealthy));
+    }
+    if metrics {
+        router = router.layer(middleware::from_fn(metrics::record));
+    }
+    router
+        .layer(middleware::from_fn_with_state(decor, log_and_version))
         .with_state(state)
+}
+
+/// 503 `UNAVAILABLE` while a health check fails, as Distribution's `health.Handler` answers.
+async fn unless_unhealthy(State(health): State<Health>, request: Request, next: Next) -> Response {
+    if health.failing().is_empty() {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "health check failed: please see /debug/health",
+        )
+        .into_response()
+    }
 }
 
 async fn v2(
@@ -112,9 +144,9 @@ async fn admit(
 
 /// Adds the API version header and the configured `http.headers` to every response (a header
 /// the response sets itself keeps its value, as a Distribution handler's own header replaces
-/// the configured one), and logs each request.
+/// the configured one), and logs each request (the access log) unless it is disabled.
 async fn log_and_version(
-    State(extra): State<ExtraHeaders>,
+    State(decor): State<Decor>,
     request: Request<Body>,
     next: Next,
 ) -> Response {
@@ -125,12 +157,15 @@ async fn log_and_version(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),
     );
-    for (name, values) in extra.iter() {
+    for (name, values) in decor.headers.iter() {
         if !response.headers().contains_key(name) {
             for value in values {
                 response.headers_mut().append(name.clone(), value.clone());
             }
         }
+    }
+    if !decor.access_log {
+        return response;
     }
     let bytes = response
         .headers()
@@ -138,6 +173,7 @@ async fn log_and_version(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     tracing::info!(
+        target: "layerstore::access",
         %method,
         path,
         status = response.status().as_u16(),
@@ -151,13 +187,30 @@ async fn log_and_version(
 /// Serves until SIGINT or SIGTERM; in-flight requests finish first (or, if a client's body
 /// stops midway, leave their upload session resumable at its last persisted offset).
 pub async fn serve(config: Config) -> Result<(), String> {
-    init_logging(&config.log.level);
+    logging::init(&config.log);
     raise_open_files_limit();
     for warning in &config.warnings {
         tracing::warn!("configuration: {warning}");
     }
     let authorizer = authorizer(&config).await?;
+    let exporter = match config
+        .http
+        .debug
+        .as_ref()
+        .and_then(|d| d.prometheus.as_ref())
+    {
+        Some(_) => Some(metrics::install()?),
+        None => None,
+    };
     let store = config.open_store()?;
+    let health = Health::spawn(
+        &store,
+        &config.storage.backend,
+        config.health.storage_driver,
+    );
+    if let Some(debug) = &config.http.debug {
+        debug::spawn(debug, health.clone(), exporter.clone()).await?;
+    }
     let read_only = config.storage.read_only;
     let (purger, gc) = if read_only {
         tracing::info!(
@@ -178,7 +231,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
             read_only,
             authorizer,
         },
-        Arc::new(config.http.headers.clone()),
+        Decor {
+            headers: Arc::new(config.http.headers.clone()),
+            access_log: config.log.access_log,
+        },
+        health,
+        exporter.is_some(),
     );
     let addr = config.http.addr;
     let result = match &config.http.tls {
@@ -357,17 +415,6 @@ fn raise_open_files_limit() {
 
 #[cfg(not(target_os = "linux"))]
 fn raise_open_files_limit() {}
-
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -294,7 +294,10 @@ impl Repository {
             .backend()
             .engine()
             .put_bytes(self, expected, data);
-        self.publishing(expected, write).await
+        crate::metrics::monolithic_started();
+        let info = self.publishing(expected, write).await?;
+        crate::metrics::monolithic_committed();
+        Ok(info)
     }
 
     /// Runs `write`, which publishes the blob `expected` and links it here, between the pins

@@ -141,6 +141,19 @@ impl Store {
         Backend::from_config(config).map(Self::new)
     }
 
+    /// Whether the backend answers: one cheap read (the metadata of the GC state object, a
+    /// key every store reads anyway), made anew on each call through the configured location,
+    /// so a filesystem root replaced by a file or made unreadable since the store was built
+    /// fails it. An object that does not exist is an answer, as it is to CNCF Distribution's
+    /// storage-driver health check: a fresh store, or a filesystem root that is absent (the
+    /// next write creates it), probes healthy.
+    ///
+    /// # Errors
+    /// The backend's error, for a frontend's health check to report.
+    pub async fn probe(&self) -> Result<()> {
+        self.head(&self.keys().gc_state()).await.map(|_| ())
+    }
+
     /// The backend.
     #[must_use]
     pub fn backend(&self) -> &Backend {
@@ -338,6 +351,30 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_probe_passes_on_a_fresh_store_and_on_an_absent_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let store = Store::new(Backend::filesystem(&root).unwrap());
+        store.probe().await.unwrap();
+        std::fs::remove_dir(&root).unwrap();
+        store.probe().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_probe_fails_while_the_root_is_a_file_and_passes_once_it_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let store = Store::new(Backend::filesystem(&root).unwrap());
+        let aside = dir.path().join("aside");
+        std::fs::rename(&root, &aside).unwrap();
+        std::fs::write(&root, b"not a directory").unwrap();
+        assert!(store.probe().await.is_err());
+        std::fs::remove_file(&root).unwrap();
+        std::fs::rename(&aside, &root).unwrap();
+        store.probe().await.unwrap();
+    }
 
     #[test]
     fn pages_are_sorted_deduplicated_and_cut_after_last() {

@@ -41,6 +41,7 @@ pub use purge::{PurgeOptions, PurgeReport, Purger, PurgerConfig};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::name::RepositoryName;
 use crate::store::{BLOB_MEDIA_TYPE, BlobInfo, Repository};
 
@@ -141,7 +142,9 @@ impl Repository {
     /// # Errors
     /// Backend failures only.
     pub async fn start_upload(&self) -> Result<UploadStatus> {
-        self.engine().start(self.store(), self.name()).await
+        let status = self.engine().start(self.store(), self.name()).await?;
+        metrics::upload_started();
+        Ok(status)
     }
 
     /// Where a session stands.
@@ -217,7 +220,9 @@ impl Repository {
         let write = self
             .engine()
             .finish(self, id, offset, chunk, expected, expected_size);
-        self.publishing(expected, write).await
+        let info = self.publishing(expected, write).await?;
+        metrics::session_committed();
+        Ok(info)
     }
 
     /// Verifies the session's bytes against `expected` (and `expected_size`), then publishes
@@ -240,7 +245,9 @@ impl Repository {
         expected_size: Option<u64>,
     ) -> Result<BlobInfo> {
         let write = self.engine().commit(self, id, expected, expected_size);
-        self.publishing(expected, write).await
+        let info = self.publishing(expected, write).await?;
+        metrics::session_committed();
+        Ok(info)
     }
 
     /// Cancels a session and deletes what it staged.
@@ -253,7 +260,9 @@ impl Repository {
     /// # Errors
     /// [`Error::BlobUploadUnknown`] if there is no such session in this repository.
     pub async fn cancel_upload(&self, id: &UploadId) -> Result<()> {
-        self.engine().cancel(self, id).await
+        self.engine().cancel(self, id).await?;
+        metrics::session_cancelled();
+        Ok(())
     }
 
     /// Stores a blob from a stream: the same verified, atomic path as a chunked upload, in
@@ -270,7 +279,10 @@ impl Repository {
         let write = self
             .engine()
             .put_stream(self, expected, expected_size, data);
-        self.publishing(expected, write).await
+        metrics::monolithic_started();
+        let info = self.publishing(expected, write).await?;
+        metrics::monolithic_committed();
+        Ok(info)
     }
 }
 

@@ -77,7 +77,12 @@ impl Store {
     /// Only if the sessions cannot be listed; a session that fails is reported in
     /// [`PurgeReport::errors`].
     pub async fn purge_uploads(&self, options: PurgeOptions) -> Result<PurgeReport> {
-        let report = self.backend().engine().purge(self, options).await?;
+        let report = self.backend().engine().purge(self, options).await;
+        crate::metrics::run(crate::metrics::PURGE_RUNS, report.is_ok());
+        let report = report?;
+        if !options.dry_run {
+            crate::metrics::sessions_purged(report.purged);
+        }
         tracing::info!(
             scanned = report.scanned,
             purged = report.purged,
