@@ -96,6 +96,8 @@
 //! [`Store::probe`] makes one cheap backend read, for a frontend's health check. Uploads,
 //! cache lookups, backend requests and maintenance runs are counted through the [`metrics`]
 //! facade (names and labels in [`mod@metrics`]); a frontend that wants them installs a recorder.
+//! Each push, pull, mount and delete that succeeded is an [`events::Event`], sent to the sink
+//! a frontend installs with [`Store::with_events`] (webhooks, audit logs); see [`events`].
 //!
 //! ## Guarantees
 //!
@@ -111,6 +113,7 @@ pub mod backend;
 pub mod cache;
 pub mod digest;
 pub mod error;
+pub mod events;
 pub mod gc;
 pub mod layout;
 pub mod manifest;

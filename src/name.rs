@@ -193,6 +193,15 @@ impl Reference {
             Tag::parse(s).map(Self::Tag)
         }
     }
+
+    /// The tag, if this reference is one.
+    #[must_use]
+    pub fn tag(&self) -> Option<&Tag> {
+        match self {
+            Self::Tag(tag) => Some(tag),
+            Self::Digest(_) => None,
+        }
+    }
 }
 
 impl fmt::Display for Reference {

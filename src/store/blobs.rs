@@ -12,6 +12,7 @@ use super::{Repository, Store};
 use crate::cache::{BlobDescriptorCache, BlobPlacement, CachedBlob};
 use crate::digest::Digest;
 use crate::error::{Error, RangeError, Result};
+use crate::events::{Action, Event};
 use crate::gc::protocol::{Seen, Target, Verdict};
 use crate::name::RepositoryName;
 
@@ -182,11 +183,20 @@ impl Store {
 }
 
 impl Repository {
-    /// Describes a blob linked into this repository.
+    /// Describes a blob linked into this repository: a client's `HEAD`, which emits a
+    /// [`Action::Pull`] event as Distribution's does ([`Self::blob_exists`] emits none).
     ///
     /// # Errors
     /// [`Error::BlobUnknown`] if the blob is not linked here (or its bytes are gone).
     pub async fn stat_blob(&self, digest: &Digest) -> Result<BlobInfo> {
+        let info = self.describe_blob(digest).await?;
+        self.store
+            .emit(|| Event::blob(Action::Pull, &self.name, digest, info.size));
+        Ok(info)
+    }
+
+    /// [`Self::stat_blob`] without its event.
+    async fn describe_blob(&self, digest: &Digest) -> Result<BlobInfo> {
         let cache = self.store.cache();
         // First: a new GC generation clears the cache.
         let gc = self.store.gc_seen().await?;
@@ -237,7 +247,7 @@ impl Repository {
     /// # Errors
     /// Backend failures only.
     pub async fn blob_exists(&self, digest: &Digest) -> Result<bool> {
-        match self.stat_blob(digest).await {
+        match self.describe_blob(digest).await {
             Ok(_) => Ok(true),
             Err(Error::BlobUnknown { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -256,6 +266,8 @@ impl Repository {
             self.forget_cached(cache, digest).await;
         }
         let (info, location) = located?;
+        self.store
+            .emit(|| Event::blob(Action::Pull, &self.name, digest, info.size));
         let range = match range {
             None => 0..info.size,
             Some(r) => r.resolve(info.size).map_err(Error::RangeInvalid)?,
@@ -297,7 +309,14 @@ impl Repository {
         crate::metrics::monolithic_started();
         let info = self.publishing(expected, write).await?;
         crate::metrics::monolithic_committed();
+        self.pushed(&info);
         Ok(info)
+    }
+
+    /// Emits the push event of a blob just published here.
+    pub(crate) fn pushed(&self, info: &BlobInfo) {
+        self.store
+            .emit(|| Event::blob(Action::Push, &self.name, &info.digest, info.size));
     }
 
     /// Runs `write`, which publishes the blob `expected` and links it here, between the pins
@@ -385,8 +404,11 @@ impl Repository {
                 .pin_to_write(Target::Repository(self.name.clone()))
                 .await?;
         }
+        let size = location.size();
         self.link_blob(digest, location.cached()).await?;
         self.published_blob(digest, before).await?;
+        self.store
+            .emit(|| Event::blob(Action::Mount, &self.name, digest, size).from(from));
         Ok(true)
     }
 
@@ -437,6 +459,8 @@ impl Repository {
         if let Some(cache) = cache {
             cache.remove_link(&self.name, digest).await;
         }
+        self.store
+            .emit(|| Event::blob_deleted(&self.name, digest));
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use super::blobs::collected_in_flight;
 use super::{Paginated, Repository};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::events::{Action, Event};
 use crate::gc::protocol::{Target, Verdict};
 use crate::manifest::{Descriptor, MAX_MANIFEST_SIZE, Manifest, Role, media_type};
 use crate::name::{Reference, Tag};
@@ -180,6 +181,15 @@ impl Repository {
                 }
             }
         }
+        self.store.emit(|| {
+            Event::manifest(
+                Action::Push,
+                &self.name,
+                &info,
+                reference.tag(),
+                Some(manifest.bytes.clone()),
+            )
+        });
         Ok(ManifestPut { digest, subject })
     }
 
@@ -277,11 +287,21 @@ impl Repository {
         }
     }
 
-    /// Resolves a reference to the manifest it names, without reading the body.
+    /// Resolves a reference to the manifest it names, without reading the body: a client's
+    /// `HEAD`, which emits an [`Action::Pull`] event as Distribution's does.
     ///
     /// # Errors
     /// [`Error::ManifestUnknown`] if there is no such manifest in this repository.
     pub async fn stat_manifest(&self, reference: &Reference) -> Result<ManifestInfo> {
+        let info = self.resolve_manifest(reference).await?;
+        self.store.emit(|| {
+            Event::manifest(Action::Pull, &self.name, &info, reference.tag(), None)
+        });
+        Ok(info)
+    }
+
+    /// [`Self::stat_manifest`] without its event.
+    async fn resolve_manifest(&self, reference: &Reference) -> Result<ManifestInfo> {
         let keys = self.store.keys();
         let digest = match reference {
             Reference::Digest(d) => *d,
@@ -306,14 +326,20 @@ impl Repository {
     /// # Errors
     /// [`Error::ManifestUnknown`] if there is no such manifest in this repository.
     pub async fn get_manifest(&self, reference: &Reference) -> Result<StoredManifest> {
-        let info = self.stat_manifest(reference).await?;
+        let info = self.resolve_manifest(reference).await?;
         let key = self.store.keys().blob_data(&info.digest);
         match self
             .store
             .read_small(&key, MAX_MANIFEST_SIZE as u64)
             .await?
         {
-            Some(bytes) => Ok(StoredManifest { info, bytes }),
+            Some(bytes) => {
+                self.store.emit(|| {
+                    let bytes = Some(bytes.clone());
+                    Event::manifest(Action::Pull, &self.name, &info, reference.tag(), bytes)
+                });
+                Ok(StoredManifest { info, bytes })
+            }
             None => Err(unknown(reference)),
         }
     }
@@ -360,29 +386,41 @@ impl Repository {
     /// [`Error::ManifestUnknown`] if there is no such manifest in this repository.
     pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
         match self.delete_revision(digest, ReferrerEntry::Last).await? {
-            Some(_) => Ok(()),
+            Some(tags) => {
+                // As Distribution: the manifest's delete, then one per tag that went with it.
+                self.store
+                    .emit(|| Event::manifest_deleted(&self.name, digest));
+                for tag in &tags {
+                    self.store.emit(|| Event::tag_deleted(&self.name, tag));
+                }
+                Ok(())
+            }
             None => Err(unknown(&Reference::Digest(*digest))),
         }
     }
 
     /// Deletes a revision as [`Self::delete_manifest`] does, its referrer entry after or
-    /// before the revision link as `order` says; `None` if there is none, else how many tags
+    /// before the revision link as `order` says; `None` if there is none, else the tags that
     /// pointed at it.
-    async fn delete_revision(&self, digest: &Digest, order: ReferrerEntry) -> Result<Option<u64>> {
+    async fn delete_revision(
+        &self,
+        digest: &Digest,
+        order: ReferrerEntry,
+    ) -> Result<Option<Vec<Tag>>> {
         let keys = self.store.keys();
         let revision_key = keys.manifest_revision(&self.name, digest);
         let Some(revision) = self.store.read_link::<RevisionLink>(&revision_key).await? else {
             return Ok(None);
         };
         let tags = self.all_tags().await?;
-        let removed: Vec<bool> = stream::iter(tags)
+        let removed: Vec<Option<Tag>> = stream::iter(tags)
             .map(|tag| async move {
                 let key = keys.tag_link(&self.name, &tag);
                 match self.store.read_link::<ManifestInfo>(&key).await? {
                     Some(info) if info.digest == *digest => {
-                        self.store.remove(&key).await.map(|()| true)
+                        self.store.remove(&key).await.map(|()| Some(tag))
                     }
-                    _ => Ok(false),
+                    _ => Ok(None),
                 }
             })
             .buffer_unordered(CONCURRENCY)
@@ -398,7 +436,7 @@ impl Repository {
         if let (Some(entry), ReferrerEntry::Last) = (&entry, order) {
             self.store.remove(entry).await?;
         }
-        Ok(Some(removed.iter().filter(|r| **r).count() as u64))
+        Ok(Some(removed.into_iter().flatten().collect()))
     }
 
     /// Garbage collection's delete of a revision: how many tags went with it (0 if it was
@@ -414,7 +452,7 @@ impl Repository {
         Ok(self
             .delete_revision(digest, ReferrerEntry::First)
             .await?
-            .unwrap_or(0))
+            .map_or(0, |tags| tags.len() as u64))
     }
 
     /// Whether the repository has no revision and no blob link left.
@@ -441,7 +479,9 @@ impl Repository {
         if !self.store.exists(&key).await? {
             return Err(unknown(&Reference::Tag(tag.clone())));
         }
-        self.store.remove(&key).await
+        self.store.remove(&key).await?;
+        self.store.emit(|| Event::tag_deleted(&self.name, tag));
+        Ok(())
     }
 
     /// Tags in lexical order, at most `n` of them, starting after `last`.

@@ -31,11 +31,12 @@ pub use manifests::{ManifestInfo, ManifestPut, Referrers, StoredManifest};
 pub(crate) use segments::{MAX_INDEX_SIZE, Segment, SegmentIndex};
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::backend::{Backend, BackendConfig};
 use crate::cache::{BlobDescriptorCache, CacheStats, MemoryCache};
 use crate::error::{Error, Result};
+use crate::events::{Event, EventSink};
 use crate::gc::protocol::GcWatch;
 use crate::layout::KeyLayout;
 use crate::name::RepositoryName;
@@ -58,6 +59,8 @@ struct Inner {
     /// Repositories this store found or put in the catalog, and the GC generation it saw
     /// then (see [`Repository::register`]).
     registered: Mutex<(u64, HashSet<RepositoryName>)>,
+    /// Where events go, once a frontend installed a sink ([`Store::with_events`]).
+    events: OnceLock<Arc<dyn EventSink>>,
 }
 
 /// How many repositories [`Inner::registered`] remembers before it starts again.
@@ -108,7 +111,30 @@ impl Store {
                 cache,
                 gc: GcWatch::default(),
                 registered: Mutex::default(),
+                events: OnceLock::new(),
             }),
+        }
+    }
+
+    /// This store (and every clone of it) with `sink` receiving an [`Event`] for each
+    /// operation that succeeded (see [`crate::events`]).
+    ///
+    /// # Panics
+    /// If a sink is installed already: one store has one sink (a frontend that wants several
+    /// fans out in its own).
+    #[must_use]
+    pub fn with_events(self, sink: Arc<dyn EventSink>) -> Self {
+        assert!(
+            self.inner.events.set(sink).is_ok(),
+            "Store::with_events: this store has an event sink already"
+        );
+        self
+    }
+
+    /// Sends the event `event` builds, if a sink is installed (else builds nothing).
+    pub(crate) fn emit(&self, event: impl FnOnce() -> Event) {
+        if let Some(sink) = self.inner.events.get() {
+            sink.send(event());
         }
     }
 

@@ -222,6 +222,7 @@ impl Repository {
             .finish(self, id, offset, chunk, expected, expected_size);
         let info = self.publishing(expected, write).await?;
         metrics::session_committed();
+        self.pushed(&info);
         Ok(info)
     }
 
@@ -247,6 +248,7 @@ impl Repository {
         let write = self.engine().commit(self, id, expected, expected_size);
         let info = self.publishing(expected, write).await?;
         metrics::session_committed();
+        self.pushed(&info);
         Ok(info)
     }
 
@@ -282,6 +284,7 @@ impl Repository {
         metrics::monolithic_started();
         let info = self.publishing(expected, write).await?;
         metrics::monolithic_committed();
+        self.pushed(&info);
         Ok(info)
     }
 }
