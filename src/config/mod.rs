@@ -1,7 +1,8 @@
 //! The server's configuration: YAML in the CNCF Distribution `config.yml` layout.
 //!
 //! An existing Distribution `config.yml` loads unchanged as far as its `storage`, `http` (with
-//! `http.debug`), `log`, `health` and `auth` sections go. Every key is accounted for:
+//! `http.debug`), `log`, `health`, `auth` and `notifications` sections go. Every key is
+//! accounted for:
 //!
 //! - keys layerstore honours are mapped onto [`Config`];
 //! - Distribution keys that are safe to ignore are accepted and listed in
@@ -13,7 +14,7 @@
 //!
 //! One module per section, each with its reader and its tests: `storage` (the driver, `delete`),
 //! `cache`, `maintenance` (and layerstore's `gc`), `http` (TLS and the debug server), `log`,
-//! `health`, `auth`. The rules
+//! `health`, `auth`, `notifications`. The rules
 //! they share (taking keys, typed values, the report of errors and warnings) are in `report`,
 //! the `REGISTRY_*` environment in `env`.
 //!
@@ -65,6 +66,7 @@ mod health;
 mod http;
 mod log;
 mod maintenance;
+mod notifications;
 mod report;
 mod storage;
 
@@ -85,6 +87,7 @@ pub use gc::GcSchedule;
 pub use health::{Health, StorageDriverCheck};
 pub use http::{Debug, Http, Tls};
 pub use log::{Log, LogFormat};
+pub use notifications::{Endpoint, Notifications};
 pub use storage::Storage;
 
 use env::{apply_env, process_env};
@@ -103,6 +106,8 @@ pub struct Config {
     pub health: Health,
     /// `auth`: who may use the registry.
     pub auth: Auth,
+    /// `notifications`: webhook endpoints for the registry's events.
+    pub notifications: Notifications,
     /// Keys that were present but are not supported, by name; printed at start.
     pub warnings: Vec<String>,
     /// The `REGISTRY_*` environment variables that were applied, by name.
@@ -133,6 +138,7 @@ impl Default for Config {
             log: Log::default(),
             health: Health::default(),
             auth: Auth::None,
+            notifications: Notifications::default(),
             warnings: Vec::new(),
             env_overrides: Vec::new(),
         }
@@ -254,6 +260,7 @@ impl Config {
         self.auth.describe(&mut out);
         self.log.describe(&mut out);
         self.health.describe(&mut out);
+        self.notifications.describe(&mut out);
         if !self.env_overrides.is_empty() {
             out.push_str("environment overrides\n");
             for name in &self.env_overrides {
@@ -359,6 +366,9 @@ fn parse_root(document: &Value, defaults: Defaults, report: &mut Report) -> Conf
     if let Some(field) = root.take("auth") {
         config.auth = auth::parse_auth(report, &field);
     }
+    if let Some(field) = root.take("notifications") {
+        config.notifications = notifications::parse_notifications(report, &field);
+    }
     if let Some(field) = root.take("proxy")
         && is_set(field.value)
     {
@@ -369,7 +379,6 @@ fn parse_root(document: &Value, defaults: Defaults, report: &mut Report) -> Conf
         );
     }
     for (key, why) in [
-        ("notifications", "event notifications are not sent"),
         ("redis", "layerstore uses no Redis"),
         (
             "middleware",
@@ -583,7 +592,6 @@ http:
   relativeurls: false
   draintimeout: 60s
   http2: {{disabled: false}}
-notifications: {{endpoints: []}}
 middleware: {{storage: [{{name: cloudfront}}]}}
 redis: {{addr: 'localhost:6379'}}
 validation: {{disabled: true}}
@@ -600,7 +608,6 @@ compatibility: {{}}
             "http.relativeurls",
             "http.draintimeout",
             "http.http2",
-            "notifications",
             "middleware",
             "redis",
             "validation",
@@ -753,7 +760,11 @@ compatibility: {{}}
         let s3: Value = serde_yaml_ng::from_str(
             "storage: {s3: {bucket: b, region: r, accesskey: a, secretkey: s, secure: true}, \
              cache: {blobdescriptor: inmemory, blobdescriptorsize: 5}}\n\
-             http: {tls: {certificate: /c, key: /k, clientcas: [/a]}}",
+             http: {tls: {certificate: /c, key: /k, clientcas: [/a]}}\n\
+             notifications: {events: {includereferences: true}, endpoints: [{name: a, \
+             url: 'http://h/e', headers: {A: [b]}, timeout: 1s, threshold: 3, backoff: 1s, \
+             disabled: false, ignoredmediatypes: [m], ignore: {mediatypes: [n], \
+             actions: [pull]}, queuesize: 5}]}",
         )
         .unwrap();
         let azure: Value = serde_yaml_ng::from_str(

@@ -9,6 +9,7 @@ mod handlers;
 mod health;
 mod logging;
 mod metrics;
+mod notify;
 mod routes;
 mod scheduled_gc;
 mod tls;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -43,6 +44,9 @@ pub struct AppState {
     pub read_only: bool,
     /// `None`: an open registry.
     pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// With notifications, the scheme clients reach the registry by (`http` or `https`): each
+    /// request then carries its details for the events it causes (see [`notify`]).
+    pub events_scheme: Option<&'static str>,
 }
 
 /// What the outermost layer adds to every request: `http.headers` on the response, and the
@@ -97,9 +101,13 @@ async fn v2(
     let Some(route) = Route::parse(rest) else {
         return ApiError::not_found().into_response();
     };
-    if let Err(e) = admit(&state, &route, &parts.method, &parts.headers, &query).await {
-        return e.into_response();
-    }
+    let user = match admit(&state, &route, &parts.method, &parts.headers, &query).await {
+        Ok(user) => user,
+        Err(e) => return e.into_response(),
+    };
+    let context = state
+        .events_scheme
+        .map(|scheme| request_context(&parts, user, scheme));
     let req = handlers::Request {
         meta: handlers::Meta {
             method: parts.method,
@@ -108,27 +116,75 @@ async fn v2(
         },
         body,
     };
-    match handlers::dispatch(&state, route, req).await {
+    let handled = match context {
+        Some(context) => notify::in_request(context, handlers::dispatch(&state, route, req)).await,
+        None => handlers::dispatch(&state, route, req).await,
+    };
+    match handled {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
+/// What the events of a request say of it, as Distribution's `RequestRecord` and URL builder
+/// read a request: the client address from `X-Forwarded-For`, `X-Real-Ip` or the peer, the
+/// host from `X-Forwarded-Host` or `Host`, the scheme from `X-Forwarded-Proto` or the listener.
+fn request_context(
+    parts: &axum::http::request::Parts,
+    actor: Option<String>,
+    scheme: &str,
+) -> notify::RequestContext {
+    let text = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or(v).trim())
+            .filter(|v| !v.is_empty())
+    };
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.to_string());
+    let addr = text("x-forwarded-for")
+        .or_else(|| text("x-real-ip"))
+        .map(str::to_owned)
+        .or(peer)
+        .unwrap_or_default();
+    let host = text("x-forwarded-host")
+        .or_else(|| text(header::HOST.as_str()))
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    notify::RequestContext {
+        id: uuid::Uuid::new_v4().to_string(),
+        addr,
+        host: host.to_owned(),
+        method: parts.method.to_string(),
+        user_agent: text(header::USER_AGENT.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        actor,
+        scheme: text("x-forwarded-proto").unwrap_or(scheme).to_owned(),
+    }
+}
+
 /// Whether the request may go on, by the access table: the authorizer decides on the access
 /// the route needs (credentials first, as Distribution checks them), then read-only mode
-/// refuses whatever pushes or deletes.
+/// refuses whatever pushes or deletes. `Ok` carries the authenticated user, if any.
 async fn admit(
     state: &AppState,
     route: &Route<'_>,
     method: &Method,
     headers: &axum::http::HeaderMap,
     query: &HashMap<String, String>,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     let needed = access::required(route, method, query)?;
-    if let Some(authorizer) = &state.authorizer
-        && let Some(error) = authorizer.authorize(headers, &needed).await.into_error()
-    {
-        return Err(error);
+    let mut user = None;
+    if let Some(authorizer) = &state.authorizer {
+        match authorizer.authorize(headers, &needed).await {
+            auth::Decision::Allow { user: name } => user = Some(name),
+            denied => return Err(denied.into_error().unwrap_or_else(ApiError::not_found)),
+        }
     }
     let endpoint = route.endpoint();
     if state.read_only && access::rule(endpoint, method).is_some_and(access::Need::writes) {
@@ -139,7 +195,7 @@ async fn admit(
         )
         .with_header(header::ALLOW, allow));
     }
-    Ok(())
+    Ok(user)
 }
 
 /// Adds the API version header and the configured `http.headers` to every response (a header
@@ -202,7 +258,17 @@ pub async fn serve(config: Config) -> Result<(), String> {
         Some(_) => Some(metrics::install()?),
         None => None,
     };
-    let store = config.open_store()?;
+    if exporter.is_some() {
+        notify::describe_metrics();
+    }
+    let mut store = config.open_store()?;
+    let notifier = notify::Notifier::spawn(&config.notifications, event_source(&config))?;
+    let events_scheme = notifier
+        .is_some()
+        .then_some(if config.http.tls.is_some() { "https" } else { "http" });
+    if let Some(notifier) = notifier {
+        store = store.with_events(notifier);
+    }
     let health = Health::spawn(
         &store,
         &config.storage.backend,
@@ -230,6 +296,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             delete_enabled: config.storage.delete_enabled,
             read_only,
             authorizer,
+            events_scheme,
         },
         Decor {
             headers: Arc::new(config.http.headers.clone()),
@@ -262,7 +329,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             axum_server::bind(addr)
                 .acceptor(acceptor)
                 .handle(handle)
-                .serve(app.into_make_service())
+                .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .await
                 .map_err(|e| format!("serving on {addr}: {e}"))
         }
@@ -272,6 +339,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
                 .map_err(|e| format!("binding {addr}: {e}"))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
             announce(local, "http");
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(without_nagle(listener), app)
                 .with_graceful_shutdown(shutdown_signal())
                 .await
@@ -286,6 +354,24 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     tracing::info!("stopped");
     result
+}
+
+/// The `source` of every event: this host's name with the registry's port, as Distribution
+/// gives it, and an id made at start.
+fn event_source(config: &Config) -> notify::Source {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty());
+    let addr = match hostname {
+        Some(host) => format!("{host}:{}", config.http.addr.port()),
+        None => config.http.addr.to_string(),
+    };
+    notify::Source {
+        addr,
+        instance_id: uuid::Uuid::new_v4().to_string(),
+    }
 }
 
 /// The authorizer `auth` configures; `None` for an open registry.
@@ -357,15 +443,18 @@ pub fn check_auth(config: &Config) -> Result<Option<String>, String> {
 /// Sets `TCP_NODELAY` on every connection `listener` accepts. A response's head and body
 /// leave in separate writes, and with Nagle's algorithm the body of a small one (a 4 KiB blob,
 /// a manifest) waits for the client's delayed ACK: 40 ms on Linux, per request.
+/// (A named type rather than `impl Listener`: axum gives each request its peer's address,
+/// for the notifications' `request.addr`, only for a `TapIo` over its `TcpListener`.)
 fn without_nagle(
     listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
     use axum::serve::ListenerExt as _;
-    listener.tap_io(|stream| {
+    fn nodelay(stream: &mut tokio::net::TcpStream) {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set on a connection");
         }
-    })
+    }
+    listener.tap_io(nodelay as fn(&mut tokio::net::TcpStream))
 }
 
 /// Prints the bound address on stdout (tests and scripts read it, e.g. with `--addr :0`).

@@ -78,7 +78,9 @@ impl Authorizer for TokenAuthorizer {
         let error = match self.verifier.verify(authorization, access) {
             Ok(granted) => {
                 tracing::debug!(subject = granted.subject, "token accepted");
-                return Decision::Allow;
+                return Decision::Allow {
+                    user: granted.subject,
+                };
             }
             Err(error) => error,
         };

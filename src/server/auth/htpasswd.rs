@@ -352,7 +352,7 @@ impl Authorizer for Htpasswd {
             Err(why) => return self.challenge(why),
         };
         if self.check(&user, &password).await {
-            Decision::Allow
+            Decision::Allow { user }
         } else {
             self.challenge("invalid user name or password")
         }

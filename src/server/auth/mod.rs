@@ -23,7 +23,11 @@ pub use scope::quoted;
 /// What an authorizer decided about one request.
 #[derive(Debug)]
 pub enum Decision {
-    Allow,
+    /// Let through; `user` is who the credentials name (the htpasswd user, the token's
+    /// subject), for the notifications' `actor`.
+    Allow {
+        user: String,
+    },
     /// No credentials, or credentials that do not authenticate (unknown user, wrong password,
     /// an invalid token, an unreadable `Authorization` header): 401 `UNAUTHORIZED` with this
     /// `WWW-Authenticate` challenge.
@@ -44,7 +48,7 @@ impl Decision {
     /// The response for a decision other than [`Decision::Allow`].
     pub fn into_error(self) -> Option<ApiError> {
         match self {
-            Decision::Allow => None,
+            Decision::Allow { .. } => None,
             Decision::Challenge { challenge, message } => Some(
                 ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
                     .with_header_value(header::WWW_AUTHENTICATE, challenge),
