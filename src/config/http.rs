@@ -297,7 +297,10 @@ fn parse_client_cas(report: &mut Report, field: &Field<'_>) -> Vec<PathBuf> {
 
 /// `http.headers`: a map of header name to a list of values, as Distribution reads it (a
 /// single string is taken as a list of one). Names and values must be valid in HTTP.
-pub(super) fn parse_headers(report: &mut Report, field: &Field<'_>) -> Vec<(HeaderName, Vec<HeaderValue>)> {
+pub(super) fn parse_headers(
+    report: &mut Report,
+    field: &Field<'_>,
+) -> Vec<(HeaderName, Vec<HeaderValue>)> {
     let Some(mut s) = Section::new(report, &field.key, field.value) else {
         return Vec::new();
     };

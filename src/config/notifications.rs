@@ -177,9 +177,8 @@ fn parse_endpoint(report: &mut Report, field: &Field<'_>) -> Option<Endpoint> {
         value.map(|v| (v, key_path))
     };
     let name = required(report, &mut s, "name").map(|(name, _)| name);
-    let url = required(report, &mut s, "url").and_then(|(text, key)| {
-        parse_url(&text).map_err(|why| report.error(&key, why)).ok()
-    });
+    let url = required(report, &mut s, "url")
+        .and_then(|(text, key)| parse_url(&text).map_err(|why| report.error(&key, why)).ok());
     let headers = s
         .take("headers")
         .map(|f| parse_headers(report, &f))
@@ -224,7 +223,10 @@ fn parse_endpoint(report: &mut Report, field: &Field<'_>) -> Option<Endpoint> {
                 } else {
                     report.error(
                         &format!("{}.{i}", f.key),
-                        format!("`{action}` is not an action (one of {})", ACTIONS.join(", ")),
+                        format!(
+                            "`{action}` is not an action (one of {})",
+                            ACTIONS.join(", ")
+                        ),
                     );
                 }
             }
@@ -261,8 +263,8 @@ fn parse_endpoint(report: &mut Report, field: &Field<'_>) -> Option<Endpoint> {
 
 /// An absolute `http` or `https` URL.
 fn parse_url(text: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(text)
-        .map_err(|e| format!("`{text}` is not an absolute URL ({e})"))?;
+    let url =
+        reqwest::Url::parse(text).map_err(|e| format!("`{text}` is not an absolute URL ({e})"))?;
     match url.scheme() {
         "http" | "https" if url.has_host() => Ok(url),
         "http" | "https" => Err(format!("`{text}` names no host")),
@@ -383,7 +385,10 @@ mod tests {
     #[test]
     fn bad_endpoints_are_errors_naming_the_key() {
         for (yaml, expected) in [
-            ("- {url: 'http://h/e'}", "notifications.endpoints.0.name: required"),
+            (
+                "- {url: 'http://h/e'}",
+                "notifications.endpoints.0.name: required",
+            ),
             ("- {name: a}", "notifications.endpoints.0.url: required"),
             (
                 "- {name: a, url: 'not a url'}",
@@ -442,7 +447,10 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(config.notifications.endpoints[0].url.as_str(), "http://ci:8080/e");
+        assert_eq!(
+            config.notifications.endpoints[0].url.as_str(),
+            "http://ci:8080/e"
+        );
     }
 
     #[test]

@@ -263,9 +263,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     let mut store = config.open_store()?;
     let notifier = notify::Notifier::spawn(&config.notifications, event_source(&config))?;
-    let events_scheme = notifier
-        .is_some()
-        .then_some(if config.http.tls.is_some() { "https" } else { "http" });
+    let events_scheme = notifier.is_some().then_some(if config.http.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    });
     if let Some(notifier) = notifier {
         store = store.with_events(notifier);
     }

@@ -459,8 +459,7 @@ impl Repository {
         if let Some(cache) = cache {
             cache.remove_link(&self.name, digest).await;
         }
-        self.store
-            .emit(|| Event::blob_deleted(&self.name, digest));
+        self.store.emit(|| Event::blob_deleted(&self.name, digest));
         Ok(())
     }
 

@@ -294,9 +294,8 @@ impl Repository {
     /// [`Error::ManifestUnknown`] if there is no such manifest in this repository.
     pub async fn stat_manifest(&self, reference: &Reference) -> Result<ManifestInfo> {
         let info = self.resolve_manifest(reference).await?;
-        self.store.emit(|| {
-            Event::manifest(Action::Pull, &self.name, &info, reference.tag(), None)
-        });
+        self.store
+            .emit(|| Event::manifest(Action::Pull, &self.name, &info, reference.tag(), None));
         Ok(info)
     }
 

@@ -25,9 +25,7 @@ pub use scope::quoted;
 pub enum Decision {
     /// Let through; `user` is who the credentials name (the htpasswd user, the token's
     /// subject), for the notifications' `actor`.
-    Allow {
-        user: String,
-    },
+    Allow { user: String },
     /// No credentials, or credentials that do not authenticate (unknown user, wrong password,
     /// an invalid token, an unreadable `Authorization` header): 401 `UNAUTHORIZED` with this
     /// `WWW-Authenticate` challenge.

@@ -45,7 +45,10 @@ const MAX_BATCH: usize = 100;
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 pub fn describe_metrics() {
-    describe_counter!(SENT, "Events delivered to a notification endpoint, by endpoint");
+    describe_counter!(
+        SENT,
+        "Events delivered to a notification endpoint, by endpoint"
+    );
     describe_counter!(
         FAILURES,
         "Failed POSTs to a notification endpoint (each retry counts), by endpoint"
@@ -317,8 +320,16 @@ mod tests {
     async fn ignore_rules_filter_by_media_type_and_by_action() {
         let e = endpoint(10, &["application/octet-stream"], &["pull"]);
         e.offer(&event("push", "application/octet-stream", "blob"));
-        e.offer(&event("pull", "application/vnd.oci.image.manifest.v1+json", "pull"));
-        e.offer(&event("push", "application/vnd.oci.image.manifest.v1+json", "kept"));
+        e.offer(&event(
+            "pull",
+            "application/vnd.oci.image.manifest.v1+json",
+            "pull",
+        ));
+        e.offer(&event(
+            "push",
+            "application/vnd.oci.image.manifest.v1+json",
+            "kept",
+        ));
         let batch = e.next_batch().await;
         let kept: Vec<&str> = batch.iter().map(|q| q.json.as_str()).collect();
         assert_eq!(kept, ["kept"]);
@@ -326,7 +337,10 @@ mod tests {
 
     #[test]
     fn the_envelope_lists_the_events_in_order() {
-        let batch = [event("push", "m", "{\"a\":1}"), event("pull", "m", "{\"b\":2}")];
+        let batch = [
+            event("push", "m", "{\"a\":1}"),
+            event("pull", "m", "{\"b\":2}"),
+        ];
         let json: serde_json::Value = serde_json::from_str(&envelope(&batch)).unwrap();
         assert_eq!(json, serde_json::json!({"events": [{"a": 1}, {"b": 2}]}));
     }

@@ -81,7 +81,10 @@ impl Notifier {
     /// Starts a worker per enabled endpoint; `None` if there is none.
     pub fn spawn(config: &Notifications, source: Source) -> Result<Option<Arc<Self>>, String> {
         for e in config.endpoints.iter().filter(|e| e.disabled) {
-            tracing::info!(endpoint = e.name, "notifications: endpoint disabled, skipped");
+            tracing::info!(
+                endpoint = e.name,
+                "notifications: endpoint disabled, skipped"
+            );
         }
         let endpoints = config
             .enabled()
@@ -203,9 +206,7 @@ fn envelope_entry(
     };
     let json = EventJson {
         id: uuid::Uuid::new_v4().to_string(),
-        timestamp: event
-            .timestamp
-            .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        timestamp: event.timestamp.to_rfc3339_opts(SecondsFormat::AutoSi, true),
         action: event.action.as_str(),
         target: Target {
             media_type: event.media_type.as_deref(),
