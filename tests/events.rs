@@ -39,6 +39,7 @@ async fn the_sink_receives_each_operation_in_order() {
         .unwrap();
     repo.get_manifest(&latest).await.unwrap();
     repo.read_blob(&config_digest, None).await.unwrap();
+    repo.stat_blob(&config_digest).await.unwrap();
     assert!(repo.blob_exists(&config_digest).await.unwrap());
     let copy = store.repository(name("team/copy"));
     assert!(copy.mount_blob(repo.name(), &config_digest).await.unwrap());
@@ -66,7 +67,8 @@ async fn the_sink_receives_each_operation_in_order() {
             (Action::Push, Kind::Manifest, m, Some("latest")),
             (Action::Pull, Kind::Manifest, m, Some("latest")),
             (Action::Pull, Kind::Blob, c, None),
-            // blob_exists asked nothing of the sink.
+            // A stat is a HEAD: a pull, as in Distribution; blob_exists emits nothing.
+            (Action::Pull, Kind::Blob, c, None),
             (Action::Mount, Kind::Blob, c, None),
             (Action::Delete, Kind::Manifest, m, None),
             (Action::Delete, Kind::Tag, None, Some("latest")),
