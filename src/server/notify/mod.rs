@@ -299,6 +299,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn includereferences_lists_what_a_pushed_manifest_references() {
+        let (sink, mut events) = channel(8);
+        let store = Store::new(layerstore::Backend::in_memory()).with_events(sink);
+        let repo = store.repository(RepositoryName::parse("team/app").unwrap());
+        let config = bytes::Bytes::from_static(b"{}");
+        let digest = Digest::sha256(&config);
+        repo.put_blob(&digest, config).await.unwrap();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{digest}","size":2}},"layers":[]}}"#,
+            layerstore::manifest::media_type::OCI_MANIFEST
+        );
+        let tag = layerstore::Reference::Tag(layerstore::Tag::parse("v1").unwrap());
+        repo.put_manifest(&tag, manifest.into(), None)
+            .await
+            .unwrap();
+        events.recv().await.unwrap();
+        let pushed = events.recv().await.unwrap();
+        let request = RequestContext::default();
+        let with = envelope_entry(&pushed, &request, &source(), true);
+        let with: serde_json::Value = serde_json::from_str(&with).unwrap();
+        assert_eq!(
+            with["target"]["references"],
+            serde_json::json!([{"mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": digest.to_string(), "size": 2}])
+        );
+        let without = envelope_entry(&pushed, &request, &source(), false);
+        let without: serde_json::Value = serde_json::from_str(&without).unwrap();
+        assert!(without["target"].get("references").is_none());
+    }
+
+    #[tokio::test]
     async fn an_event_outside_a_request_has_an_empty_actor() {
         let text = envelope_entry(
             &pushed_blob().await,
