@@ -180,7 +180,7 @@ impl Registry {
         let mut request = self
             .client
             .request(method, url)
-            .header(header::USER_AGENT, "notifications-test/1");
+            .header(header::USER_AGENT, "notifications-test/1 (linux, amd64)");
         if let Some((user, password)) = self.credentials {
             request = request.basic_auth(user, Some(password));
         }
@@ -281,7 +281,10 @@ async fn a_blob_push_sends_a_push_event_with_distributions_fields() {
     );
     assert_eq!(event["request"]["method"], "POST");
     assert_eq!(event["request"]["host"], registry.running.addr);
-    assert_eq!(event["request"]["useragent"], "notifications-test/1");
+    assert_eq!(
+        event["request"]["useragent"],
+        "notifications-test/1 (linux, amd64)"
+    );
     assert!(
         event["request"]["addr"]
             .as_str()

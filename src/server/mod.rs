@@ -139,19 +139,21 @@ fn request_context(
             .headers
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(',').next().unwrap_or(v).trim())
+            .map(str::trim)
             .filter(|v| !v.is_empty())
     };
+    // The first of a proxy header's list: the client, or the host and scheme it asked for.
+    let first = |name: &str| text(name).map(|v| v.split(',').next().unwrap_or(v).trim());
     let peer = parts
         .extensions
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.to_string());
-    let addr = text("x-forwarded-for")
+    let addr = first("x-forwarded-for")
         .or_else(|| text("x-real-ip"))
         .map(str::to_owned)
         .or(peer)
         .unwrap_or_default();
-    let host = text("x-forwarded-host")
+    let host = first("x-forwarded-host")
         .or_else(|| text(header::HOST.as_str()))
         .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .unwrap_or_default();
@@ -164,7 +166,7 @@ fn request_context(
             .unwrap_or_default()
             .to_owned(),
         actor,
-        scheme: text("x-forwarded-proto").unwrap_or(scheme).to_owned(),
+        scheme: first("x-forwarded-proto").unwrap_or(scheme).to_owned(),
     }
 }
 
