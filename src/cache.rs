@@ -38,6 +38,11 @@ use moka::future::Cache;
 use crate::digest::Digest;
 use crate::name::RepositoryName;
 
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+pub use self::redis::{REDIS_OPERATIONS, RedisCache, RedisCacheConfig};
+
 /// Where a blob's bytes are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BlobPlacement {
