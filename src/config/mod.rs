@@ -59,6 +59,7 @@
 
 mod auth;
 mod cache;
+mod redis;
 mod env;
 mod gc;
 mod health;
@@ -75,7 +76,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layerstore::backend::FilesystemConfig;
-use layerstore::cache::{MemoryCache, MemoryCacheConfig};
+use layerstore::cache::{MemoryCache, MemoryCacheConfig, RedisCache, RedisCacheConfig};
 use layerstore::upload::PurgerConfig;
 use layerstore::{Backend, BackendConfig, Store};
 use serde_yaml_ng::{Mapping, Value};
@@ -103,6 +104,8 @@ pub struct Config {
     pub health: Health,
     /// `auth`: who may use the registry.
     pub auth: Auth,
+    /// `redis`: the server of the shared cache, when `storage.cache.blobdescriptor: redis`.
+    pub redis: Option<RedisCacheConfig>,
     /// Keys that were present but are not supported, by name; printed at start.
     pub warnings: Vec<String>,
     /// The `REGISTRY_*` environment variables that were applied, by name.
@@ -120,6 +123,7 @@ impl Default for Config {
                 backend: BackendConfig::default(),
                 delete_enabled: true,
                 cache: Some(MemoryCacheConfig::default()),
+                redis_cache: false,
                 purging: PurgerConfig::default(),
                 gc: GcSchedule::default(),
                 read_only: false,
@@ -133,6 +137,7 @@ impl Default for Config {
             log: Log::default(),
             health: Health::default(),
             auth: Auth::None,
+            redis: None,
             warnings: Vec::new(),
             env_overrides: Vec::new(),
         }
@@ -240,9 +245,14 @@ impl Config {
     /// Opens the store this configuration describes.
     pub fn open_store(&self) -> Result<Store, String> {
         let backend = Backend::from_config(&self.storage.backend).map_err(|e| e.to_string())?;
-        let cache = self.storage.cache.map(|c| {
-            Arc::new(MemoryCache::new(c)) as Arc<dyn layerstore::cache::BlobDescriptorCache>
-        });
+        let cache = match (&self.redis, self.storage.redis_cache) {
+            (Some(redis), true) => Some(Arc::new(
+                RedisCache::new(redis.clone()).map_err(|e| e.to_string())?,
+            ) as Arc<dyn layerstore::cache::BlobDescriptorCache>),
+            _ => self.storage.cache.map(|c| {
+                Arc::new(MemoryCache::new(c)) as Arc<dyn layerstore::cache::BlobDescriptorCache>
+            }),
+        };
         Ok(Store::with_cache(backend, cache))
     }
 
@@ -250,6 +260,9 @@ impl Config {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         self.storage.describe(&mut out);
+        if let (Some(redis), true) = (&self.redis, self.storage.redis_cache) {
+            redis::describe(&mut out, redis);
+        }
         self.http.describe(&mut out);
         self.auth.describe(&mut out);
         self.log.describe(&mut out);
@@ -353,6 +366,20 @@ fn parse_root(document: &Value, defaults: Defaults, report: &mut Report) -> Conf
         config.http = parse_http(report, &field);
     }
 
+    let redis = root.take("redis");
+    match (&redis, config.storage.redis_cache) {
+        (Some(field), true) => config.redis = redis::parse_redis(report, field),
+        (Some(field), false) => report.warn(
+            &field.key,
+            "unused: storage.cache.blobdescriptor is not redis",
+        ),
+        (None, true) => report.error(
+            "storage.cache.blobdescriptor",
+            "redis needs the redis section (at least redis.addr)",
+        ),
+        (None, false) => {}
+    }
+
     if let Some(field) = root.take("health") {
         config.health = health::parse_health(report, &field);
     }
@@ -370,7 +397,6 @@ fn parse_root(document: &Value, defaults: Defaults, report: &mut Report) -> Conf
     }
     for (key, why) in [
         ("notifications", "event notifications are not sent"),
-        ("redis", "layerstore uses no Redis"),
         (
             "middleware",
             "no registry, repository or storage middleware",
