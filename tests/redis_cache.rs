@@ -287,3 +287,44 @@ async fn a_redis_that_never_answers_is_given_up_on_after_the_timeouts() {
     assert_eq!(refused.kind(), ErrorKind::Cache);
     held.abort();
 }
+
+/// Two `layerstore serve` over one filesystem root with `blobdescriptor: redis`: a blob
+/// deleted through one is 404 on the other at its very next HEAD and GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_sharing_redis_see_each_others_deletes_over_http() {
+    use common::server::Running;
+    let Some(redis) = redis_config() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let root = shared.path().join("data");
+    let yaml = format!(
+        "version: 0.1\nstorage:\n  filesystem: {{rootdirectory: {root:?}}}\n  delete: {{enabled: true}}\n  \
+         cache: {{blobdescriptor: redis}}\nhttp: {{addr: '127.0.0.1:0'}}\n\
+         redis: {{addr: '{}:{}', dialtimeout: 2s, readtimeout: 2s, writetimeout: 2s}}\n",
+        redis.host, redis.port
+    );
+    let start = || {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yml");
+        std::fs::write(&config, &yaml).unwrap();
+        let config = config.to_str().unwrap().to_owned();
+        Running::start_with(dir, &["--config", &config])
+    };
+    let (a, b) = (start(), start());
+    let http = reqwest::Client::new();
+    // A repository of its own: the servers use the default key prefix of a shared Redis.
+    let name = format!("t{:016x}/app", rand::random::<u64>());
+    let content = b"deleted over http";
+    let d = Digest::sha256(content);
+    let pushed = http
+        .post(format!("http://{}/v2/{name}/blobs/uploads/?digest={d}", a.addr))
+        .body(&content[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 201);
+    let blob = |server: &Running| format!("http://{}/v2/{name}/blobs/{d}", server.addr);
+    assert_eq!(http.head(blob(&b)).send().await.unwrap().status(), 200);
+    assert_eq!(http.delete(blob(&a)).send().await.unwrap().status(), 202);
+    assert_eq!(http.head(blob(&b)).send().await.unwrap().status(), 404);
+    assert_eq!(http.get(blob(&b)).send().await.unwrap().status(), 404);
+}
