@@ -15,14 +15,19 @@
 //!
 //! Within one [`crate::Store`], unlinking a blob invalidates its entry at once, and a stat
 //! or a push racing the unlink cannot put it back once the unlink returned (see
-//! [`BlobDescriptorCache::generation`]). Stores that
-//! share a backend (replicas) do not tell each other: a positive entry in one replica can
-//! outlive an unlink made through another by at most the cache's time-to-live, during which
-//! that replica's `HEAD` may still say the blob is there (its `GET` will not serve it).
-//! With the default TTL that window is one minute.
+//! [`BlobDescriptorCache::fill`]). Stores that share a backend (replicas) with in-memory
+//! caches do not tell each other: a positive entry in one replica can outlive an unlink made
+//! through another by at most the cache's time-to-live, during which that replica's `HEAD`
+//! may still say the blob is there (its `GET` will not serve it). With the default TTL that
+//! window is one minute. Replicas sharing a [`RedisCache`] have no such window: the unlink
+//! removes the entry for all of them before the link goes, and fills that raced it are
+//! refused by Redis (see the `redis` module). A Redis that cannot be told of an unlink makes
+//! it fail before anything changes.
 //!
 //! Garbage collection is stricter: every store clears its cache when it sees a new GC
-//! generation (it reads the GC state at most two seconds before it answers from the cache),
+//! generation (it reads the GC state at most two seconds before it answers from the cache;
+//! a shared cache is cleared once per generation, see
+//! [`BlobDescriptorCache::gc_generation_seen`]),
 //! and while a run is in progress a hit is pinned before it is answered, so no store answers
 //! "exists" for a blob a run deleted (see `docs/storage.md`, "Garbage collection"). A store
 //! that cannot read the GC state answers nothing from its cache.

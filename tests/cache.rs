@@ -324,7 +324,10 @@ async fn the_first_stat_after_a_push_asks_the_backend_nothing(b: TestBackend, c:
     assert_eq!(counts.requests(), 0, "{counts:?}");
 }
 
-async fn the_first_stat_after_a_push_of_stored_bytes_asks_the_backend_nothing(b: TestBackend, c: Caches) {
+async fn the_first_stat_after_a_push_of_stored_bytes_asks_the_backend_nothing(
+    b: TestBackend,
+    c: Caches,
+) {
     let (store, counting) = c.counting_store_on(&b);
     // Stored by another store: this push only links them.
     let d = pushed(&store_on(&b), "elsewhere", b"stored once").await;

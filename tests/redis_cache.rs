@@ -36,7 +36,11 @@ async fn pushed(store: &Store, name: &str, content: &'static [u8]) -> Digest {
 }
 
 async fn read_all(store: &Store, name: &str, d: &Digest) -> Vec<u8> {
-    let read = store.repository(repo(name)).read_blob(d, None).await.unwrap();
+    let read = store
+        .repository(repo(name))
+        .read_blob(d, None)
+        .await
+        .unwrap();
     let chunks: Vec<Bytes> = read.stream.try_collect().await.unwrap();
     chunks.concat()
 }
@@ -52,7 +56,12 @@ async fn a_delete_on_one_replica_is_seen_at_once_by_the_other(b: TestBackend) {
     r.stat_blob(&d).await.unwrap();
     counting.reset();
     assert_eq!(r.stat_blob(&d).await.unwrap().size, 12);
-    assert_eq!(counting.snapshot().requests(), 0, "{:?}", counting.snapshot());
+    assert_eq!(
+        counting.snapshot().requests(),
+        0,
+        "{:?}",
+        counting.snapshot()
+    );
 
     a.repository(repo("app")).unlink_blob(&d).await.unwrap();
     assert_eq!(
@@ -88,7 +97,11 @@ async fn a_fill_racing_a_delete_on_another_replica_leaves_no_entry_behind(b: Tes
     while !faulty.paused() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    deleter.repository(repo("app")).unlink_blob(&d).await.unwrap();
+    deleter
+        .repository(repo("app"))
+        .unlink_blob(&d)
+        .await
+        .unwrap();
     faulty.release();
     let _ = stat.await.unwrap();
     for store in [&reader, &deleter] {
@@ -108,14 +121,20 @@ async fn a_clear_on_one_replica_empties_the_cache_of_every_replica(b: TestBacken
     let Some(config) = redis_config() else { return };
     let a = redis_cache(&config);
     let counting = b.counting();
-    let other = Store::with_cache(Backend::object_store(counting.clone()), Some(redis_cache(&config)));
+    let other = Store::with_cache(
+        Backend::object_store(counting.clone()),
+        Some(redis_cache(&config)),
+    );
     let d = pushed(&other, "app", b"cleared").await;
     counting.reset();
     other.repository(repo("app")).stat_blob(&d).await.unwrap();
     assert_eq!(counting.snapshot().requests(), 0);
     a.clear().await;
     other.repository(repo("app")).stat_blob(&d).await.unwrap();
-    assert!(counting.snapshot().requests() > 0, "the stat after the clear asked Redis only");
+    assert!(
+        counting.snapshot().requests() > 0,
+        "the stat after the clear asked Redis only"
+    );
 }
 
 async fn a_gc_run_on_one_replica_is_seen_at_once_by_the_other(b: TestBackend) {
@@ -186,7 +205,9 @@ async fn a_fill_from_a_replica_behind_on_gc_is_dropped() {
 /// again without a restart of the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_costs_latency_never_correctness() {
-    let Some(mut redis) = OwnRedis::start() else { return };
+    let Some(mut redis) = OwnRedis::start() else {
+        return;
+    };
     let config = redis.config();
     let objects: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     let counting = Arc::new(CountingStore::new(objects.clone(), None));
@@ -196,10 +217,20 @@ async fn a_redis_outage_costs_latency_never_correctness() {
     redis.stop();
     let e = pushed(&store, "app", b"during the outage").await;
     for digest in [&d, &e] {
-        assert!(store.repository(repo("app")).blob_exists(digest).await.unwrap());
+        assert!(
+            store
+                .repository(repo("app"))
+                .blob_exists(digest)
+                .await
+                .unwrap()
+        );
     }
     assert_eq!(read_all(&store, "app", &e).await, b"during the outage");
-    let refused = store.repository(repo("app")).unlink_blob(&d).await.unwrap_err();
+    let refused = store
+        .repository(repo("app"))
+        .unlink_blob(&d)
+        .await
+        .unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::Cache);
     assert!(store.repository(repo("app")).blob_exists(&d).await.unwrap());
     assert_eq!(read_all(&store, "app", &d).await, b"before the outage");
@@ -218,7 +249,10 @@ async fn a_redis_outage_costs_latency_never_correctness() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(answered_from_cache, "the cache was not used again after Redis came back");
+    assert!(
+        answered_from_cache,
+        "the cache was not used again after Redis came back"
+    );
     r.unlink_blob(&d).await.unwrap();
     assert!(!r.blob_exists(&d).await.unwrap());
 }
@@ -227,7 +261,9 @@ async fn a_redis_outage_costs_latency_never_correctness() {
 /// is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_started_while_redis_is_down_uses_it_once_it_is_up() {
-    let Some(mut redis) = OwnRedis::start() else { return };
+    let Some(mut redis) = OwnRedis::start() else {
+        return;
+    };
     redis.stop();
     let objects: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     let counting = Arc::new(CountingStore::new(objects, None));
@@ -279,7 +315,11 @@ async fn a_redis_that_never_answers_is_given_up_on_after_the_timeouts() {
         let d = pushed(&store, "app", b"silent redis").await;
         assert!(store.repository(repo("app")).blob_exists(&d).await.unwrap());
         assert_eq!(read_all(&store, "app", &d).await, b"silent redis");
-        store.repository(repo("app")).unlink_blob(&d).await.unwrap_err()
+        store
+            .repository(repo("app"))
+            .unlink_blob(&d)
+            .await
+            .unwrap_err()
     };
     let refused = tokio::time::timeout(Duration::from_secs(60), work)
         .await
@@ -316,7 +356,10 @@ async fn two_servers_sharing_redis_see_each_others_deletes_over_http() {
     let content = b"deleted over http";
     let d = Digest::sha256(content);
     let pushed = http
-        .post(format!("http://{}/v2/{name}/blobs/uploads/?digest={d}", a.addr))
+        .post(format!(
+            "http://{}/v2/{name}/blobs/uploads/?digest={d}",
+            a.addr
+        ))
         .body(&content[..])
         .send()
         .await

@@ -59,13 +59,13 @@
 
 mod auth;
 mod cache;
-mod redis;
 mod env;
 mod gc;
 mod health;
 mod http;
 mod log;
 mod maintenance;
+mod redis;
 mod report;
 mod storage;
 
@@ -248,7 +248,8 @@ impl Config {
         let cache = match (&self.redis, self.storage.redis_cache) {
             (Some(redis), true) => Some(Arc::new(
                 RedisCache::new(redis.clone()).map_err(|e| e.to_string())?,
-            ) as Arc<dyn layerstore::cache::BlobDescriptorCache>),
+            )
+                as Arc<dyn layerstore::cache::BlobDescriptorCache>),
             _ => self.storage.cache.map(|c| {
                 Arc::new(MemoryCache::new(c)) as Arc<dyn layerstore::cache::BlobDescriptorCache>
             }),

@@ -254,7 +254,7 @@ mod tests {
             (":6379", "names no host"),
         ] {
             let e = fail(&format!("{FS}{REDIS_CACHE}redis: {{addr: '{addr}'}}\n"));
-            assert!(e.contains(&format!("redis.addr: ")) && e.contains(why), "{e}");
+            assert!(e.contains("redis.addr: ") && e.contains(why), "{e}");
         }
     }
 
@@ -299,7 +299,10 @@ mod tests {
         let e = fail(&format!(
             "{FS}{REDIS_CACHE}redis: {{addr: 'r:6379', tls: {{enabled: true, certificate: /c.pem}}}}\n"
         ));
-        assert!(e.contains("redis.tls.certificate: client certificates"), "{e}");
+        assert!(
+            e.contains("redis.tls.certificate: client certificates"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -310,6 +313,9 @@ mod tests {
         let described = config.describe();
         assert!(described.contains("redis.addr"), "{described}");
         assert!(!described.contains("hunter2"), "{described}");
-        assert!(described.contains("cache.blobdescriptor   redis"), "{described}");
+        assert!(
+            described.contains("cache.blobdescriptor   redis"),
+            "{described}"
+        );
     }
 }

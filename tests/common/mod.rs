@@ -39,8 +39,7 @@ pub use faulty_fs::FaultyFs;
 pub use images::{push_image, push_referrer, put_index, put_manifest, tag};
 pub use power_cut::{PowerCut, PowerCutFs};
 pub use stores::{
-    backend_on, counting_store_on, counting_store_with_cache, faulty_store_on, store_on,
-    store_over,
+    backend_on, counting_store_on, counting_store_with_cache, faulty_store_on, store_on, store_over,
 };
 
 /// For each `async fn name(b: TestBackend)` listed, generates one test per backend kind:
