@@ -538,10 +538,7 @@ fn stat(c: &mut Criterion) {
     // A hit in a Redis cache (one MGET round trip over loopback), when
     // LAYERSTORE_BENCH_REDIS=redis://host:port names a server.
     if let Some(redis) = bench_redis() {
-        let fx = Fixture::with_cache(
-            Kind::Filesystem,
-            Some(Arc::new(ok(RedisCache::new(redis)))),
-        );
+        let fx = Fixture::with_cache(Kind::Filesystem, Some(Arc::new(ok(RedisCache::new(redis)))));
         let (digest, data) = fresh_content(&noise(4 * KIB, 14));
         block_on(&rt, async {
             ok(fx.repo.put_blob(&digest, data).await);
@@ -550,7 +547,11 @@ fn stat(c: &mut Criterion) {
         let before = fx.store.cache_stats().expect("a cache");
         block_on(&rt, async { ok(fx.repo.stat_blob(&digest).await) });
         let after = fx.store.cache_stats().expect("a cache");
-        assert_eq!(after.hits, before.hits + 2, "the stat missed Redis: {after:?}");
+        assert_eq!(
+            after.hits,
+            before.hits + 2,
+            "the stat missed Redis: {after:?}"
+        );
         group.bench_function(BenchmarkId::new("fs", "redis_cached"), |b| {
             b.to_async(&rt).iter(|| fx.repo.stat_blob(&digest));
         });

@@ -202,8 +202,14 @@ impl RedisCache {
     /// is used once it is up.
     ///
     /// # Errors
-    /// The settings are unusable (for example TLS without a crypto provider).
+    /// Not called within a Tokio runtime (the connection's tasks run on it), or the
+    /// settings are unusable (for example TLS without a crypto provider).
     pub fn new(config: RedisCacheConfig) -> Result<Self, CacheError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(CacheError {
+                reason: "a Redis cache must be made within a Tokio runtime".to_owned(),
+            });
+        }
         let addr = if config.tls {
             ConnectionAddr::TcpTls {
                 host: config.host.clone(),
@@ -310,7 +316,11 @@ impl RedisCache {
             crate::metrics::redis_error(operation, "skipped");
             return false;
         }
-        !self.dirty.load(Ordering::SeqCst) || self.clean().await
+        if !self.dirty.load(Ordering::SeqCst) || self.clean().await {
+            return true;
+        }
+        crate::metrics::redis_error(operation, "skipped");
+        false
     }
 
     /// Clears a dirty cache; whether it is clean now.
