@@ -11,6 +11,10 @@
 #                 per server and round; both servers read the same config.yml (storage.s3 with
 #                 path-style requests, delete on, in-memory blob descriptor cache, redirects
 #                 off so that Distribution serves blob bytes itself as layerstore does)
+#   redis         filesystem storage, both servers with `blobdescriptor: redis` on a redis-server
+#                 of the script's own (127.0.0.1:BENCH_REDIS_PORT, default 47210; layerstore in
+#                 db 1, Distribution in db 2), and only the small workloads (small-put,
+#                 small-head, manifest-put, manifest-get): what the cache changes
 # --rounds R runs the whole side by side R times on fresh servers and storage (the order
 # keeps alternating across rounds) and prints medians with their spread (min-max).
 #
@@ -30,8 +34,9 @@
 # RSS during the workload (VmHWM, reset before each). Then, untimed, fsync/fdatasync calls per
 # 4 KiB blob push under strace (200 more blobs), if strace is installed (fs mode, last round).
 #
-# Usage: bench/compare.sh [fs|s3] [--rounds R]
-#   (needs: apt-get install docker-registry; optional: strace; s3 mode: python3-venv and PyPI)
+# Usage: bench/compare.sh [fs|s3|redis] [--rounds R]
+#   (needs: apt-get install docker-registry; optional: strace; s3 mode: python3-venv and PyPI;
+#   redis mode: redis-server)
 # Env: LAYERSTORE_BIN, LOADGEN_BIN, REGISTRY_BIN override the binaries.
 set -euo pipefail
 # shellcheck source=bench/common.sh
@@ -40,9 +45,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 MODE=fs ROUNDS=1
 while [ $# -gt 0 ]; do
   case $1 in
-    fs | s3) MODE=$1 ;;
+    fs | s3 | redis) MODE=$1 ;;
     --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
-    *) echo "usage: $0 [fs|s3] [--rounds R]" >&2; exit 2 ;;
+    *) echo "usage: $0 [fs|s3|redis] [--rounds R]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -52,16 +57,25 @@ REG_BIN=${REGISTRY_BIN:-$(command -v docker-registry || true)}
 [ -x "$REG_BIN" ] || { echo "docker-registry not found: apt-get install -y docker-registry" >&2; exit 1; }
 build_release
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/layerstore-compare.XXXXXX")
-LS_PID='' REG_PID='' STRACE_PID=''
+LS_PID='' REG_PID='' STRACE_PID='' REDIS_PID=''
 cleanup() {
   stop_pid "$STRACE_PID"
   stop_pid "$LS_PID"
   stop_pid "$REG_PID"
+  stop_pid "$REDIS_PID"
   s3_stop
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 echo "mode $MODE, $ROUNDS round(s); layerstore $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u '+%Y-%m-%d %H:%M UTC')"
+if [ "$MODE" = redis ]; then
+  REDIS_PORT=${BENCH_REDIS_PORT:-47210}
+  ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 || { echo "port $REDIS_PORT answers already: set BENCH_REDIS_PORT" >&2; exit 1; }
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >"$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  echo "$(redis-server --version | awk '{print $1, $2, $3}') pid $REDIS_PID on 127.0.0.1:$REDIS_PORT"
+fi
 if [ "$MODE" = s3 ]; then
   s3_start "$WORK"
   echo "SeaweedFS $("$EMU_DIR/seaweedfs-venv/bin/weed" version 2>/dev/null | head -n1 | awk '{print $3}') pid $S3_PID at $S3_URL"
@@ -80,9 +94,14 @@ start_servers() {
     s3_config "$dir/layerstore.yml" "cmp-layerstore-r$1-$stamp" "$S3_URL" 127.0.0.1:0
     s3_config "$dir/registry.yml" "cmp-registry-r$1-$stamp" "$S3_URL" "127.0.0.1:$REG_PORT"
     start_layerstore_config "$dir/layerstore.yml" "$dir/layerstore"
+  elif [ "$MODE" = redis ]; then
+    redis-cli -p "$REDIS_PORT" flushall >/dev/null
+    fs_config "$dir/registry-data" "127.0.0.1:$REG_PORT" redis 2 >"$dir/registry.yml"
+    fs_config "$dir/layerstore-data" 127.0.0.1:0 redis 1 >"$dir/layerstore.yml"
+    start_layerstore_config "$dir/layerstore.yml" "$dir/layerstore"
   else
     start_layerstore "$dir/layerstore-data" "$dir/layerstore"
-    registry_fs_config "$dir"
+    fs_config "$dir/registry-data" "127.0.0.1:$REG_PORT" >"$dir/registry.yml"
   fi
   start_registry "$dir/registry.yml" "$dir/registry" "$REG_URL"
   echo "round $1: layerstore pid $LS_PID at $LS_URL; docker-registry $("$REG_BIN" --version | awk '{print $NF}') pid $REG_PID at $REG_URL"
@@ -93,8 +112,11 @@ stop_servers() {
   LS_PID='' REG_PID=''
   rm -rf "$WORK/round$1" # the filesystem mode's data; S3 buckets go with SeaweedFS at exit
 }
-registry_fs_config() { # DIR
-  cat >"$1/registry.yml" <<YAML
+# fs_config ROOT ADDR [CACHE DB]: a filesystem config.yml on stdout; CACHE redis adds the redis
+# section (database DB).
+fs_config() {
+  local cache=${3:-inmemory}
+  cat <<YAML
 version: 0.1
 log:
   level: warn
@@ -102,14 +124,24 @@ log:
     disabled: true
 storage:
   filesystem:
-    rootdirectory: $1/registry-data
+    rootdirectory: $1
   delete:
     enabled: true
   cache:
-    blobdescriptor: inmemory
+    blobdescriptor: $cache
 http:
-  addr: 127.0.0.1:$REG_PORT
+  addr: $2
 YAML
+  if [ "$cache" = redis ]; then
+    cat <<YAML
+redis:
+  addr: 127.0.0.1:$REDIS_PORT
+  db: $4
+  dialtimeout: 1s
+  readtimeout: 1s
+  writetimeout: 1s
+YAML
+  fi
 }
 
 # --- one workload on one server: sets SECS OPS BYTES CPU (seconds) PEAK (KiB)
@@ -183,6 +215,15 @@ BIG=$((256 << 20))
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
   start_servers "$ROUND"
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  if [ "$MODE" = redis ]; then
+    workload small-put ops/s --workload small-put --repo bench/small --size 4096 --count 2000 --concurrency 8 --seed 2
+    workload small-head ops/s --workload small-head --repo bench/small --size 4096 --count 2000 --rounds 10 --concurrency 8 --seed 2
+    workload manifest-put ops/s --workload manifest-put --repo bench/manifests --count 500 --concurrency 8 --seed 3
+    workload manifest-get ops/s --workload manifest-get --repo bench/manifests --count 500 --concurrency 8 --seed 3
+    echo "redis keys after the round: $(redis-cli -p "$REDIS_PORT" -n 1 dbsize) (layerstore, db 1), $(redis-cli -p "$REDIS_PORT" -n 2 dbsize) (registry, db 2)"
+    stop_servers "$ROUND"
+    continue
+  fi
   workload big-put MiB/s --workload big-put --repo bench/big --size "$BIG" --seed 1
   workload big-patch MiB/s --workload big-patch --repo bench/big --size "$BIG" --chunk $((8 << 20)) --seed 1
   workload big-get MiB/s --workload big-get --repo bench/big --size "$BIG" --rounds 4 --seed 1

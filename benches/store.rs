@@ -16,6 +16,8 @@
 //!
 //! Each store bench runs on the in-memory and the filesystem backend (in a `TempDir`; the
 //! filesystem backend fsyncs every published object, and that is part of what is measured).
+//! With `LAYERSTORE_BENCH_REDIS=redis://host:port`, `stat_blob/fs/redis_cached` times a stat
+//! answered by the Redis cache as well.
 //!
 //! Puts and uploads write a new digest on every iteration: contents differ in their first
 //! bytes, and large contents come from a small ring of distinct buffers whose blobs are purged
@@ -38,6 +40,7 @@ use criterion::{
     criterion_main, measurement::WallTime,
 };
 use futures::{StreamExt, TryStreamExt};
+use layerstore::cache::{BlobDescriptorCache, MemoryCache, RedisCache, RedisCacheConfig};
 use layerstore::layout::KeyLayout;
 use layerstore::manifest::media_type;
 use layerstore::{Backend, ByteRange, Digest, Reference, Repository, RepositoryName, Store, Tag};
@@ -146,6 +149,12 @@ fn repo_name() -> RepositoryName {
 
 impl Fixture {
     fn new(kind: Kind, cached: bool) -> Self {
+        let cache: Option<Arc<dyn BlobDescriptorCache>> =
+            cached.then(|| Arc::new(MemoryCache::default()) as _);
+        Self::with_cache(kind, cache)
+    }
+
+    fn with_cache(kind: Kind, cache: Option<Arc<dyn BlobDescriptorCache>>) -> Self {
         let (backend, raw, dir) = match kind {
             Kind::Memory => {
                 let mem = Arc::new(InMemory::new());
@@ -167,11 +176,7 @@ impl Fixture {
                 (backend, Raw::Filesystem(root), Some(dir))
             }
         };
-        let store = if cached {
-            Store::new(backend)
-        } else {
-            Store::with_cache(backend, None)
-        };
+        let store = Store::with_cache(backend, cache);
         let repo = store.repository(repo_name());
         Self {
             store,
@@ -530,7 +535,44 @@ fn stat(c: &mut Criterion) {
             });
         }
     }
+    // A hit in a Redis cache (one MGET round trip over loopback), when
+    // LAYERSTORE_BENCH_REDIS=redis://host:port names a server.
+    if let Some(redis) = bench_redis() {
+        let fx = Fixture::with_cache(Kind::Filesystem, Some(Arc::new(ok(RedisCache::new(redis)))));
+        let (digest, data) = fresh_content(&noise(4 * KIB, 14));
+        block_on(&rt, async {
+            ok(fx.repo.put_blob(&digest, data).await);
+            ok(fx.repo.stat_blob(&digest).await);
+        });
+        let before = fx.store.cache_stats().expect("a cache");
+        block_on(&rt, async { ok(fx.repo.stat_blob(&digest).await) });
+        let after = fx.store.cache_stats().expect("a cache");
+        assert_eq!(
+            after.hits,
+            before.hits + 2,
+            "the stat missed Redis: {after:?}"
+        );
+        group.bench_function(BenchmarkId::new("fs", "redis_cached"), |b| {
+            b.to_async(&rt).iter(|| fx.repo.stat_blob(&digest));
+        });
+    }
     group.finish();
+}
+
+/// The Redis of the `redis_cached` stat bench, from `LAYERSTORE_BENCH_REDIS`, under a fresh
+/// key prefix.
+fn bench_redis() -> Option<RedisCacheConfig> {
+    let url = std::env::var("LAYERSTORE_BENCH_REDIS").ok()?;
+    let (host, port) = url
+        .strip_prefix("redis://")
+        .and_then(|h| h.trim_end_matches('/').rsplit_once(':'))
+        .expect("LAYERSTORE_BENCH_REDIS=redis://host:port");
+    Some(RedisCacheConfig {
+        host: host.to_owned(),
+        port: port.parse().expect("a port"),
+        key_prefix: format!("bench-{:016x}", rand::random::<u64>()),
+        ..RedisCacheConfig::default()
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

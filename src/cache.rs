@@ -15,14 +15,19 @@
 //!
 //! Within one [`crate::Store`], unlinking a blob invalidates its entry at once, and a stat
 //! or a push racing the unlink cannot put it back once the unlink returned (see
-//! [`BlobDescriptorCache::generation`]). Stores that
-//! share a backend (replicas) do not tell each other: a positive entry in one replica can
-//! outlive an unlink made through another by at most the cache's time-to-live, during which
-//! that replica's `HEAD` may still say the blob is there (its `GET` will not serve it).
-//! With the default TTL that window is one minute.
+//! [`BlobDescriptorCache::fill`]). Stores that share a backend (replicas) with in-memory
+//! caches do not tell each other: a positive entry in one replica can outlive an unlink made
+//! through another by at most the cache's time-to-live, during which that replica's `HEAD`
+//! may still say the blob is there (its `GET` will not serve it). With the default TTL that
+//! window is one minute. Replicas sharing a [`RedisCache`] have no such window: the unlink
+//! removes the entry for all of them before the link goes, and fills that raced it are
+//! refused by Redis (see the `redis` module). A Redis that cannot be told of an unlink makes
+//! it fail before anything changes.
 //!
 //! Garbage collection is stricter: every store clears its cache when it sees a new GC
-//! generation (it reads the GC state at most two seconds before it answers from the cache),
+//! generation (it reads the GC state at most two seconds before it answers from the cache;
+//! a shared cache is cleared once per generation, see
+//! [`BlobDescriptorCache::gc_generation_seen`]),
 //! and while a run is in progress a hit is pinned before it is answered, so no store answers
 //! "exists" for a blob a run deleted (see `docs/storage.md`, "Garbage collection"). A store
 //! that cannot read the GC state answers nothing from its cache.
@@ -37,6 +42,11 @@ use moka::future::Cache;
 
 use crate::digest::Digest;
 use crate::name::RepositoryName;
+
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+pub use self::redis::{REDIS_OPERATIONS, RedisCache, RedisCacheConfig};
 
 /// Where a blob's bytes are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,32 +90,101 @@ pub struct CacheStats {
     pub evictions: u64,
 }
 
+/// What a cache noted before the store read the backend, to tell at [`BlobDescriptorCache::fill`]
+/// whether anything was removed since (then the fill may undo that removal, and is dropped).
+/// Opaque to the store; each cache puts in it what it needs.
+pub struct FillGuard(Box<dyn std::any::Any + Send + Sync>);
+
+impl FillGuard {
+    /// A guard holding `token`.
+    pub fn new<T: std::any::Any + Send + Sync>(token: T) -> Self {
+        Self(Box::new(token))
+    }
+
+    /// The token, if it is a `T`.
+    #[must_use]
+    pub fn token<T: std::any::Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl fmt::Debug for FillGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FillGuard")
+    }
+}
+
+/// A removal the cache could not make (a shared cache that cannot be reached): the caller
+/// must not change what the entry describes, or other replicas may keep seeing it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the blob-descriptor cache could not remove an entry: {reason}")]
+pub struct CacheError {
+    pub reason: String,
+}
+
 /// A blob-descriptor cache. The in-memory [`MemoryCache`] is the default; a shared cache
-/// (Redis, say) implements this trait and is passed to [`crate::Store::with_cache`].
+/// ([`RedisCache`] with the `redis` feature) is passed to [`crate::Store::with_cache`].
+///
+/// Lookups and fills never fail: a cache that cannot answer misses (the store asks the
+/// backend) and a fill it cannot make is dropped. Only [`Self::remove_link`] reports a
+/// failure, because the store must then not delete the link (see the module docs).
 #[async_trait]
 pub trait BlobDescriptorCache: Send + Sync + fmt::Debug {
     /// The blob's descriptor, if cached.
     async fn blob(&self, digest: &Digest) -> Option<CachedBlob>;
-    /// Records a blob the backend was just seen to hold, or was just given.
-    async fn insert_blob(&self, digest: &Digest, blob: CachedBlob);
-    /// Forgets a blob (its bytes were found missing or deleted).
-    async fn remove_blob(&self, digest: &Digest);
     /// Whether the blob is known to be linked into the repository (`false`: not known).
     async fn linked(&self, repository: &RepositoryName, digest: &Digest) -> bool;
-    /// Records a link the backend was just seen to have, or was just given.
-    async fn insert_link(&self, repository: &RepositoryName, digest: &Digest);
-    /// Forgets a link (it was removed).
-    async fn remove_link(&self, repository: &RepositoryName, digest: &Digest);
-    /// Forgets every entry (a garbage collection run may have deleted any of them); changes
-    /// the generation like a removal.
+    /// The blob's descriptor if it is cached and known to be linked into the repository: a
+    /// `HEAD`'s lookup. A shared cache answers it in one round trip; counts like
+    /// [`Self::linked`] followed, if linked, by [`Self::blob`].
+    async fn linked_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Option<CachedBlob> {
+        if self.linked(repository, digest).await {
+            self.blob(digest).await
+        } else {
+            None
+        }
+    }
+    /// Taken before the store reads (or writes) in the backend what it will
+    /// [`Self::fill`] the cache with.
+    async fn fill_guard(&self, repository: &RepositoryName, digest: &Digest) -> FillGuard;
+    /// Records that the blob is linked into the repository and described by `blob`, unless
+    /// the link or the blob was removed, or the cache cleared, since `guard` was taken: so a
+    /// fill that raced a removal (in any replica sharing the cache) never leaves behind an
+    /// entry the removal meant to drop.
+    async fn fill(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        blob: CachedBlob,
+        guard: FillGuard,
+    );
+    /// Forgets a blob (its bytes were found missing or deleted).
+    async fn remove_blob(&self, digest: &Digest);
+    /// Forgets a link (it is being removed, or was).
+    ///
+    /// # Errors
+    /// The cache could not be told (a shared cache that is down).
+    async fn remove_link(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<(), CacheError>;
+    /// Forgets every entry (a garbage collection run may have deleted any of them); a fill
+    /// guarded from before is dropped.
     async fn clear(&self);
+    /// The store saw GC generation `generation` for the first time since it started, or
+    /// saw it change: what the cache holds may predate a run that deleted it. The default
+    /// clears; a shared cache clears once per generation whichever replica calls first.
+    async fn gc_generation_seen(&self, generation: u64) {
+        let _ = generation;
+        self.clear().await;
+    }
     /// Hit, miss and eviction counters.
     fn stats(&self) -> CacheStats;
-    /// A number that changes (before the entry goes) whenever an entry is removed. A filler
-    /// that read the backend inserts, then compares this with what it was before the read,
-    /// and removes what it inserted if it changed: so a fill that raced a removal never
-    /// leaves behind an entry the removal meant to drop.
-    fn generation(&self) -> u64;
 }
 
 /// Settings of the in-memory cache.
@@ -210,6 +289,9 @@ impl Default for MemoryCache {
     }
 }
 
+/// The memory cache's [`FillGuard`] token: its removal count when the guard was taken.
+struct Removals(u64);
+
 #[async_trait]
 impl BlobDescriptorCache for MemoryCache {
     async fn blob(&self, digest: &Digest) -> Option<CachedBlob> {
@@ -218,8 +300,35 @@ impl BlobDescriptorCache for MemoryCache {
         found
     }
 
-    async fn insert_blob(&self, digest: &Digest, blob: CachedBlob) {
+    async fn linked(&self, repository: &RepositoryName, digest: &Digest) -> bool {
+        let found = self.links.contains_key(&(repository.clone(), *digest));
+        self.counters.count(found);
+        found
+    }
+
+    async fn fill_guard(&self, _repository: &RepositoryName, _digest: &Digest) -> FillGuard {
+        FillGuard::new(Removals(self.removals.load(Ordering::SeqCst)))
+    }
+
+    /// Inserts, then drops what it inserted if anything was removed since the guard: a
+    /// removal changes the count before its entry goes, so one of the two sees the other.
+    async fn fill(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        blob: CachedBlob,
+        guard: FillGuard,
+    ) {
+        let Some(&Removals(before)) = guard.token::<Removals>() else {
+            return;
+        };
+        let link = (repository.clone(), *digest);
+        self.links.insert(link.clone(), ()).await;
         self.blobs.insert(*digest, blob).await;
+        if self.removals.load(Ordering::SeqCst) != before {
+            self.links.invalidate(&link).await;
+            self.blobs.invalidate(digest).await;
+        }
     }
 
     async fn remove_blob(&self, digest: &Digest) {
@@ -227,19 +336,14 @@ impl BlobDescriptorCache for MemoryCache {
         self.blobs.invalidate(digest).await;
     }
 
-    async fn linked(&self, repository: &RepositoryName, digest: &Digest) -> bool {
-        let found = self.links.contains_key(&(repository.clone(), *digest));
-        self.counters.count(found);
-        found
-    }
-
-    async fn insert_link(&self, repository: &RepositoryName, digest: &Digest) {
-        self.links.insert((repository.clone(), *digest), ()).await;
-    }
-
-    async fn remove_link(&self, repository: &RepositoryName, digest: &Digest) {
+    async fn remove_link(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<(), CacheError> {
         self.removals.fetch_add(1, Ordering::SeqCst);
         self.links.invalidate(&(repository.clone(), *digest)).await;
+        Ok(())
     }
 
     fn stats(&self) -> CacheStats {
@@ -254,9 +358,5 @@ impl BlobDescriptorCache for MemoryCache {
         self.removals.fetch_add(1, Ordering::SeqCst);
         self.blobs.invalidate_all();
         self.links.invalidate_all();
-    }
-
-    fn generation(&self) -> u64 {
-        self.removals.load(Ordering::SeqCst)
     }
 }

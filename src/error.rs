@@ -80,6 +80,11 @@ pub enum Error {
     /// Stored state is not what this version of layerstore wrote (corrupt or foreign data).
     #[error("corrupt stored state at {key}: {reason}")]
     Corrupt { key: String, reason: String },
+
+    /// A shared blob-descriptor cache could not be told of a removal; the removal was not
+    /// made (see [`crate::Repository::unlink_blob`]).
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 /// Why a range or offset was refused.
@@ -120,6 +125,7 @@ pub enum ErrorKind {
     Backend,
     Io,
     Corrupt,
+    Cache,
 }
 
 impl ErrorKind {
@@ -140,7 +146,7 @@ impl ErrorKind {
             Self::SizeInvalid => "SIZE_INVALID",
             Self::Unsupported => "UNSUPPORTED",
             Self::RangeInvalid => "RANGE_INVALID",
-            Self::Backend | Self::Io | Self::Corrupt => return None,
+            Self::Backend | Self::Io | Self::Corrupt | Self::Cache => return None,
         })
     }
 }
@@ -165,6 +171,7 @@ impl Error {
             Self::Backend { .. } => ErrorKind::Backend,
             Self::Io { .. } => ErrorKind::Io,
             Self::Corrupt { .. } => ErrorKind::Corrupt,
+            Self::Cache(_) => ErrorKind::Cache,
         }
     }
 

@@ -16,6 +16,7 @@
 //! | `layerstore_cache_hits_total` | counter | | a layerinfo cache lookup that found an entry |
 //! | `layerstore_cache_misses_total` | counter | | a lookup that found none |
 //! | `layerstore_cache_evictions_total` | counter | | an entry dropped for capacity or age |
+//! | `layerstore_cache_redis_errors_total` | counter | `operation`, `reason` | a Redis cache call that failed (`error`, `timeout`) or was skipped right after one (`skipped`); the store used the backend instead, or refused a delete |
 //! | `layerstore_backend_requests_total` | counter | `operation`, `outcome` | an object-store call |
 //! | `layerstore_backend_request_duration_seconds` | histogram | `operation`, `outcome` | the same call's latency |
 //! | `layerstore_gc_runs_total` | counter | `outcome` | a [`crate::Store::gc`] that was not a dry run |
@@ -47,6 +48,7 @@ pub const UPLOAD_SESSIONS_OPEN: &str = "layerstore_upload_sessions_open";
 pub const CACHE_HITS: &str = "layerstore_cache_hits_total";
 pub const CACHE_MISSES: &str = "layerstore_cache_misses_total";
 pub const CACHE_EVICTIONS: &str = "layerstore_cache_evictions_total";
+pub const CACHE_REDIS_ERRORS: &str = "layerstore_cache_redis_errors_total";
 pub const BACKEND_REQUESTS: &str = "layerstore_backend_requests_total";
 pub const BACKEND_REQUEST_DURATION: &str = "layerstore_backend_request_duration_seconds";
 pub const GC_RUNS: &str = "layerstore_gc_runs_total";
@@ -92,6 +94,10 @@ pub fn describe() {
     describe_counter!(
         CACHE_EVICTIONS,
         "Layerinfo cache entries dropped for capacity or age"
+    );
+    describe_counter!(
+        CACHE_REDIS_ERRORS,
+        "Redis cache calls that failed or were skipped after a failure, by operation and reason"
     );
     describe_counter!(
         BACKEND_REQUESTS,
@@ -145,6 +151,13 @@ pub(crate) fn cache_lookup(hit: bool) {
 
 pub(crate) fn cache_evicted() {
     counter!(CACHE_EVICTIONS).increment(1);
+}
+
+/// `operation` is one of `crate::cache::REDIS_OPERATIONS`; `reason` is `error`, `timeout`
+/// or `skipped`.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn redis_error(operation: &'static str, reason: &'static str) {
+    counter!(CACHE_REDIS_ERRORS, "operation" => operation, "reason" => reason).increment(1);
 }
 
 pub(crate) fn backend_request(operation: &'static str, outcome: &'static str, took: Duration) {

@@ -1,5 +1,8 @@
 //! The layerinfo cache: hits cost no backend request, and the cache never serves what the
-//! backend no longer has.
+//! backend no longer has. The shared behaviours run on every backend with the in-memory
+//! cache (`memory_cache::...`) and with the Redis cache (`redis_cache::...`, skipped without
+//! `LAYERSTORE_TEST_REDIS` except under `CI=true`); what only one cache does is tested on it
+//! alone.
 
 mod common;
 
@@ -13,7 +16,8 @@ use bytes::Bytes;
 use common::*;
 use futures::TryStreamExt;
 use layerstore::cache::{
-    BlobDescriptorCache, CacheStats, CachedBlob, MemoryCache, MemoryCacheConfig,
+    BlobDescriptorCache, CacheError, CacheStats, CachedBlob, FillGuard, MemoryCache,
+    MemoryCacheConfig, RedisCacheConfig,
 };
 use layerstore::layout::KeyLayout;
 use layerstore::{Backend, Digest, ErrorKind, RepositoryName, Store};
@@ -28,6 +32,65 @@ fn cached_store(objects: Arc<dyn ObjectStore>, ttl: Duration) -> Store {
     Store::with_cache(Backend::object_store(objects), Some(Arc::new(cache)))
 }
 
+/// Which cache a shared test runs with; each [`Caches::cache`] is a new, empty one.
+#[derive(Debug, Clone)]
+enum Caches {
+    Memory,
+    Redis(RedisCacheConfig),
+}
+
+impl Caches {
+    fn cache(&self) -> Arc<dyn BlobDescriptorCache> {
+        match self {
+            Self::Memory => Arc::new(MemoryCache::new(MemoryCacheConfig {
+                capacity: 1000,
+                time_to_live: Duration::from_secs(600),
+            })),
+            Self::Redis(config) => common::redis::redis_cache(&RedisCacheConfig {
+                key_prefix: format!("t-{:016x}", rand::random::<u64>()),
+                ..config.clone()
+            }),
+        }
+    }
+
+    /// A store over `objects` with a new cache of this kind.
+    fn store(&self, objects: Arc<dyn ObjectStore>) -> Store {
+        Store::with_cache(Backend::object_store(objects), Some(self.cache()))
+    }
+
+    /// [`counting_store_on`] with a new cache of this kind.
+    fn counting_store_on(&self, b: &TestBackend) -> (Store, Arc<CountingStore>) {
+        counting_store_with_cache(b, Some(self.cache()))
+    }
+}
+
+/// For each `async fn name(b: TestBackend, c: Caches)`: `memory_cache::<backend>::name` and
+/// `redis_cache::<backend>::name` for every backend kind.
+macro_rules! cache_tests {
+    ($($test:ident),+ $(,)?) => {
+        mod memory_cache {
+            use super::*;
+            $(
+                async fn $test(b: TestBackend) {
+                    super::$test(b, Caches::Memory).await;
+                }
+            )+
+            backend_tests!($($test),+);
+        }
+        mod redis_cache {
+            use super::*;
+            $(
+                async fn $test(b: TestBackend) {
+                    if let Some(config) = common::redis::redis_config() {
+                        super::$test(b, Caches::Redis(config)).await;
+                    }
+                }
+            )+
+            backend_tests!($($test),+);
+        }
+    };
+}
+
 async fn pushed(store: &Store, name: &str, content: &'static [u8]) -> Digest {
     let d = Digest::sha256(content);
     store
@@ -38,9 +101,9 @@ async fn pushed(store: &Store, name: &str, content: &'static [u8]) -> Digest {
     d
 }
 
-async fn a_cached_stat_makes_no_backend_request(b: TestBackend) {
+async fn a_cached_stat_makes_no_backend_request(b: TestBackend, c: Caches) {
     let counting = b.counting();
-    let store = Store::new(Backend::object_store(counting.clone()));
+    let store = c.store(counting.clone());
     let d = pushed(&store, "app", b"hot layer").await;
     let r = store.repository(repo("app"));
     r.stat_blob(&d).await.unwrap(); // fills the cache
@@ -57,8 +120,8 @@ async fn a_cached_stat_makes_no_backend_request(b: TestBackend) {
     );
 }
 
-async fn a_miss_fills_the_cache_and_the_counters_show_it(b: TestBackend) {
-    let store = Store::new(Backend::object_store(b.store.clone()));
+async fn a_miss_fills_the_cache_and_the_counters_show_it(b: TestBackend, c: Caches) {
+    let store = c.store(b.store.clone());
     let writer = Store::with_cache(Backend::object_store(b.store.clone()), None);
     let d = pushed(&writer, "app", b"layer").await;
     let r = store.repository(repo("app"));
@@ -71,8 +134,8 @@ async fn a_miss_fills_the_cache_and_the_counters_show_it(b: TestBackend) {
     assert_eq!(after_hit.hits, after_miss.hits + 2); // the link and the descriptor
 }
 
-async fn a_failed_lookup_is_not_cached(b: TestBackend) {
-    let store = cached_store(b.store.clone(), Duration::from_secs(600));
+async fn a_failed_lookup_is_not_cached(b: TestBackend, c: Caches) {
+    let store = c.store(b.store.clone());
     let other = Store::with_cache(Backend::object_store(b.store.clone()), None);
     let d = Digest::sha256(b"arrives later");
     let r = store.repository(repo("app"));
@@ -84,8 +147,8 @@ async fn a_failed_lookup_is_not_cached(b: TestBackend) {
     assert_eq!(r.stat_blob(&d).await.unwrap().size, 13);
 }
 
-async fn unlinking_a_blob_invalidates_its_entry(b: TestBackend) {
-    let store = cached_store(b.store.clone(), Duration::from_secs(600));
+async fn unlinking_a_blob_invalidates_its_entry(b: TestBackend, c: Caches) {
+    let store = c.store(b.store.clone());
     let d = pushed(&store, "app", b"soon gone").await;
     let r = store.repository(repo("app"));
     r.stat_blob(&d).await.unwrap();
@@ -99,9 +162,9 @@ async fn unlinking_a_blob_invalidates_its_entry(b: TestBackend) {
 
 /// A stat that read the backend before a concurrent unlink, and fills the cache after the
 /// unlink returned, must not leave the unlinked blob cached as present.
-async fn a_stat_racing_an_unlink_leaves_no_entry_behind(b: TestBackend) {
+async fn a_stat_racing_an_unlink_leaves_no_entry_behind(b: TestBackend, c: Caches) {
     let faulty = b.faulty();
-    let store = cached_store(faulty.clone(), Duration::from_secs(600));
+    let store = c.store(faulty.clone());
     // Pushed through another store, so this one's cache does not know it from the push.
     let writer = Store::with_cache(Backend::object_store(faulty.clone()), None);
     let d = pushed(&writer, "app", b"raced").await;
@@ -127,8 +190,8 @@ async fn a_stat_racing_an_unlink_leaves_no_entry_behind(b: TestBackend) {
     );
 }
 
-async fn a_read_of_a_blob_deleted_behind_the_cache_fails_and_evicts_it(b: TestBackend) {
-    let store = cached_store(b.store.clone(), Duration::from_secs(600));
+async fn a_read_of_a_blob_deleted_behind_the_cache_fails_and_evicts_it(b: TestBackend, c: Caches) {
+    let store = c.store(b.store.clone());
     let d = pushed(&store, "app", b"deleted by gc").await;
     let r = store.repository(repo("app"));
     r.stat_blob(&d).await.unwrap();
@@ -144,8 +207,8 @@ async fn a_read_of_a_blob_deleted_behind_the_cache_fails_and_evicts_it(b: TestBa
     );
 }
 
-async fn a_mount_never_trusts_the_cache(b: TestBackend) {
-    let store = cached_store(b.store.clone(), Duration::from_secs(600));
+async fn a_mount_never_trusts_the_cache(b: TestBackend, c: Caches) {
+    let store = c.store(b.store.clone());
     let d = pushed(&store, "src", b"mountable").await;
     store.repository(repo("src")).stat_blob(&d).await.unwrap();
     // Another replica unlinks it from the source repository.
@@ -163,8 +226,8 @@ async fn a_mount_never_trusts_the_cache(b: TestBackend) {
     assert!(!mounted);
 }
 
-async fn a_push_never_skips_bytes_the_backend_lacks(b: TestBackend) {
-    let store = cached_store(b.store.clone(), Duration::from_secs(600));
+async fn a_push_never_skips_bytes_the_backend_lacks(b: TestBackend, c: Caches) {
+    let store = c.store(b.store.clone());
     let d = pushed(&store, "app", b"rewritten").await;
     store.repository(repo("app")).stat_blob(&d).await.unwrap();
     b.store.delete(&KeyLayout.blob_data(&d)).await.unwrap();
@@ -178,9 +241,9 @@ async fn a_push_never_skips_bytes_the_backend_lacks(b: TestBackend) {
     assert_eq!(got.concat(), b"rewritten");
 }
 
-async fn a_replica_never_serves_a_blob_unlinked_elsewhere(b: TestBackend) {
-    let a = cached_store(b.store.clone(), Duration::from_secs(600));
-    let other = cached_store(b.store.clone(), Duration::from_secs(600));
+async fn a_replica_never_serves_a_blob_unlinked_elsewhere(b: TestBackend, c: Caches) {
+    let a = c.store(b.store.clone());
+    let other = c.store(b.store.clone());
     let d = pushed(&a, "app", b"shared").await;
     a.repository(repo("app")).stat_blob(&d).await.unwrap();
     other.repository(repo("app")).unlink_blob(&d).await.unwrap();
@@ -254,15 +317,18 @@ async fn requests_of_two_stats(
     counting.snapshot()
 }
 
-async fn the_first_stat_after_a_push_asks_the_backend_nothing(b: TestBackend) {
-    let (store, counting) = counting_store_on(&b);
+async fn the_first_stat_after_a_push_asks_the_backend_nothing(b: TestBackend, c: Caches) {
+    let (store, counting) = c.counting_store_on(&b);
     let d = pushed(&store, "app", b"just pushed").await;
     let counts = requests_of_two_stats(&store, &counting, "app", &d).await;
     assert_eq!(counts.requests(), 0, "{counts:?}");
 }
 
-async fn the_first_stat_after_a_push_of_stored_bytes_asks_the_backend_nothing(b: TestBackend) {
-    let (store, counting) = counting_store_on(&b);
+async fn the_first_stat_after_a_push_of_stored_bytes_asks_the_backend_nothing(
+    b: TestBackend,
+    c: Caches,
+) {
+    let (store, counting) = c.counting_store_on(&b);
     // Stored by another store: this push only links them.
     let d = pushed(&store_on(&b), "elsewhere", b"stored once").await;
     pushed(&store, "app", b"stored once").await;
@@ -270,8 +336,8 @@ async fn the_first_stat_after_a_push_of_stored_bytes_asks_the_backend_nothing(b:
     assert_eq!(counts.requests(), 0, "{counts:?}");
 }
 
-async fn the_first_stat_after_a_chunked_upload_asks_the_backend_nothing(b: TestBackend) {
-    let (store, counting) = counting_store_on(&b);
+async fn the_first_stat_after_a_chunked_upload_asks_the_backend_nothing(b: TestBackend, c: Caches) {
+    let (store, counting) = c.counting_store_on(&b);
     let data = pattern(7, 300 * 1024);
     let d = Digest::sha256(&data);
     let r = store.repository(repo("app"));
@@ -289,8 +355,8 @@ async fn the_first_stat_after_a_chunked_upload_asks_the_backend_nothing(b: TestB
     assert_eq!(r.stat_blob(&d).await.unwrap().size, data.len() as u64);
 }
 
-async fn the_first_stat_after_a_mount_asks_the_backend_nothing(b: TestBackend) {
-    let (store, counting) = counting_store_on(&b);
+async fn the_first_stat_after_a_mount_asks_the_backend_nothing(b: TestBackend, c: Caches) {
+    let (store, counting) = c.counting_store_on(&b);
     let d = pushed(&store_on(&b), "src", b"mounted").await;
     let mounted = store
         .repository(repo("dst"))
@@ -302,23 +368,20 @@ async fn the_first_stat_after_a_mount_asks_the_backend_nothing(b: TestBackend) {
     assert_eq!(counts.requests(), 0, "{counts:?}");
 }
 
-/// A memory cache whose next link insert, once armed, waits until released: what a store
+/// A cache whose next fill, once armed, waits until released: what a store
 /// does between its backend write and its cache fill can be run in between.
 #[derive(Debug)]
 struct GatedCache {
-    inner: MemoryCache,
+    inner: Arc<dyn BlobDescriptorCache>,
     armed: AtomicBool,
     reached: Notify,
     released: Notify,
 }
 
 impl GatedCache {
-    fn new() -> Self {
+    fn new(inner: Arc<dyn BlobDescriptorCache>) -> Self {
         Self {
-            inner: MemoryCache::new(MemoryCacheConfig {
-                capacity: 1000,
-                time_to_live: Duration::from_secs(600),
-            }),
+            inner,
             armed: AtomicBool::new(false),
             reached: Notify::new(),
             released: Notify::new(),
@@ -331,40 +394,50 @@ impl BlobDescriptorCache for GatedCache {
     async fn blob(&self, digest: &Digest) -> Option<CachedBlob> {
         self.inner.blob(digest).await
     }
-    async fn insert_blob(&self, digest: &Digest, blob: CachedBlob) {
-        self.inner.insert_blob(digest, blob).await;
-    }
-    async fn remove_blob(&self, digest: &Digest) {
-        self.inner.remove_blob(digest).await;
-    }
     async fn linked(&self, repository: &RepositoryName, digest: &Digest) -> bool {
         self.inner.linked(repository, digest).await
     }
-    async fn insert_link(&self, repository: &RepositoryName, digest: &Digest) {
+    async fn fill_guard(&self, repository: &RepositoryName, digest: &Digest) -> FillGuard {
+        self.inner.fill_guard(repository, digest).await
+    }
+    async fn fill(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        blob: CachedBlob,
+        guard: FillGuard,
+    ) {
         if self.armed.swap(false, Ordering::SeqCst) {
             self.reached.notify_one();
             self.released.notified().await;
         }
-        self.inner.insert_link(repository, digest).await;
+        self.inner.fill(repository, digest, blob, guard).await;
     }
-    async fn remove_link(&self, repository: &RepositoryName, digest: &Digest) {
-        self.inner.remove_link(repository, digest).await;
+    async fn remove_blob(&self, digest: &Digest) {
+        self.inner.remove_blob(digest).await;
+    }
+    async fn remove_link(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<(), CacheError> {
+        self.inner.remove_link(repository, digest).await
     }
     async fn clear(&self) {
         self.inner.clear().await;
     }
+    async fn gc_generation_seen(&self, generation: u64) {
+        self.inner.gc_generation_seen(generation).await;
+    }
     fn stats(&self) -> CacheStats {
         self.inner.stats()
-    }
-    fn generation(&self) -> u64 {
-        self.inner.generation()
     }
 }
 
 /// A push that wrote its link, and fills the cache after an unlink of the blob returned,
 /// must not leave the unlinked blob cached as present.
-async fn a_push_racing_an_unlink_leaves_no_entry_behind(b: TestBackend) {
-    let cache = Arc::new(GatedCache::new());
+async fn a_push_racing_an_unlink_leaves_no_entry_behind(b: TestBackend, c: Caches) {
+    let cache = Arc::new(GatedCache::new(c.cache()));
     let store = Store::with_cache(backend_on(&b), Some(cache.clone()));
     let content: &'static [u8] = b"pushed, then unlinked";
     let d = Digest::sha256(content);
@@ -386,7 +459,7 @@ async fn a_push_racing_an_unlink_leaves_no_entry_behind(b: TestBackend) {
     );
 }
 
-backend_tests!(
+cache_tests!(
     a_cached_stat_makes_no_backend_request,
     a_miss_fills_the_cache_and_the_counters_show_it,
     a_failed_lookup_is_not_cached,
@@ -396,12 +469,15 @@ backend_tests!(
     a_mount_never_trusts_the_cache,
     a_push_never_skips_bytes_the_backend_lacks,
     a_replica_never_serves_a_blob_unlinked_elsewhere,
-    a_stale_positive_lasts_at_most_the_ttl,
-    without_a_cache_every_stat_asks_the_backend,
-    evictions_are_counted_when_capacity_is_exceeded,
     the_first_stat_after_a_push_asks_the_backend_nothing,
     the_first_stat_after_a_push_of_stored_bytes_asks_the_backend_nothing,
     the_first_stat_after_a_chunked_upload_asks_the_backend_nothing,
     the_first_stat_after_a_mount_asks_the_backend_nothing,
     a_push_racing_an_unlink_leaves_no_entry_behind,
+);
+
+backend_tests!(
+    a_stale_positive_lasts_at_most_the_ttl,
+    without_a_cache_every_stat_asks_the_backend,
+    evictions_are_counted_when_capacity_is_exceeded,
 );

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream;
-use layerstore::cache::{BlobDescriptorCache, MemoryCache, MemoryCacheConfig};
+use layerstore::cache::{
+    BlobDescriptorCache, MemoryCache, MemoryCacheConfig, RedisCache, RedisCacheConfig,
+};
 use layerstore::gc::GcOptions;
 use layerstore::metrics as m;
 use layerstore::upload::PurgeOptions;
@@ -298,5 +300,40 @@ fn a_failing_backend_request_counts_as_an_error() {
             &[("operation", "head"), ("outcome", "error")]
         ),
         1
+    );
+}
+
+#[test]
+fn redis_cache_failures_are_counted_by_operation_and_the_store_falls_back() {
+    // A port nothing listens on: every connection is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let maker = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = maker.enter();
+    let cache = RedisCache::new(RedisCacheConfig {
+        host: "127.0.0.1".to_owned(),
+        port,
+        retry_after: Duration::ZERO,
+        ..RedisCacheConfig::default()
+    })
+    .unwrap();
+    let got = recorded(Some(Arc::new(cache)), |store| async move {
+        let r = store.repository(repo());
+        let d = Digest::sha256(b"no redis");
+        r.put_blob(&d, Bytes::from_static(b"no redis"))
+            .await
+            .unwrap();
+        assert!(r.blob_exists(&d).await.unwrap());
+        r.unlink_blob(&d).await.unwrap_err();
+    });
+    let errors = |operation| got.counter(m::CACHE_REDIS_ERRORS, &[("operation", operation)]);
+    assert!(errors("lookup") >= 1, "the stat's lookup");
+    assert!(errors("fill") >= 1, "the push's and the stat's fills");
+    assert!(errors("remove") >= 1, "the refused unlink");
+    assert!(
+        got.counter(m::CACHE_MISSES, &[]) >= 1,
+        "a failed lookup is a miss"
     );
 }

@@ -14,6 +14,7 @@ pub(super) fn parse_cache(
     report: &mut Report,
     field: &Field<'_>,
     current: Option<MemoryCacheConfig>,
+    redis: &mut bool,
 ) -> Option<MemoryCacheConfig> {
     let Some(mut s) = Section::new(report, &field.key, field.value) else {
         return current;
@@ -47,11 +48,11 @@ pub(super) fn parse_cache(
             capacity: size.unwrap_or(DISTRIBUTION_CACHE_SIZE),
             ..MemoryCacheConfig::default()
         }),
-        (Some("redis"), Some(f)) => {
-            report.error(
-                &f.key,
-                "redis is not supported yet: use inmemory, or remove the key for no cache",
-            );
+        (Some("redis"), _) => {
+            if let Some(f) = size_field {
+                report.warn(&f.key, "ignored: the redis cache is sized by Redis");
+            }
+            *redis = true;
             None
         }
         (Some(other), Some(f)) => {
@@ -75,8 +76,9 @@ pub(super) fn parse_cache(
 }
 
 /// The `cache.blobdescriptor` line of [`super::Config::describe`].
-pub(super) fn describe(out: &mut String, cache: Option<&MemoryCacheConfig>) {
+pub(super) fn describe(out: &mut String, cache: Option<&MemoryCacheConfig>, redis: bool) {
     let cache = match cache {
+        None if redis => "redis (shared by replicas, see redis.*)".to_owned(),
         None => "none".to_owned(),
         Some(c) if c.capacity == u64::MAX => format!(
             "inmemory, unlimited entries, time-to-live {}",
@@ -122,11 +124,12 @@ mod tests {
     }
 
     #[test]
-    fn redis_cache_is_refused_as_not_supported_yet() {
-        let e = fail(&format!("{FS}  cache: {{blobdescriptor: redis}}\n"));
-        assert!(
-            e.contains("storage.cache.blobdescriptor: redis is not supported yet"),
-            "{e}"
-        );
+    fn redis_cache_replaces_the_memory_cache() {
+        let config = load(&format!(
+            "{FS}  cache: {{blobdescriptor: redis}}\nredis: {{addr: 'localhost:6379'}}\n"
+        ));
+        assert!(config.storage.redis_cache);
+        assert_eq!(config.storage.cache, None);
+        assert!(config.redis.is_some());
     }
 }

@@ -67,6 +67,7 @@ mod http;
 mod log;
 mod maintenance;
 mod notifications;
+mod redis;
 mod report;
 mod storage;
 
@@ -77,7 +78,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layerstore::backend::FilesystemConfig;
-use layerstore::cache::{MemoryCache, MemoryCacheConfig};
+use layerstore::cache::{MemoryCache, MemoryCacheConfig, RedisCache, RedisCacheConfig};
 use layerstore::upload::PurgerConfig;
 use layerstore::{Backend, BackendConfig, Store};
 use serde_yaml_ng::{Mapping, Value};
@@ -108,6 +109,8 @@ pub struct Config {
     pub auth: Auth,
     /// `notifications`: webhook endpoints for the registry's events.
     pub notifications: Notifications,
+    /// `redis`: the server of the shared cache, when `storage.cache.blobdescriptor: redis`.
+    pub redis: Option<RedisCacheConfig>,
     /// Keys that were present but are not supported, by name; printed at start.
     pub warnings: Vec<String>,
     /// The `REGISTRY_*` environment variables that were applied, by name.
@@ -125,6 +128,7 @@ impl Default for Config {
                 backend: BackendConfig::default(),
                 delete_enabled: true,
                 cache: Some(MemoryCacheConfig::default()),
+                redis_cache: false,
                 purging: PurgerConfig::default(),
                 gc: GcSchedule::default(),
                 read_only: false,
@@ -139,6 +143,7 @@ impl Default for Config {
             health: Health::default(),
             auth: Auth::None,
             notifications: Notifications::default(),
+            redis: None,
             warnings: Vec::new(),
             env_overrides: Vec::new(),
         }
@@ -246,9 +251,15 @@ impl Config {
     /// Opens the store this configuration describes.
     pub fn open_store(&self) -> Result<Store, String> {
         let backend = Backend::from_config(&self.storage.backend).map_err(|e| e.to_string())?;
-        let cache = self.storage.cache.map(|c| {
-            Arc::new(MemoryCache::new(c)) as Arc<dyn layerstore::cache::BlobDescriptorCache>
-        });
+        let cache = match (&self.redis, self.storage.redis_cache) {
+            (Some(redis), true) => Some(Arc::new(
+                RedisCache::new(redis.clone()).map_err(|e| e.to_string())?,
+            )
+                as Arc<dyn layerstore::cache::BlobDescriptorCache>),
+            _ => self.storage.cache.map(|c| {
+                Arc::new(MemoryCache::new(c)) as Arc<dyn layerstore::cache::BlobDescriptorCache>
+            }),
+        };
         Ok(Store::with_cache(backend, cache))
     }
 
@@ -256,6 +267,9 @@ impl Config {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         self.storage.describe(&mut out);
+        if let (Some(redis), true) = (&self.redis, self.storage.redis_cache) {
+            redis::describe(&mut out, redis);
+        }
         self.http.describe(&mut out);
         self.auth.describe(&mut out);
         self.log.describe(&mut out);
@@ -360,6 +374,20 @@ fn parse_root(document: &Value, defaults: Defaults, report: &mut Report) -> Conf
         config.http = parse_http(report, &field);
     }
 
+    let redis = root.take("redis");
+    match (&redis, config.storage.redis_cache) {
+        (Some(field), true) => config.redis = redis::parse_redis(report, field),
+        (Some(field), false) => report.warn(
+            &field.key,
+            "unused: storage.cache.blobdescriptor is not redis",
+        ),
+        (None, true) => report.error(
+            "storage.cache.blobdescriptor",
+            "redis needs the redis section (at least redis.addr)",
+        ),
+        (None, false) => {}
+    }
+
     if let Some(field) = root.take("health") {
         config.health = health::parse_health(report, &field);
     }
@@ -379,7 +407,6 @@ fn parse_root(document: &Value, defaults: Defaults, report: &mut Report) -> Conf
         );
     }
     for (key, why) in [
-        ("redis", "layerstore uses no Redis"),
         (
             "middleware",
             "no registry, repository or storage middleware",

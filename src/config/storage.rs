@@ -24,6 +24,9 @@ pub struct Storage {
     pub delete_enabled: bool,
     /// `None`: no blob-descriptor cache.
     pub cache: Option<MemoryCacheConfig>,
+    /// `storage.cache.blobdescriptor: redis`: the cache is the `redis` section's server
+    /// (`cache` is then `None`).
+    pub redis_cache: bool,
     pub purging: PurgerConfig,
     /// `storage.maintenance.gc`, a layerstore extension.
     pub gc: GcSchedule,
@@ -129,7 +132,7 @@ pub(super) fn parse_storage(
         s.finish(report);
     }
     if let Some(cache) = section.take("cache") {
-        storage.cache = parse_cache(report, &cache, storage.cache);
+        storage.cache = parse_cache(report, &cache, storage.cache, &mut storage.redis_cache);
     }
     if let Some(maintenance) = section.take("maintenance") {
         parse_maintenance(report, &maintenance, &mut storage);
@@ -423,7 +426,7 @@ impl Storage {
             }
         }
         row(out, "delete", &enabled(storage.delete_enabled));
-        super::cache::describe(out, storage.cache.as_ref());
+        super::cache::describe(out, storage.cache.as_ref(), storage.redis_cache);
         super::maintenance::describe(out, storage);
     }
 }

@@ -197,10 +197,10 @@ impl Store {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .replace(seen);
-        if previous.is_some_and(|p| p.generation != seen.generation)
+        if previous.is_none_or(|p| p.generation != seen.generation)
             && let Some(cache) = self.cache()
         {
-            cache.clear().await;
+            cache.gc_generation_seen(seen.generation).await;
         }
         Ok(seen)
     }

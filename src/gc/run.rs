@@ -410,7 +410,8 @@ impl Store {
                 .condemned(held, Target::Blob(digest), || async {
                     self.remove(&link).await?;
                     if let Some(cache) = self.cache() {
-                        cache.remove_link(name, &digest).await;
+                        // Best effort: every store clears its cache for the run's generation.
+                        let _ = cache.remove_link(name, &digest).await;
                     }
                     Ok(())
                 })

@@ -202,13 +202,15 @@ impl Repository {
         let gc = self.store.gc_seen().await?;
         let target = Target::Blob(*digest);
         if let Some(cache) = cache
-            && cache.linked(&self.name, digest).await
-            && let Some(blob) = cache.blob(digest).await
+            && let Some(blob) = cache.linked_blob(&self.name, digest).await
             && (!gc.active || self.store.gc_watch().is_pinned(gc.generation, &target))
         {
             return Ok(info_of(digest, blob.size));
         }
-        let generation = cache.map(|c| c.generation());
+        let guard = match cache {
+            Some(cache) => Some(cache.fill_guard(&self.name, digest).await),
+            None => None,
+        };
         let mut located = self.locate_linked(digest).await?;
         // While a GC runs, what a stat acknowledges is pinned, then checked again (only what
         // exists is pinned: a client cannot make the store write pins for made-up digests).
@@ -222,10 +224,11 @@ impl Repository {
             located = self.locate_linked(digest).await?;
         }
         let (info, location) = located;
-        if let (Some(cache), Some(generation)) = (cache, generation) {
+        if let (Some(cache), Some(guard)) = (cache, guard) {
             // Something removed while the backend was read may have been this blob, after
-            // the read saw it: then the entry is dropped again.
-            self.fill_cache(cache, digest, location.cached(), generation)
+            // the read saw it: then the fill is dropped.
+            cache
+                .fill(&self.name, digest, location.cached(), guard)
                 .await;
         }
         Ok(info)
@@ -443,21 +446,25 @@ impl Repository {
     /// repositories (or manifests) may use them.
     ///
     /// # Errors
-    /// [`Error::BlobUnknown`] if it is not linked here.
+    /// [`Error::BlobUnknown`] if it is not linked here. [`Error::Cache`] if the cache could
+    /// not be told: before the link is deleted, nothing changed; after it (the link is gone,
+    /// a racing fill may have left an entry), a retry removes the entry and answers
+    /// [`Error::BlobUnknown`].
     pub async fn unlink_blob(&self, digest: &Digest) -> Result<()> {
         let link = self.store.keys().layer_link(&self.name, digest);
         let cache = self.store.cache();
         if let Some(cache) = cache {
-            cache.remove_link(&self.name, digest).await;
+            cache.remove_link(&self.name, digest).await?;
         }
         if !self.store.exists(&link).await? {
             return Err(Error::BlobUnknown { digest: *digest });
         }
         self.store.remove(&link).await?;
-        // Again after the delete: a stat that read the link before it went and filled the
-        // cache since sees this removal and drops its entry (see `stat_blob`).
+        // Again after the delete: a stat that read the link before it went and fills the
+        // cache after this removal is dropped (see `stat_blob`); one that filled it before
+        // is undone.
         if let Some(cache) = cache {
-            cache.remove_link(&self.name, digest).await;
+            cache.remove_link(&self.name, digest).await?;
         }
         self.store.emit(|| Event::blob_deleted(&self.name, digest));
         Ok(())
@@ -471,36 +478,25 @@ impl Repository {
     /// same rule a stat follows; a write that a GC run turns down afterwards drops the entry
     /// again ([`Self::pinned_after_publish`]).
     pub(crate) async fn link_blob(&self, digest: &Digest, blob: CachedBlob) -> Result<()> {
-        let generation = self.store.cache().map(|c| c.generation());
+        let guard = match self.store.cache() {
+            Some(cache) => Some(cache.fill_guard(&self.name, digest).await),
+            None => None,
+        };
         self.register().await?;
         let link = self.store.keys().layer_link(&self.name, digest);
         self.store
             .write(&link, Bytes::from(digest.to_string()))
             .await?;
-        if let (Some(cache), Some(generation)) = (self.store.cache(), generation) {
-            self.fill_cache(cache, digest, blob, generation).await;
+        if let (Some(cache), Some(guard)) = (self.store.cache(), guard) {
+            cache.fill(&self.name, digest, blob, guard).await;
         }
         Ok(())
     }
 
-    /// Inserts what the store just read or wrote about a linked blob, unless the cache lost
-    /// an entry since `generation` (then the insert may undo that removal, and is dropped).
-    async fn fill_cache(
-        &self,
-        cache: &dyn BlobDescriptorCache,
-        digest: &Digest,
-        blob: CachedBlob,
-        generation: u64,
-    ) {
-        cache.insert_link(&self.name, digest).await;
-        cache.insert_blob(digest, blob).await;
-        if cache.generation() != generation {
-            self.forget_cached(cache, digest).await;
-        }
-    }
-
+    /// Drops what the cache says about a blob found missing. Best effort: a shared cache
+    /// that cannot be told clears itself once it can (see [`crate::cache`]).
     async fn forget_cached(&self, cache: &dyn BlobDescriptorCache, digest: &Digest) {
-        cache.remove_link(&self.name, digest).await;
+        let _ = cache.remove_link(&self.name, digest).await;
         cache.remove_blob(digest).await;
     }
 }

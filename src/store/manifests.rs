@@ -250,8 +250,7 @@ impl Repository {
         let mut wanted = Vec::new();
         for (role, d) in manifest.references() {
             if let (Some(cache), Role::Config | Role::Layer) = (cache, role)
-                && cache.linked(&self.name, &d.digest).await
-                && cache.blob(&d.digest).await.is_some()
+                && cache.linked_blob(&self.name, &d.digest).await.is_some()
             {
                 continue;
             }

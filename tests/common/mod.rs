@@ -26,6 +26,7 @@ pub mod faulty;
 pub mod faulty_fs;
 pub mod images;
 pub mod power_cut;
+pub mod redis;
 pub mod server;
 pub mod stores;
 pub mod token_issuer;
@@ -37,7 +38,9 @@ pub use faulty::FaultyStore;
 pub use faulty_fs::FaultyFs;
 pub use images::{push_image, push_referrer, put_index, put_manifest, tag};
 pub use power_cut::{PowerCut, PowerCutFs};
-pub use stores::{backend_on, counting_store_on, faulty_store_on, store_on, store_over};
+pub use stores::{
+    backend_on, counting_store_on, counting_store_with_cache, faulty_store_on, store_on, store_over,
+};
 
 /// For each `async fn name(b: TestBackend)` listed, generates one test per backend kind:
 /// `memory::name`, `filesystem::name`, `s3::name` and `azure::name`, each on a two-worker

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use layerstore::cache::{BlobDescriptorCache, MemoryCache};
 use layerstore::upload::StdFileSystem;
 use layerstore::{Backend, Store};
 use object_store::ObjectStore;
@@ -69,14 +70,20 @@ pub fn faulty_store_on(b: &TestBackend) -> (Store, Arc<FaultyStore>) {
 /// (on the filesystem: links, manifests and reads; the upload engine's file calls are not
 /// object-store requests).
 pub fn counting_store_on(b: &TestBackend) -> (Store, Arc<CountingStore>) {
+    counting_store_with_cache(b, Some(Arc::new(MemoryCache::default())))
+}
+
+/// [`counting_store_on`] with the given blob-descriptor cache.
+pub fn counting_store_with_cache(
+    b: &TestBackend,
+    cache: Option<Arc<dyn BlobDescriptorCache>>,
+) -> (Store, Arc<CountingStore>) {
     let counting = b.counting();
-    let store = match (b.kind, &b.fs_root) {
-        (BackendKind::Filesystem, Some(root)) => Store::new(Backend::filesystem_with(
-            root,
-            counting.clone(),
-            Arc::new(StdFileSystem),
-        )),
-        _ => store_over(counting.clone(), counting.multipart_store()),
+    let backend = match (b.kind, &b.fs_root) {
+        (BackendKind::Filesystem, Some(root)) => {
+            Backend::filesystem_with(root, counting.clone(), Arc::new(StdFileSystem))
+        }
+        _ => backend_over(counting.clone(), counting.multipart_store()),
     };
-    (store, counting)
+    (Store::with_cache(backend, cache), counting)
 }
