@@ -140,6 +140,10 @@ redis:
   dialtimeout: 1s
   readtimeout: 1s
   writetimeout: 1s
+  pool:              # Distribution's redigo pool keeps no idle connection unless told to
+    maxidle: 16
+    maxactive: 64
+    idletimeout: 300s
 YAML
   fi
 }

@@ -538,6 +538,8 @@ fn stat(c: &mut Criterion) {
     // A hit in a Redis cache (one MGET round trip over loopback), when
     // LAYERSTORE_BENCH_REDIS=redis://host:port names a server.
     if let Some(redis) = bench_redis() {
+        // The cache's connection runs its tasks on the runtime it is made in.
+        let _in_runtime = rt.enter();
         let fx = Fixture::with_cache(Kind::Filesystem, Some(Arc::new(ok(RedisCache::new(redis)))));
         let (digest, data) = fresh_content(&noise(4 * KIB, 14));
         block_on(&rt, async {
