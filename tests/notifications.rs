@@ -5,95 +5,16 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use common::server::Running;
+use common::webhook::{Answer, Receiver};
 use layerstore::Digest;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
-const PATIENCE: Duration = Duration::from_secs(60);
 const EVENTS_MEDIA_TYPE: &str = "application/vnd.docker.distribution.events.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// How the receiver answers.
-#[derive(Clone, Copy)]
-enum Answer {
-    Ok,
-    /// 500 to the first `n` POSTs, then 200.
-    FailFirst(usize),
-    /// Takes the request and never answers.
-    Never,
-}
-
-#[derive(Clone)]
-struct Receiver {
-    posts: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
-    answer: Answer,
-}
-
-impl Receiver {
-    /// A receiver on a loopback port; its URL.
-    async fn start(answer: Answer) -> (Self, String) {
-        let receiver = Self {
-            posts: Arc::default(),
-            answer,
-        };
-        let app = axum::Router::new()
-            .route("/events", axum::routing::post(receive))
-            .with_state(receiver.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/events", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (receiver, url)
-    }
-
-    fn posts(&self) -> Vec<(HeaderMap, Value)> {
-        self.posts.lock().unwrap().clone()
-    }
-
-    /// Every event received, in order (a retried event appears again).
-    fn events(&self) -> Vec<Value> {
-        self.posts()
-            .into_iter()
-            .flat_map(|(_, body)| body["events"].as_array().unwrap().clone())
-            .collect()
-    }
-
-    /// Waits until `done` holds of the events received.
-    async fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let start = Instant::now();
-        loop {
-            let events = self.events();
-            if done(&events) {
-                return events;
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "no {what} after {PATIENCE:?}; received {events:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: String) -> AxumStatus {
-    let n = {
-        let mut posts = r.posts.lock().unwrap();
-        let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
-        posts.push((headers, value));
-        posts.len()
-    };
-    match r.answer {
-        Answer::Ok => AxumStatus::OK,
-        Answer::FailFirst(failing) if n <= failing => AxumStatus::INTERNAL_SERVER_ERROR,
-        Answer::FailFirst(_) => AxumStatus::OK,
-        Answer::Never => std::future::pending().await,
-    }
-}
 
 struct Registry {
     running: Running,

@@ -30,6 +30,7 @@ pub mod redis;
 pub mod server;
 pub mod stores;
 pub mod token_issuer;
+pub mod webhook;
 
 pub use backends::{BackendKind, TestBackend, make, run_backend_test};
 pub use counting::{CountingStore, Counts};
