@@ -106,8 +106,8 @@ impl ObjectEngine {
                 .max_capacity(FRESH_REMEMBERED)
                 .time_to_idle(HELD_FOR)
                 .build(),
-            // One append's worth: its parts in flight and the one filling.
-            buffers: buffers::PartBuffers::new(append::PARTS_IN_FLIGHT + 1),
+            // One append's worth.
+            buffers: buffers::PartBuffers::new(append::PARTS_IN_FLIGHT),
         }
     }
 
