@@ -15,6 +15,7 @@ use object_store::{ObjectStoreExt, PutPayload, UpdateVersion};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
+use super::buffers::{PartBuffer, PartBuffers};
 use super::state::{
     MIN_PART, ObjectSession, OpenMultipart, Part, Piece, absorbed, next_seq, staged_range,
 };
@@ -25,10 +26,13 @@ use crate::upload::session::Hashes;
 use crate::upload::{ChunkStream, UploadId, UploadStatus, receiving};
 
 const MIB: usize = 1024 * 1024;
-/// Bytes of the first thousand parts of an upload; later parts are larger (see `part_size`).
+/// Bytes of the first parts of an upload; later parts are larger (see `part_size`).
 const PART_SIZE: usize = 8 * MIB;
-/// Parts of one append in flight at once: the append's memory is about this many parts.
-const PARTS_IN_FLIGHT: usize = 2;
+/// Parts of one append in memory at once, sent or filling: a part starts filling once fewer
+/// than this many are in flight, so the append holds at most this many part buffers. (A third
+/// buffer filling while two are sent added 8 MiB to the server's peak memory and no measured
+/// speed: the client fills a part far faster than S3 takes one.)
+pub(super) const PARTS_IN_FLIGHT: usize = 2;
 /// Parts an upload takes before the next append opens a new one (S3's limit is 10,000).
 const MAX_PARTS: usize = 9_000;
 /// The most parts one upload can hold.
@@ -41,11 +45,15 @@ const LOSER_WAIT: Duration = Duration::from_secs(10);
 /// The smallest part but for the last, as a buffer length.
 const MIN_PART_LEN: usize = MIN_PART as usize;
 
-/// The size of part `index` of an upload: 8 MiB, growing by 8 MiB every thousand parts, so
-/// that 9,000 parts (where the next append opens a new upload) hold about 350 GiB, within
-/// S3's limit of 10,000 parts.
+/// Parts of one size before the size grows by [`PART_SIZE`]: 1,500 parts of 8 MiB hold
+/// 11.7 GiB, so the buffers (and the server's memory) stay the same up to that size.
+const PARTS_PER_SIZE: usize = 1500;
+
+/// The size of part `index` of an upload: 8 MiB, growing by 8 MiB every 1,500 parts, so that
+/// 9,000 parts (where the next append opens a new upload) hold about 246 GiB and 10,000 about
+/// 300 GiB, within S3's limit of 10,000 parts.
 fn part_size(index: usize) -> usize {
-    PART_SIZE * (1 + index / 1000)
+    PART_SIZE * (1 + index / PARTS_PER_SIZE)
 }
 
 /// The refusal a losing append gets: the offset the session is at now. If it lost to another
@@ -114,7 +122,8 @@ pub(super) async fn append(
                 version,
                 hashes,
                 received: 0,
-                pending: Pending::default(),
+                buffers: &engine.buffers,
+                filling: None,
                 staged_len,
                 target: None,
                 tag: random_tag(),
@@ -154,8 +163,8 @@ pub(super) async fn append(
     }
 }
 
-/// Received bytes not yet sent, kept as the buffers they arrived in: parts are cut from them
-/// without copying (a `PutPayload` takes a list of buffers).
+/// Received bytes, kept as the buffers they arrived in (the segment path, which writes them
+/// out as they come).
 #[derive(Default)]
 struct Pending {
     buffers: std::collections::VecDeque<Bytes>,
@@ -271,8 +280,11 @@ struct Appender<'a> {
     hashes: Hashes,
     /// Bytes of the chunk received so far.
     received: u64,
-    /// Received bytes in no part yet.
-    pending: Pending,
+    /// Where part buffers come from.
+    buffers: &'a PartBuffers,
+    /// Received bytes in no part yet: the next part, copied in as frames arrive (a frame is
+    /// freed at once instead of keeping the server's read buffer it was cut from).
+    filling: Option<PartBuffer>,
     /// Bytes of the staged pieces not yet read back into a part.
     staged_len: usize,
     /// Once claimed: the index, in `state.segments`, of the upload receiving this append's
@@ -299,14 +311,26 @@ impl Appender<'_> {
             let bytes = bytes.map_err(receiving)?;
             self.hashes.update(&bytes);
             self.received += bytes.len() as u64;
-            self.pending.push(bytes);
-            while self.staged_len + self.pending.len() >= part_size(self.next_part()) {
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
                 let size = part_size(self.next_part());
-                self.send_part(size).await?;
+                // The staged pieces lead the first part; received bytes fill the rest of it.
+                let want = size.saturating_sub(self.staged_len);
+                if self.filling.is_none() {
+                    self.wait_for_a_free_slot().await?;
+                }
+                let buffers = self.buffers;
+                let filling = self.filling.get_or_insert_with(|| buffers.take(want));
+                let n = want.saturating_sub(filling.len()).min(rest.len());
+                filling.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                if filling.len() >= want {
+                    self.send_part(size).await?;
+                }
             }
         }
         // The end of the chunk: what is left is a (last) part if S3 would take it as any part.
-        let left = self.staged_len + self.pending.len();
+        let left = self.staged_len + self.filling_len();
         if left >= MIN_PART_LEN {
             self.send_part(left).await?;
         }
@@ -314,6 +338,21 @@ impl Appender<'_> {
             self.sent.push(joined(sent)?);
         }
         Ok(())
+    }
+
+    /// Bytes received and not yet in a part.
+    fn filling_len(&self) -> usize {
+        self.filling.as_ref().map_or(0, PartBuffer::len)
+    }
+
+    /// The received bytes not yet in a part, as the buffers to send or stage (none if none).
+    fn take_filled(&mut self) -> Vec<Bytes> {
+        self.filling
+            .take()
+            .filter(|b| !b.is_empty())
+            .map(PartBuffer::freeze)
+            .into_iter()
+            .collect()
     }
 
     /// The staged pieces not yet read back.
@@ -334,8 +373,8 @@ impl Appender<'_> {
         recorded + self.sent.len() + self.in_flight.len()
     }
 
-    /// Sends the staged pieces (if not yet sent) and then pending bytes, `size` in all, as
-    /// the next part.
+    /// Sends the staged pieces (if not yet sent) and then the received bytes, `size` in all,
+    /// as the next part.
     async fn send_part(&mut self, size: usize) -> std::result::Result<(), Stop> {
         self.claim().await?;
         let index = self.next_part();
@@ -364,14 +403,10 @@ impl Appender<'_> {
             self.consumed = keys;
             self.staged_len = 0;
         }
-        body.extend(self.pending.take(size - from_staged));
+        debug_assert_eq!(from_staged + self.filling_len(), size);
+        body.extend(self.take_filled());
         let payload = PutPayload::from_iter(body);
-
-        while self.in_flight.len() >= PARTS_IN_FLIGHT {
-            if let Some(sent) = self.in_flight.join_next().await {
-                self.sent.push(joined(sent)?);
-            }
-        }
+        self.wait_for_a_free_slot().await?;
         let t = self.target.unwrap_or_default();
         let key = piece_key(self.store, self.id, &self.state.segments[t].segment);
         let upload = self.state.segments[t]
@@ -391,6 +426,16 @@ impl Appender<'_> {
                 },
             ))
         });
+        Ok(())
+    }
+
+    /// Waits until fewer than [`PARTS_IN_FLIGHT`] parts are in flight.
+    async fn wait_for_a_free_slot(&mut self) -> std::result::Result<(), Stop> {
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            if let Some(sent) = self.in_flight.join_next().await {
+                self.sent.push(joined(sent)?);
+            }
+        }
         Ok(())
     }
 
@@ -498,7 +543,7 @@ impl Appender<'_> {
             // This append's claim ends with it, carried over to the next one.
             self.state.appending.clone_from(&carried);
         }
-        let rest = self.pending.take(self.pending.len());
+        let rest = self.take_filled();
         let staged = self.staged();
         let (merged, new) = stage(
             self.store,
@@ -709,9 +754,15 @@ mod tests {
     #[test]
     fn part_sizes_grow_so_that_one_upload_holds_hundreds_of_gib() {
         assert_eq!(part_size(0), 8 * MIB);
-        assert_eq!(part_size(999), 8 * MIB);
-        assert_eq!(part_size(1000), 16 * MIB);
+        assert_eq!(part_size(1499), 8 * MIB);
+        assert_eq!(part_size(1500), 16 * MIB);
         let held: usize = (0..PART_LIMIT).map(part_size).sum();
         assert!(held as u64 > 300 * 1024 * MIB as u64, "{held}");
+    }
+
+    #[test]
+    fn an_8_gib_upload_is_sent_in_parts_of_one_size() {
+        let parts = (8 * 1024 * MIB).div_ceil(PART_SIZE);
+        assert!((0..parts).all(|i| part_size(i) == PART_SIZE));
     }
 }

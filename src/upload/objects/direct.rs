@@ -17,7 +17,7 @@
 //! With the `POST`'s write that is five requests. The cancelled state is what a crash after
 //! step 1 leaves too; the purger deletes it at its next run (it takes no append or commit).
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use object_store::UpdateVersion;
 
@@ -63,19 +63,28 @@ impl ObjectEngine {
                 .append_then_commit(repo, id, offset, chunk, expected, expected_size)
                 .await;
         }
-        let (head, rest) = take_up_to(chunk, DIRECT_MAX).await?;
-        let whole = head.clone();
-        let fits = rest.is_none()
-            && expected.verify(&whole).is_ok()
-            && expected_size.is_none_or(|n| n == whole.len() as u64);
-        if !fits {
+        let whole = match take_up_to(chunk, DIRECT_MAX).await? {
+            Taken::Whole(whole)
+                if expected.verify(&whole).is_ok()
+                    && expected_size.is_none_or(|n| n == whole.len() as u64) =>
+            {
+                whole
+            }
             // Too large, or the client's mistake: the ordinary path stores what came and
             // reports the mistake the way it always does, the session still resumable.
-            let chunk = futures::stream::iter([Ok(head)]).chain(rest.unwrap_or_else(empty_stream));
-            return self
-                .append_then_commit(repo, id, offset, chunk.boxed(), expected, expected_size)
-                .await;
-        }
+            taken => {
+                return self
+                    .append_then_commit(
+                        repo,
+                        id,
+                        offset,
+                        taken.into_stream(),
+                        expected,
+                        expected_size,
+                    )
+                    .await;
+            }
+        };
         if !self.claim(store, id, &state, version).await? {
             // The remembered state was stale (a chunk came through another replica since):
             // the ordinary way, from where the session stands. Or something wrote since it
@@ -142,23 +151,42 @@ pub(super) async fn store_bytes(
     Ok(CachedBlob::object(size))
 }
 
-fn empty_stream<'a>() -> ChunkStream<'a> {
-    futures::stream::empty().boxed()
+/// What [`take_up_to`] read.
+pub(super) enum Taken<'a> {
+    /// The whole body, which ended within the limit, copied into one buffer of its size.
+    Whole(Bytes),
+    /// A longer body, from its start: the frames read so far (as they came), then the rest.
+    Longer(ChunkStream<'a>),
 }
 
-/// Reads `chunk` until it ends or more than `max` bytes came: the bytes read, and the rest of
-/// the stream if it did not end.
-pub(super) async fn take_up_to(
-    mut chunk: ChunkStream<'_>,
-    max: usize,
-) -> Result<(Bytes, Option<ChunkStream<'_>>)> {
-    let mut buffer = BytesMut::new();
-    while let Some(bytes) = chunk.next().await {
-        let bytes = bytes.map_err(receiving)?;
-        buffer.extend_from_slice(&bytes);
-        if buffer.len() > max {
-            return Ok((buffer.freeze(), Some(chunk)));
+impl<'a> Taken<'a> {
+    /// The body as a stream again.
+    pub(super) fn into_stream(self) -> ChunkStream<'a> {
+        match self {
+            Taken::Whole(whole) => futures::stream::iter([Ok(whole)]).boxed(),
+            Taken::Longer(stream) => stream,
         }
     }
-    Ok((buffer.freeze(), None))
+}
+
+/// Reads `chunk` until it ends or more than `max` bytes came. A body that ended is copied
+/// once into a buffer of its size (no buffer growing by doubling, and no frame keeps the
+/// server's read buffer it was cut from); the frames of a longer one are passed on as they are.
+pub(super) async fn take_up_to(mut chunk: ChunkStream<'_>, max: usize) -> Result<Taken<'_>> {
+    let mut frames = Vec::new();
+    let mut len = 0;
+    while let Some(bytes) = chunk.next().await {
+        let bytes = bytes.map_err(receiving)?;
+        len += bytes.len();
+        frames.push(bytes);
+        if len > max {
+            let head = futures::stream::iter(frames.into_iter().map(Ok));
+            return Ok(Taken::Longer(head.chain(chunk).boxed()));
+        }
+    }
+    let mut whole = Vec::with_capacity(len);
+    for frame in &frames {
+        whole.extend_from_slice(frame);
+    }
+    Ok(Taken::Whole(Bytes::from(whole)))
 }

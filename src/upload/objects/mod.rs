@@ -30,6 +30,7 @@
 //! instead of deleting them. No piece an index lists is ever deleted.
 
 mod append;
+mod buffers;
 mod commit;
 mod direct;
 mod state;
@@ -76,6 +77,8 @@ pub(crate) struct ObjectEngine {
     /// The claim on its last multipart upload that the last append of a session through this
     /// engine carried over to the next one ([`append`]).
     held: moka::future::Cache<String, String>,
+    /// Buffers of the parts appends send, reused from part to part ([`buffers`]).
+    buffers: buffers::PartBuffers,
 }
 
 impl std::fmt::Debug for ObjectEngine {
@@ -103,6 +106,8 @@ impl ObjectEngine {
                 .max_capacity(FRESH_REMEMBERED)
                 .time_to_idle(HELD_FOR)
                 .build(),
+            // One append's worth.
+            buffers: buffers::PartBuffers::new(append::PARTS_IN_FLIGHT),
         }
     }
 
@@ -559,18 +564,19 @@ impl UploadEngine for ObjectEngine {
         data: ChunkStream<'_>,
     ) -> Result<BlobInfo> {
         // A small blob is stored from memory, without a session.
-        let (head, rest) = direct::take_up_to(data, direct::DIRECT_MAX).await?;
-        let Some(rest) = rest else {
-            if let Some(want) = expected_size
-                && want != head.len() as u64
-            {
-                return Err(Error::SizeInvalid {
-                    reason: format!("upload has {} bytes, expected {want}", head.len()),
-                });
+        let data = match direct::take_up_to(data, direct::DIRECT_MAX).await? {
+            direct::Taken::Whole(whole) => {
+                if let Some(want) = expected_size
+                    && want != whole.len() as u64
+                {
+                    return Err(Error::SizeInvalid {
+                        reason: format!("upload has {} bytes, expected {want}", whole.len()),
+                    });
+                }
+                return self.put_bytes(repo, expected, whole).await;
             }
-            return self.put_bytes(repo, expected, head).await;
+            direct::Taken::Longer(data) => data,
         };
-        let data = futures::stream::iter([Ok(head)]).chain(rest).boxed();
         let session = self
             .start_session(repo.store(), repo.name(), expected.algorithm())
             .await?;
