@@ -17,7 +17,7 @@ use common::*;
 use futures::TryStreamExt;
 use layerstore::cache::RedisCacheConfig;
 use layerstore::gc::GcOptions;
-use layerstore::{Backend, Digest, ErrorKind, Store};
+use layerstore::{Backend, Digest, ErrorKind, Repository, Store};
 use object_store::ObjectStore;
 
 /// A store over `objects` whose cache is Redis as `config` says (replicas share `config`).
@@ -33,6 +33,22 @@ async fn pushed(store: &Store, name: &str, content: &'static [u8]) -> Digest {
         .await
         .unwrap();
     d
+}
+
+/// Whether a stat of `d` is answered from the cache (no backend request) within about five
+/// seconds: the first calls after Redis comes back may still be skipped (`retry_after`) or
+/// reconnect.
+async fn answers_from_cache_again(r: &Repository, d: &Digest, counting: &CountingStore) -> bool {
+    for _ in 0..100 {
+        r.stat_blob(d).await.unwrap();
+        counting.reset();
+        r.stat_blob(d).await.unwrap();
+        if counting.snapshot().requests() == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 async fn read_all(store: &Store, name: &str, d: &Digest) -> Vec<u8> {
@@ -236,19 +252,8 @@ async fn a_redis_outage_costs_latency_never_correctness() {
     assert_eq!(read_all(&store, "app", &d).await, b"before the outage");
 
     redis.restart();
-    // The first calls after the restart may still be skipped (`retry_after`) or reconnect.
     let r = store.repository(repo("app"));
-    let mut answered_from_cache = false;
-    for _ in 0..100 {
-        r.stat_blob(&d).await.unwrap();
-        counting.reset();
-        r.stat_blob(&d).await.unwrap();
-        if counting.snapshot().requests() == 0 {
-            answered_from_cache = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let answered_from_cache = answers_from_cache_again(&r, &d, &counting).await;
     assert!(
         answered_from_cache,
         "the cache was not used again after Redis came back"
@@ -272,17 +277,7 @@ async fn a_store_started_while_redis_is_down_uses_it_once_it_is_up() {
     assert!(store.repository(repo("app")).blob_exists(&d).await.unwrap());
     redis.restart();
     let r = store.repository(repo("app"));
-    let mut answered_from_cache = false;
-    for _ in 0..100 {
-        r.stat_blob(&d).await.unwrap();
-        counting.reset();
-        r.stat_blob(&d).await.unwrap();
-        if counting.snapshot().requests() == 0 {
-            answered_from_cache = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let answered_from_cache = answers_from_cache_again(&r, &d, &counting).await;
     assert!(answered_from_cache);
 }
 
