@@ -169,6 +169,10 @@ async fn a_stat_racing_an_unlink_leaves_no_entry_behind(b: TestBackend, c: Cache
     let writer = Store::with_cache(Backend::object_store(faulty.clone()), None);
     let d = pushed(&writer, "app", b"raced").await;
     let r = store.repository(repo("app"));
+    // A stat reads the GC state first (then at most every two seconds): have that read made
+    // now, so that the pause below falls between the link read and the data read, where the
+    // stat has seen the link and will fill the cache after the unlink removed it.
+    let _ = r.stat_blob(&Digest::sha256(b"not pushed")).await;
     // The uncached stat reads the link, then the blob's data object; hold it at the second.
     let before = faulty.reads_seen();
     faulty.pause_read_at(before + 2);
