@@ -404,6 +404,50 @@ async fn the_actor_is_the_authenticated_user() {
 }
 
 #[tokio::test]
+async fn the_actor_is_the_token_subject() {
+    use common::token_issuer::{KeyKind, Signer, access_entry, claims};
+    let (receiver, url) = Receiver::start(Answer::Ok).await;
+    let signer = Signer::self_signed(KeyKind::P256);
+    let bundle = tempfile::tempdir().unwrap();
+    let bundle_file = bundle.path().join("bundle.pem");
+    std::fs::write(&bundle_file, signer.cert_pem()).unwrap();
+    let registry = Registry::start(&format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:1/token\n    service: registry\n    \
+         issuer: test-issuer\n    rootcertbundle: {}\n{}",
+        bundle_file.display(),
+        endpoint(&url, "")
+    ));
+    let token = signer.sign(
+        &signer.kid_header(),
+        &claims(
+            "test-issuer",
+            "registry",
+            "carol",
+            json!([access_entry("repository", "team/app", &["pull", "push"])]),
+            Duration::from_secs(300),
+        ),
+    );
+    let bytes = b"a layer pushed with a token";
+    let digest = Digest::sha256(bytes);
+    let pushed = registry
+        .client
+        .post(format!(
+            "http://{}/v2/team/app/blobs/uploads/?digest={digest}",
+            registry.running.addr
+        ))
+        .bearer_auth(token)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(&bytes[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), StatusCode::CREATED);
+    let events = receiver.wait_for("a push", |e| !e.is_empty()).await;
+    assert_eq!(events[0]["action"], "push");
+    assert_eq!(events[0]["actor"], json!({"name": "carol"}));
+}
+
+#[tokio::test]
 async fn after_a_500_the_same_events_are_sent_again_with_the_same_ids() {
     let (receiver, url) = Receiver::start(Answer::FailFirst(2)).await;
     let registry = Registry::start(&endpoint(&url, ""));
