@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::server::Running;
-use common::webhook::{Answer, Receiver};
+use common::webhook::{Answer, PATIENCE, Receiver};
 use layerstore::Digest;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
@@ -584,4 +584,29 @@ fn metric(text: &str, sample: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
+}
+
+#[tokio::test]
+async fn deliveries_and_failed_posts_are_counted_in_the_metrics() {
+    let (receiver, url) = Receiver::start(Answer::FailFirst(2)).await;
+    let registry = Registry::start_with(&endpoint(&url, ""), None, true);
+    let metrics = registry.metrics().await;
+    let sent = "layerstore_notifications_sent_total{endpoint=\"hook\"}";
+    let failures = "layerstore_notifications_failures_total{endpoint=\"hook\"}";
+    // Present from the start, at zero.
+    assert_eq!(metric(&metrics, sent), 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, failures), 0.0, "{metrics}");
+    registry.push_blob("team/app", b"a layer").await;
+    receiver.wait_for("three POSTs", |e| e.len() >= 3).await;
+    // The worker counts a delivery once its POST is answered: wait for that.
+    let deadline = Instant::now() + PATIENCE;
+    let metrics = loop {
+        let metrics = registry.metrics().await;
+        if metric(&metrics, sent) >= 1.0 || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(metric(&metrics, sent), 1.0, "one event, delivered once");
+    assert_eq!(metric(&metrics, failures), 2.0, "two POSTs answered 500");
 }
