@@ -372,6 +372,16 @@ async fn azure(config: AzureConfig) -> TestBackend {
         .with_account(&config.account)
         .with_access_key(&config.key)
         .with_container_name(&config.container)
+        // Azurite runs a mark and sweep over all its extents every ten minutes; once the
+        // suites have written many blobs it can stop answering for minutes (seen in CI: 181 s
+        // of failed requests ten minutes after Azurite started, during tests/gc_crash.rs), and
+        // object_store's default retries give up after 180 s. Wait the emulator out: a stall
+        // is the emulator's, not the store's, and no test asserts a time.
+        .with_retry(object_store::RetryConfig {
+            max_retries: 30,
+            retry_timeout: std::time::Duration::from_secs(600),
+            ..object_store::RetryConfig::default()
+        })
         .build()
         .expect("build MicrosoftAzure");
     prefixed(store, BackendKind::Azure)
