@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use layerstore::events::{Action, Event, Kind, channel};
 use layerstore::manifest::media_type;
-use layerstore::{Backend, Digest, Reference, RepositoryName, Store, Tag};
+use layerstore::{Backend, ByteRange, Digest, Reference, RepositoryName, Store, Tag};
 use tokio::sync::mpsc::Receiver;
 
 fn drain(events: &mut Receiver<Event>) -> Vec<Event> {
@@ -121,6 +121,17 @@ async fn a_failed_operation_emits_nothing() {
     assert!(repo.get_manifest(&latest).await.is_err());
     assert!(repo.stat_blob(&wrong).await.is_err());
     assert!(repo.unlink_blob(&wrong).await.is_err());
+    // A read whose range lies past the blob is refused: no pull either.
+    let held = Digest::sha256(b"held");
+    repo.put_blob(&held, Bytes::from_static(b"held"))
+        .await
+        .unwrap();
+    drain(&mut events);
+    assert!(
+        repo.read_blob(&held, Some(ByteRange::From(100)))
+            .await
+            .is_err()
+    );
     assert!(drain(&mut events).is_empty());
 }
 

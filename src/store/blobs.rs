@@ -269,8 +269,6 @@ impl Repository {
             self.forget_cached(cache, digest).await;
         }
         let (info, location) = located?;
-        self.store
-            .emit(|| Event::blob(Action::Pull, &self.name, digest, info.size));
         let range = match range {
             None => 0..info.size,
             Some(r) => r.resolve(info.size).map_err(Error::RangeInvalid)?,
@@ -289,6 +287,9 @@ impl Repository {
                 self.store.read_segments(index, range.clone(), *digest)
             }
         };
+        // Once the read is under way: a range refused or a read that failed to open is no pull.
+        self.store
+            .emit(|| Event::blob(Action::Pull, &self.name, digest, info.size));
         Ok(BlobRead {
             info,
             range,
