@@ -211,3 +211,91 @@ async fn concurrent_link_writes_share_their_directory_fsync() {
         "{WRITERS} concurrent links made {syncs} fsyncs of their shared directory"
     );
 }
+
+/// How the second writer of a blob the first has renamed but not yet made durable pushes it.
+#[derive(Clone, Copy)]
+enum SecondPush {
+    /// `put_blob`: the store's check for bytes it has, before anything is written.
+    Whole,
+    /// An upload session's last chunk and commit in one call (`PUT ?digest=` with a body):
+    /// the check at publishing.
+    Session,
+}
+
+/// Writer A renames blob X into place and is held before the fsync of its directory; writer B
+/// then pushes X into another repository, finds the bytes there, and must not be acknowledged
+/// before an fsync of that directory completes. The power goes; whatever was acknowledged
+/// must read back whole after the restart.
+async fn second_push_of_a_blob_not_yet_durable(how: SecondPush) {
+    let root = tempfile::tempdir().unwrap();
+    let fs = PowerCutFs::new();
+    let store = store_with(root.path(), &fs);
+    // The repositories' directories exist, so that B's link has nothing held to wait for.
+    for name in ["dedupe/a", "dedupe/b"] {
+        let warm = Bytes::from(format!("warm-up of {name}"));
+        store
+            .repository(repo(name))
+            .put_blob(&Digest::sha256(&warm), warm)
+            .await
+            .unwrap();
+    }
+    let data = blob(7, 0);
+    let digest = Digest::sha256(&data);
+
+    let before = fs.renames_to("data");
+    fs.hold_dir_syncs("blobs/sha256");
+    let a = {
+        let (r, data) = (store.repository(repo("dedupe/a")), data.clone());
+        tokio::spawn(async move { r.put_blob(&digest, data).await })
+    };
+    until("writer A to rename the blob into place", || {
+        fs.renames_to("data") > before
+    })
+    .await;
+    until("writer A's directory fsync to be held", || fs.held() > 0).await;
+
+    let (b, bytes) = (store.repository(repo("dedupe/b")), data.clone());
+    let mut b = tokio::spawn(async move {
+        match how {
+            SecondPush::Whole => b.put_blob(&digest, bytes).await,
+            SecondPush::Session => {
+                let id = b.start_upload().await?.id;
+                b.finish_upload(&id, None, in_pieces(&bytes, 1000), &digest, None)
+                    .await
+            }
+        }
+    });
+    // Unfixed, B is acknowledged in milliseconds; fixed, it waits on A's held fsync.
+    let early = tokio::time::timeout(Duration::from_secs(2), &mut b).await;
+    fs.cut();
+    fs.release();
+    let b_acknowledged = match early {
+        Ok(joined) => joined.unwrap().is_ok(),
+        Err(_) => b.await.unwrap().is_ok(),
+    };
+    let a_acknowledged = a.await.unwrap().is_ok();
+
+    let after = restarted(root.path());
+    for (name, acknowledged) in [("dedupe/a", a_acknowledged), ("dedupe/b", b_acknowledged)] {
+        if acknowledged {
+            assert!(
+                whole_or_absent(&after, name, &data).await,
+                "{name}: acknowledged, then lost in the power cut"
+            );
+        }
+    }
+    assert!(
+        !b_acknowledged,
+        "the second push was acknowledged before the bytes it found were durable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_of_a_blob_another_writer_has_not_yet_made_durable_waits_for_its_fsync() {
+    second_push_of_a_blob_not_yet_durable(SecondPush::Whole).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_of_a_blob_another_writer_has_not_yet_made_durable_waits_for_its_fsync() {
+    second_push_of_a_blob_not_yet_durable(SecondPush::Session).await;
+}

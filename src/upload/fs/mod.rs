@@ -201,18 +201,26 @@ struct Appending {
 }
 
 /// Reads the current record and checks the append against it, then opens the staging file at
-/// the recorded offset, dropping bytes past it.
+/// the recorded offset, dropping bytes past it. With `offset` `None` (a last chunk sent
+/// without a range) the append goes wherever the session is: read here, under the lock, not
+/// in a job of its own before it.
 fn open_for_append(
     fs: &dyn FileSystem,
     paths: &Paths,
     id: &UploadId,
     repository: &RepositoryName,
-    offset: u64,
+    offset: Option<u64>,
 ) -> Result<Appending> {
     let opened = open_state(fs, paths, id)?;
     let session = &opened.record.state;
     session.check_repository(repository, id)?;
-    session.check_offset(offset)?;
+    let offset = match offset {
+        Some(offset) => {
+            session.check_offset(offset)?;
+            offset
+        }
+        None => session.offset,
+    };
     let hashes = session.hashes_for_append(&paths.state_key())?;
     let data = match fs.open(&paths.data) {
         Ok(f) => f,
@@ -326,13 +334,61 @@ fn rename_into_place(
         .map_err(failed("creating", parent))?;
     fs.rename(data, target)
         .map_err(failed("publishing", target))?;
+    sync_entry(syncer, new, parent, target)
+}
+
+/// Fsyncs (or joins the fsyncs of) `parent`, where `target` is, and the directories `new`
+/// names: in this job when no one else is fsyncing them, joined otherwise.
+fn sync_entry(
+    syncer: &Arc<DirSyncer>,
+    new: group::NewDirs,
+    parent: &Path,
+    target: &Path,
+) -> Result<(group::NewDirs, group::Joined)> {
     let mut dirs = new.parents.clone();
     dirs.push(parent.to_path_buf());
-    // In this job when no one else is fsyncing these directories; joined otherwise.
     let joined = syncer
         .sync_now_or_join(&dirs)
         .map_err(failed("fsyncing the directories of", target))?;
     Ok((new, joined))
+}
+
+/// If the store has the blob at `target` (or as `segments`), the fsyncs that make its entry
+/// durable, as if this writer had renamed it; `None` if it has not (blocking: run it as a
+/// job).
+///
+/// Bytes already there may be another writer's that it renamed into place a moment ago and is
+/// still fsyncing the directory of: nothing may be acknowledged on them until an fsync of
+/// their directory (and of the parent of a directory not yet durable) that began after this
+/// check has completed. It is shared with that writer's, if it is still queued.
+fn in_place(
+    fs: &dyn FileSystem,
+    syncer: &Arc<DirSyncer>,
+    root: &Path,
+    target: &Path,
+    segments: &Path,
+) -> Result<Option<(group::NewDirs, group::Joined)>> {
+    let found = |path: &Path| match fs.metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if not_found(&e) => Ok(false),
+        Err(e) => Err(failed("reading", path)(e)),
+    };
+    if found(segments)? {
+        // Stored as segments, written whole by an object-store engine.
+        return Ok(Some((group::NewDirs::default(), group::Joined::none())));
+    }
+    if !found(target)? {
+        return Ok(None);
+    }
+    let parent = target.parent().ok_or_else(|| Error::Corrupt {
+        key: target.display().to_string(),
+        reason: "blob path has no parent".to_owned(),
+    })?;
+    // Makes nothing: names the directories another writer made and has not made durable.
+    let new = syncer
+        .make_dirs(root, parent)
+        .map_err(failed("creating", parent))?;
+    sync_entry(syncer, new, parent, target).map(Some)
 }
 
 /// Hashes the first `size` bytes of a staging file again, under every hash a session keeps
@@ -453,7 +509,7 @@ impl FsEngine {
         repo: &Repository,
         paths: &Paths,
         id: &UploadId,
-        offset: u64,
+        offset: Option<u64>,
     ) -> Result<(Guard, Appending)> {
         let (fs, p, i, name) = (
             Arc::clone(&self.fs),
@@ -505,9 +561,10 @@ impl FsEngine {
         job(guard, move || open_state(&*fs, &paths, &id)).await
     }
 
-    /// Ends a session under its lock: moves its directory into the trash in one rename (from
-    /// then on its path is gone for everyone), lets the lock go, and deletes it. A crash after
-    /// the rename leaves the trash to the next purge; one before it leaves the session whole.
+    /// Ends a session under its lock, in one job: moves its directory into the trash in one
+    /// rename (from then on its path is gone for everyone), then deletes it there. A crash
+    /// after the rename leaves the trash to the next purge; one before it leaves the session
+    /// whole.
     async fn end_session(
         &self,
         store: &Store,
@@ -519,32 +576,30 @@ impl FsEngine {
         let trash = self.local(&store.keys().upload_trash(id.as_str(), &nonce));
         let fs = Arc::clone(&self.fs);
         let dir = paths.dir.clone();
-        let moved = {
-            let trash = trash.clone();
-            job(&guard, move || {
-                if let Some(parent) = trash.parent() {
-                    fs.create_dir_all(parent)
-                        .map_err(failed("creating", parent))?;
-                }
-                match fs.rename(&dir, &trash) {
-                    Ok(()) => Ok(true),
-                    Err(e) if not_found(&e) => Ok(false),
-                    Err(e) => Err(failed("moving to the trash", &dir)(e)),
-                }
-            })
-            .await?
-        };
-        drop(guard);
-        if moved {
-            let fs = Arc::clone(&self.fs);
-            job(&Guard::none(), move || match fs.remove_dir_all(&trash) {
+        job(&guard, move || {
+            let mut moved = fs.rename(&dir, &trash);
+            if let (Err(e), Some(parent)) = (&moved, trash.parent())
+                && not_found(e)
+                && fs.metadata(&dir).is_ok()
+            {
+                // The first session ended in this store: no trash directory yet.
+                fs.create_dir_all(parent)
+                    .map_err(failed("creating", parent))?;
+                moved = fs.rename(&dir, &trash);
+            }
+            match moved {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => return Ok(()),
+                Err(e) => return Err(failed("moving to the trash", &dir)(e)),
+            }
+            // Nobody can reach the session now: deleting it under the lock delays no one.
+            match fs.remove_dir_all(&trash) {
                 Ok(()) => Ok(()),
                 Err(e) if not_found(&e) => Ok(()),
                 Err(e) => Err(failed("deleting", &trash)(e)),
-            })
-            .await?;
-        }
-        Ok(())
+            }
+        })
+        .await
     }
 
     /// Ends a session whose blob is published: what is left is only its state, so a failure
@@ -556,7 +611,9 @@ impl FsEngine {
         }
     }
 
-    /// Publishes the staging file as `digest` unless the store has it already.
+    /// Publishes the staging file as `digest` unless the store has it already, in one job:
+    /// the check, the rename and the directory fsyncs (see [`in_place`] for bytes already
+    /// there).
     async fn publish(
         &self,
         store: &Store,
@@ -565,21 +622,51 @@ impl FsEngine {
         size: u64,
         guard: &Guard,
     ) -> Result<()> {
-        if store.blob_size(digest).await?.is_some() {
-            // The store has these bytes (dedupe, or a commit that crashed after publishing).
-            return Ok(());
-        }
-        let target = self.local(&store.keys().blob_data(digest));
+        let (target, segments) = self.blob_paths(store, digest);
         let (fs, syncer) = (Arc::clone(&self.fs), Arc::clone(&self.syncer));
         let (root, data) = (self.root.clone(), paths.data.clone());
         let what = context("fsyncing the directories of", &target);
         let (new, joined) = job(guard, move || {
-            rename_into_place(&*fs, &syncer, &root, &data, &target, size)
+            match in_place(&*fs, &syncer, &root, &target, &segments)? {
+                Some(there) => Ok(there),
+                None => rename_into_place(&*fs, &syncer, &root, &data, &target, size),
+            }
         })
         .await?;
         joined.wait().await.map_err(|e| Error::io(what, e))?;
         self.syncer.made_durable(&new);
         Ok(())
+    }
+
+    /// Whether the store has `digest`'s bytes; if so, returns once they are durable (see
+    /// [`in_place`]).
+    async fn durably_stored(&self, store: &Store, digest: &Digest) -> Result<bool> {
+        let (target, segments) = self.blob_paths(store, digest);
+        let (fs, syncer, root) = (
+            Arc::clone(&self.fs),
+            Arc::clone(&self.syncer),
+            self.root.clone(),
+        );
+        let what = context("fsyncing the directories of", &target);
+        let Some((new, joined)) = job(&Guard::none(), move || {
+            in_place(&*fs, &syncer, &root, &target, &segments)
+        })
+        .await?
+        else {
+            return Ok(false);
+        };
+        joined.wait().await.map_err(|e| Error::io(what, e))?;
+        self.syncer.made_durable(&new);
+        Ok(true)
+    }
+
+    /// A blob's data file and its segment index.
+    fn blob_paths(&self, store: &Store, digest: &Digest) -> (PathBuf, PathBuf) {
+        let keys = store.keys();
+        (
+            self.local(&keys.blob_data(digest)),
+            self.local(&keys.blob_segments(digest)),
+        )
     }
 
     /// One purge decision, under the session's lock: the bytes freed, `None` if kept.
@@ -713,7 +800,7 @@ impl UploadEngine for FsEngine {
                 data,
                 hashes,
             },
-        ) = self.lock_for_append(repo, &paths, id, offset).await?;
+        ) = self.lock_for_append(repo, &paths, id, Some(offset)).await?;
         let durable = make_durable(
             &self.syncer,
             Arc::clone(&opened.state_file),
@@ -809,10 +896,6 @@ impl UploadEngine for FsEngine {
         expected_size: Option<u64>,
     ) -> Result<BlobInfo> {
         let store = repo.store();
-        let offset = match offset {
-            Some(offset) => offset,
-            None => self.status(store, id).await?.offset,
-        };
         let paths = self.paths(store, id);
         let (
             guard,
@@ -822,6 +905,7 @@ impl UploadEngine for FsEngine {
                 hashes,
             },
         ) = self.lock_for_append(repo, &paths, id, offset).await?;
+        let offset = opened.record.state.offset;
         let written = writer::write_and_hash(
             data,
             &paths.data,
@@ -929,7 +1013,7 @@ impl UploadEngine for FsEngine {
         data: Bytes,
     ) -> Result<BlobInfo> {
         let size = data.len() as u64;
-        if repo.store().blob_size(expected).await?.is_some() {
+        if self.durably_stored(repo.store(), expected).await? {
             expected.verify(&data)?;
             repo.link_blob(expected, CachedBlob::object(size)).await?;
             return Ok(published(expected, size));
