@@ -324,14 +324,8 @@ fn rename_into_place(
         file.set_len(size).map_err(failed("truncating", data))?;
         file.sync_data().map_err(failed("fsyncing", data))?;
     }
-    let parent = target.parent().ok_or_else(|| Error::Corrupt {
-        key: target.display().to_string(),
-        reason: "blob path has no parent".to_owned(),
-    })?;
     // New directories must be durable too: their parents are fsynced with the target's.
-    let new = syncer
-        .make_dirs(root, parent)
-        .map_err(failed("creating", parent))?;
+    let (parent, new) = blob_dirs(syncer, root, target)?;
     fs.rename(data, target)
         .map_err(failed("publishing", target))?;
     sync_entry(syncer, new, parent, target)
@@ -380,15 +374,26 @@ fn in_place(
     if !found(target)? {
         return Ok(None);
     }
+    // Makes nothing: names the directories another writer made and has not made durable.
+    let (parent, new) = blob_dirs(syncer, root, target)?;
+    sync_entry(syncer, new, parent, target).map(Some)
+}
+
+/// Makes the directory of a blob's `target` and any missing above it; returns it, and what
+/// must be fsynced for them to be durable (see [`DirSyncer::make_dirs`]).
+fn blob_dirs<'a>(
+    syncer: &DirSyncer,
+    root: &Path,
+    target: &'a Path,
+) -> Result<(&'a Path, group::NewDirs)> {
     let parent = target.parent().ok_or_else(|| Error::Corrupt {
         key: target.display().to_string(),
         reason: "blob path has no parent".to_owned(),
     })?;
-    // Makes nothing: names the directories another writer made and has not made durable.
     let new = syncer
         .make_dirs(root, parent)
         .map_err(failed("creating", parent))?;
-    sync_entry(syncer, new, parent, target).map(Some)
+    Ok((parent, new))
 }
 
 /// Hashes the first `size` bytes of a staging file again, under every hash a session keeps
