@@ -72,11 +72,6 @@ struct State {
 pub(crate) struct Joined(Vec<oneshot::Receiver<Outcome>>);
 
 impl Joined {
-    /// Nothing to wait for.
-    pub(crate) fn none() -> Self {
-        Self(vec![])
-    }
-
     /// Waits for the joined fsyncs.
     ///
     /// # Errors

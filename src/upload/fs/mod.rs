@@ -347,9 +347,10 @@ fn sync_entry(
     Ok((new, joined))
 }
 
-/// If the store has the blob at `target` (or as `segments`), the fsyncs that make its entry
-/// durable, as if this writer had renamed it; `None` if it has not (blocking: run it as a
-/// job).
+/// If the store has the blob at `target`, the fsyncs that make its entry durable, as if this
+/// writer had renamed it; `None` if it has not (blocking: run it as a job). Segment indexes
+/// are not looked for: only object-store engines write them, and bytes published beside one
+/// would be the same bytes.
 ///
 /// Bytes already there may be another writer's that it renamed into place a moment ago and is
 /// still fsyncing the directory of: nothing may be acknowledged on them until an fsync of
@@ -360,19 +361,11 @@ fn in_place(
     syncer: &Arc<DirSyncer>,
     root: &Path,
     target: &Path,
-    segments: &Path,
 ) -> Result<Option<(group::NewDirs, group::Joined)>> {
-    let found = |path: &Path| match fs.metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if not_found(&e) => Ok(false),
-        Err(e) => Err(failed("reading", path)(e)),
-    };
-    if found(segments)? {
-        // Stored as segments, written whole by an object-store engine.
-        return Ok(Some((group::NewDirs::default(), group::Joined::none())));
-    }
-    if !found(target)? {
-        return Ok(None);
+    match fs.metadata(target) {
+        Ok(_) => {}
+        Err(e) if not_found(&e) => return Ok(None),
+        Err(e) => return Err(failed("reading", target)(e)),
     }
     // Makes nothing: names the directories another writer made and has not made durable.
     let (parent, new) = blob_dirs(syncer, root, target)?;
@@ -627,12 +620,12 @@ impl FsEngine {
         size: u64,
         guard: &Guard,
     ) -> Result<()> {
-        let (target, segments) = self.blob_paths(store, digest);
+        let target = self.local(&store.keys().blob_data(digest));
         let (fs, syncer) = (Arc::clone(&self.fs), Arc::clone(&self.syncer));
         let (root, data) = (self.root.clone(), paths.data.clone());
         let what = context("fsyncing the directories of", &target);
         let (new, joined) = job(guard, move || {
-            match in_place(&*fs, &syncer, &root, &target, &segments)? {
+            match in_place(&*fs, &syncer, &root, &target)? {
                 Some(there) => Ok(there),
                 None => rename_into_place(&*fs, &syncer, &root, &data, &target, size),
             }
@@ -646,7 +639,7 @@ impl FsEngine {
     /// Whether the store has `digest`'s bytes; if so, returns once they are durable (see
     /// [`in_place`]).
     async fn durably_stored(&self, store: &Store, digest: &Digest) -> Result<bool> {
-        let (target, segments) = self.blob_paths(store, digest);
+        let target = self.local(&store.keys().blob_data(digest));
         let (fs, syncer, root) = (
             Arc::clone(&self.fs),
             Arc::clone(&self.syncer),
@@ -654,7 +647,7 @@ impl FsEngine {
         );
         let what = context("fsyncing the directories of", &target);
         let Some((new, joined)) = job(&Guard::none(), move || {
-            in_place(&*fs, &syncer, &root, &target, &segments)
+            in_place(&*fs, &syncer, &root, &target)
         })
         .await?
         else {
@@ -663,15 +656,6 @@ impl FsEngine {
         joined.wait().await.map_err(|e| Error::io(what, e))?;
         self.syncer.made_durable(&new);
         Ok(true)
-    }
-
-    /// A blob's data file and its segment index.
-    fn blob_paths(&self, store: &Store, digest: &Digest) -> (PathBuf, PathBuf) {
-        let keys = store.keys();
-        (
-            self.local(&keys.blob_data(digest)),
-            self.local(&keys.blob_segments(digest)),
-        )
     }
 
     /// One purge decision, under the session's lock: the bytes freed, `None` if kept.
