@@ -149,14 +149,46 @@ async fn push_image(replica: &Replica, repo: &str, tag: &str) -> (String, String
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_image_config_with_every_section_on_serves_a_push_and_a_pull() {
-    let Some(redis) = redis_addr() else { return };
-    let (_receiver, hook) = Receiver::start(Answer::Ok).await;
+/// One replica of the seed configuration with an image pushed by tag `v1` into a fresh
+/// repository; `None` without Redis (the test then skips). Fields drop in order: the
+/// replica before its storage root.
+struct Seeded {
+    replica: Replica,
+    receiver: Receiver,
+    repo: String,
+    layer: String,
+    manifest: String,
+    _root: tempfile::TempDir,
+}
+
+async fn seeded() -> Option<Seeded> {
+    let redis = redis_addr()?;
+    let (receiver, hook) = Receiver::start(Answer::Ok).await;
     let root = tempfile::tempdir().unwrap();
     let replica = Replica::start(root.path(), &redis, &hook);
     let repo = fresh_repository();
     let (layer, manifest) = push_image(&replica, &repo, "v1").await;
+    Some(Seeded {
+        replica,
+        receiver,
+        repo,
+        layer,
+        manifest,
+        _root: root,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_image_config_with_every_section_on_serves_a_push_and_a_pull() {
+    let Some(seed) = seeded().await else { return };
+    // Borrowed, so that the root and the receiver live as long as the test.
+    let Seeded {
+        replica,
+        repo,
+        layer,
+        manifest,
+        ..
+    } = &seed;
     let http = client();
     let got = http
         .get(replica.url(&format!("/v2/{repo}/manifests/v1")))
@@ -183,12 +215,14 @@ async fn the_image_config_with_every_section_on_serves_a_push_and_a_pull() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn its_endpoint_receives_the_push_with_the_configured_header() {
-    let Some(redis) = redis_addr() else { return };
-    let (receiver, hook) = Receiver::start(Answer::Ok).await;
-    let root = tempfile::tempdir().unwrap();
-    let replica = Replica::start(root.path(), &redis, &hook);
-    let repo = fresh_repository();
-    let (_, manifest) = push_image(&replica, &repo, "v1").await;
+    let Some(seed) = seeded().await else { return };
+    // Borrowed, so that the root and the receiver live as long as the test.
+    let Seeded {
+        receiver,
+        repo,
+        manifest,
+        ..
+    } = &seed;
     let events = receiver
         .wait_for("the manifest's push event", |events| {
             events
@@ -210,12 +244,14 @@ async fn its_endpoint_receives_the_push_with_the_configured_header() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn its_debug_server_answers_health_and_counts_requests_and_cache_hits() {
-    let Some(redis) = redis_addr() else { return };
-    let (_receiver, hook) = Receiver::start(Answer::Ok).await;
-    let root = tempfile::tempdir().unwrap();
-    let replica = Replica::start(root.path(), &redis, &hook);
-    let repo = fresh_repository();
-    let (layer, _) = push_image(&replica, &repo, "v1").await;
+    let Some(seed) = seeded().await else { return };
+    // Borrowed, so that the root and the receiver live as long as the test.
+    let Seeded {
+        replica,
+        repo,
+        layer,
+        ..
+    } = &seed;
     let http = client();
     let head = http
         .head(replica.url(&format!("/v2/{repo}/blobs/{layer}")))
