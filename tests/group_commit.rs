@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use futures::TryStreamExt;
+use layerstore::manifest::media_type;
 use layerstore::{Backend, Digest, ErrorKind, Store};
 use object_store::local::LocalFileSystem;
 
@@ -298,4 +299,188 @@ async fn a_put_of_a_blob_another_writer_has_not_yet_made_durable_waits_for_its_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_of_a_blob_another_writer_has_not_yet_made_durable_waits_for_its_fsync() {
     second_push_of_a_blob_not_yet_durable(SecondPush::Session).await;
+}
+
+/// The files a manifest put by tag publishes, in the order it must publish them.
+fn manifest_files(root: &Path, name: &str, digest: &Digest, tag: &str) -> [std::path::PathBuf; 3] {
+    let hex = digest.hex();
+    let repo = root.join("repositories").join(name).join("_manifests");
+    [
+        root.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2])),
+        repo.join(format!("revisions/sha256/{hex}/link")),
+        repo.join(format!("tags/{tag}/link")),
+    ]
+}
+
+/// Releases held fsyncs when dropped: a failed assertion must not leave a blocking-pool
+/// thread held, which would stop the test's runtime from shutting down.
+struct ReleaseOnDrop(Arc<PowerCutFs>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// Files under `dir` whose names hold `#`: staging files not (yet) renamed into place.
+fn staging_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = vec![];
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if entry.file_name().to_string_lossy().contains('#') {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// A manifest put by tag runs with the directory fsyncs of its `held`-th file (0: the bytes,
+/// 1: the revision link, 2: the tag) held; no later file may be renamed into place before that
+/// fsync, and after a power cut there the restarted store has a prefix of the three, never a
+/// tag without its revision or a revision without its bytes.
+async fn manifest_put_cut_while_publishing(held: usize) {
+    let root = tempfile::tempdir().unwrap();
+    let fs = PowerCutFs::new();
+    let store = store_with(root.path(), &fs);
+    let (manifest, _) = push_image(&store, "order/img", "v1", 1).await;
+    let digest = Digest::sha256(&manifest);
+    let files = manifest_files(root.path(), "order/img", &digest, "v1");
+    let dirs = ["blobs/sha256/", "_manifests/revisions/", "_manifests/tags/"];
+
+    fs.hold_dir_syncs(dirs[held]);
+    let _release = ReleaseOnDrop(Arc::clone(&fs));
+    let put = {
+        let (r, manifest) = (store.repository(repo("order/img")), manifest.clone());
+        tokio::spawn(async move {
+            r.put_manifest(&tag("v1"), manifest, Some(media_type::OCI_MANIFEST))
+                .await
+        })
+    };
+    until("the fsync to be held", || fs.held() > 0).await;
+    // Room for a later rename that should not come.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (i, file) in files.iter().enumerate() {
+        assert_eq!(
+            file.exists(),
+            i <= held,
+            "{} renamed into place with file {held}'s fsync held",
+            file.display()
+        );
+    }
+    assert!(fs.cut() > 0, "the cut came after everything was durable");
+    fs.release();
+    assert!(
+        put.await.unwrap().is_err(),
+        "acknowledged before its writes were durable"
+    );
+
+    let present: Vec<bool> = files.iter().map(|f| f.exists()).collect();
+    assert!(
+        present.windows(2).all(|w| w[0] || !w[1]),
+        "not a prefix after the cut: {present:?} (bytes, revision, tag)"
+    );
+    let after = restarted(root.path());
+    let r = after.repository(repo("order/img"));
+    match r.get_manifest(&tag("v1")).await {
+        Ok(got) => assert_eq!(got.bytes, manifest),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ManifestUnknown, "{e}"),
+    }
+    // The restarted store can put it again.
+    let again = put_manifest(&after, "order/img", &tag("v1"), &manifest).await;
+    assert_eq!(again, digest);
+    assert_eq!(r.get_manifest(&tag("v1")).await.unwrap().bytes, manifest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_while_a_manifests_bytes_are_published_leaves_no_revision_or_tag() {
+    manifest_put_cut_while_publishing(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_while_a_manifests_revision_is_published_leaves_no_tag() {
+    manifest_put_cut_while_publishing(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_while_a_tag_is_published_keeps_the_revision_before_it() {
+    manifest_put_cut_while_publishing(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_puts_links_are_staged_while_its_bytes_are_published() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = PowerCutFs::new();
+    let store = store_with(root.path(), &fs);
+    let (manifest, _) = push_image(&store, "early/img", "v1", 1).await;
+    let files = manifest_files(root.path(), "early/img", &Digest::sha256(&manifest), "v1");
+
+    fs.hold_dir_syncs("blobs/sha256/");
+    let _release = ReleaseOnDrop(Arc::clone(&fs));
+    let put = {
+        let (r, manifest) = (store.repository(repo("early/img")), manifest.clone());
+        tokio::spawn(async move {
+            r.put_manifest(&tag("v1"), manifest, Some(media_type::OCI_MANIFEST))
+                .await
+        })
+    };
+    until("the bytes' fsync to be held", || fs.held() > 0).await;
+    // The revision link and the tag are written (and fdatasynced) under staging names beside
+    // their places while the bytes wait: publishing them is a rename and a directory fsync.
+    for link in &files[1..] {
+        let dir = link.parent().unwrap();
+        until(&format!("a staged link in {}", dir.display()), || {
+            staging_files(dir).len() == 1
+        })
+        .await;
+        assert!(!link.exists());
+    }
+    fs.release();
+    put.await.unwrap().unwrap();
+    assert!(files.iter().all(|f| f.exists()));
+    assert_eq!(staging_files(root.path()), Vec::<std::path::PathBuf>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_put_whose_caller_stops_waiting_ends_whole_with_no_staging_file_left() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = PowerCutFs::new();
+    let store = store_with(root.path(), &fs);
+    let (manifest, _) = push_image(&store, "gone/img", "v1", 1).await;
+
+    fs.hold_dir_syncs("blobs/sha256/");
+    let _release = ReleaseOnDrop(Arc::clone(&fs));
+    let put = {
+        let (r, manifest) = (store.repository(repo("gone/img")), manifest.clone());
+        tokio::spawn(async move {
+            r.put_manifest(&tag("v1"), manifest, Some(media_type::OCI_MANIFEST))
+                .await
+        })
+    };
+    until("the bytes' fsync to be held", || fs.held() > 0).await;
+    // The client goes away mid-put (the server drops the request's future).
+    put.abort();
+    fs.release();
+    let r = store.repository(repo("gone/img"));
+    until("the put to end on its own", || {
+        staging_files(root.path()).is_empty()
+    })
+    .await;
+    let mut got = r.get_manifest(&tag("v1")).await;
+    for _ in 0..1000 {
+        if got.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        got = r.get_manifest(&tag("v1")).await;
+    }
+    assert_eq!(got.unwrap().bytes, manifest);
+    assert_eq!(staging_files(root.path()), Vec::<std::path::PathBuf>::new());
 }

@@ -7,7 +7,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 
 use super::blobs::collected_in_flight;
-use super::{Paginated, Repository};
+use super::{Paginated, Repository, encode_link};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::events::{Action, Event};
@@ -135,33 +135,42 @@ impl Repository {
 
         let keys = self.store.keys();
         let data = keys.blob_data(&digest);
-        // Written whether or not they are there: the same bytes (the digest was verified), one
-        // atomic write, and one request, as a check would cost.
-        self.store.write(&data, manifest.bytes.clone()).await?;
-        self.register().await?;
         let info = ManifestInfo {
             media_type: manifest.media_type.clone(),
             digest,
             size: manifest.bytes.len() as u64,
         };
         let subject = manifest.subject.as_ref().map(|s| s.digest);
+        // In order, each durable before the next is published (see `Store::write_in_order`):
+        // the bytes (written whether or not they are there: the same bytes, the digest was
+        // verified, one atomic write and one request, as a check would cost), the catalog
+        // marker, the referrer entry, the revision link (the commit point), the tag (one
+        // atomic write: readers see the old target or the new one).
+        let mut writes = vec![(data.clone(), manifest.bytes.clone())];
+        let registration = self.unregistered().await?;
+        if let Some(pending) = &registration {
+            writes.push((pending.marker.clone(), Bytes::new()));
+        }
         if let Some(subject) = &subject {
-            let descriptor = referrer_descriptor(&manifest, &info);
             let key = keys.referrer_link(&self.name, subject, &digest);
-            self.store.write_link(&key, &descriptor).await?;
+            let descriptor = encode_link(&key, &referrer_descriptor(&manifest, &info))?;
+            writes.push((key, descriptor));
         }
         let revision = RevisionLink {
             info: info.clone(),
             subject,
         };
-        self.store
-            .write_link(&keys.manifest_revision(&self.name, &digest), &revision)
-            .await?;
+        let key = keys.manifest_revision(&self.name, &digest);
+        let json = encode_link(&key, &revision)?;
+        writes.push((key, json));
         if let Reference::Tag(tag) = reference {
-            // One atomic put: readers see the old target or the new one.
-            self.store
-                .write_link(&keys.tag_link(&self.name, tag), &info)
-                .await?;
+            let key = keys.tag_link(&self.name, tag);
+            let json = encode_link(&key, &info)?;
+            writes.push((key, json));
+        }
+        self.store.write_in_order(writes).await?;
+        if let Some(pending) = &registration {
+            self.remember_registered(pending);
         }
         let mut published = references;
         published.extend([

@@ -268,16 +268,18 @@ impl Store {
         Ok(())
     }
 
+    /// Writes each object of `writes` in order (see `UploadEngine::write_in_order`): once one
+    /// is there after a crash, every one before it is.
+    pub(crate) async fn write_in_order(&self, writes: Vec<(Path, Bytes)>) -> Result<()> {
+        self.backend().engine().write_in_order(self, writes).await
+    }
+
     pub(crate) async fn write_link<T: serde::Serialize>(
         &self,
         key: &Path,
         value: &T,
     ) -> Result<()> {
-        let json = serde_json::to_vec(value).map_err(|e| Error::Corrupt {
-            key: key.to_string(),
-            reason: format!("cannot encode: {e}"),
-        })?;
-        self.write(key, Bytes::from(json)).await
+        self.write(key, encode_link(key, value)?).await
     }
 
     /// Deletes an object; deleting a missing one is not an error (backends differ on it).
@@ -320,6 +322,22 @@ impl Store {
     }
 }
 
+/// A catalog marker to write (see `Repository::unregistered`).
+struct Registration {
+    generation: u64,
+    marker: Path,
+}
+
+/// A link object's JSON.
+pub(crate) fn encode_link<T: serde::Serialize>(key: &Path, value: &T) -> Result<Bytes> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::Corrupt {
+            key: key.to_string(),
+            reason: format!("cannot encode: {e}"),
+        })
+}
+
 /// A handle on one repository of a [`Store`].
 #[derive(Clone, Debug)]
 pub struct Repository {
@@ -349,23 +367,41 @@ impl Repository {
     /// run cannot remove it then), and a write that a run started under checks again
     /// afterwards ([`Self::published_blob`]).
     async fn register(&self) -> Result<()> {
+        if let Some(pending) = self.unregistered().await? {
+            self.store.write(&pending.marker, Bytes::new()).await?;
+            self.remember_registered(&pending);
+        }
+        Ok(())
+    }
+
+    /// The catalog marker to write if this store does not know the repository to be in the
+    /// catalog and it is not (one `HEAD`); then [`Self::remember_registered`] once it is written.
+    async fn unregistered(&self) -> Result<Option<Registration>> {
         let generation = self.store.gc_seen().await?.generation;
-        let remembered = |registered: &(u64, HashSet<RepositoryName>)| {
-            registered.0 == generation && registered.1.contains(&self.name)
+        let pending = Registration {
+            generation,
+            marker: self.store.keys().catalog_marker(&self.name),
         };
-        if remembered(&self.store.registered()) {
-            return Ok(());
+        {
+            let registered = self.store.registered();
+            if registered.0 == generation && registered.1.contains(&self.name) {
+                return Ok(None);
+            }
         }
-        let key = self.store.keys().catalog_marker(&self.name);
-        if !self.store.exists(&key).await? {
-            self.store.write(&key, Bytes::new()).await?;
+        if self.store.exists(&pending.marker).await? {
+            self.remember_registered(&pending);
+            return Ok(None);
         }
+        Ok(Some(pending))
+    }
+
+    /// Remembers that the repository is in the catalog, as of the GC generation seen.
+    fn remember_registered(&self, pending: &Registration) {
         let mut registered = self.store.registered();
-        if registered.0 != generation || registered.1.len() >= REGISTERED_REMEMBERED {
-            *registered = (generation, HashSet::new());
+        if registered.0 != pending.generation || registered.1.len() >= REGISTERED_REMEMBERED {
+            *registered = (pending.generation, HashSet::new());
         }
         registered.1.insert(self.name.clone());
-        Ok(())
     }
 
     /// Forgets that the repository is in the catalog (after a run may have removed it).

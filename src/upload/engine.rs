@@ -113,4 +113,15 @@ pub(crate) trait UploadEngine: Send + Sync + fmt::Debug {
         range: Option<Range<u64>>,
         digest: &Digest,
     ) -> Result<BoxStream<'static, Result<Bytes>>>;
+
+    /// Writes each object of `writes` (overwriting), in order: once one is there after a
+    /// crash, every one before it is. Returns once all are durable. Engines that can make the
+    /// bytes of all durable at once and then publish them in order do (the filesystem's);
+    /// others write them one after another.
+    async fn write_in_order(&self, store: &Store, writes: Vec<(Path, Bytes)>) -> Result<()> {
+        for (key, bytes) in writes {
+            store.write(&key, bytes).await?;
+        }
+        Ok(())
+    }
 }

@@ -19,7 +19,7 @@
 //! process whose parent fsync has not completed yet, and has the second writer fsync (join)
 //! the parent too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +64,16 @@ struct State {
     running: HashMap<PathBuf, Vec<oneshot::Sender<Outcome>>>,
     /// Directories made in this process whose parent has not been fsynced since.
     fresh: HashSet<PathBuf>,
+}
+
+/// A file written under a staging name beside its destination, its bytes durable, not yet
+/// published.
+#[derive(Debug)]
+struct Staged {
+    staging: PathBuf,
+    target: PathBuf,
+    dir: PathBuf,
+    new: NewDirs,
 }
 
 /// Directory fsyncs a writer joined (see [`DirSyncer::sync_now_or_join`]).
@@ -250,64 +260,202 @@ impl DirSyncer {
         path: &Path,
         payload: Vec<Bytes>,
     ) -> io::Result<()> {
-        let dir = path
-            .parent()
-            .ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))?
-            .to_path_buf();
         let payload = Arc::new(payload);
         let mut attempt = 1;
-        let synced = loop {
-            let (this, root, dir, target) = (
-                Arc::clone(self),
-                root.to_path_buf(),
-                dir.clone(),
-                path.to_path_buf(),
-            );
-            let payload = Arc::clone(&payload);
+        loop {
+            let (this, root, target) = (Arc::clone(self), root.to_path_buf(), path.to_path_buf());
+            let payload = payload.clone();
             let written = tokio::task::spawn_blocking(move || {
-                let new = this.make_dirs(&root, &dir)?;
-                let staging = staging_path(&target);
-                let file = this.fs.create(&staging)?;
-                let published = file
-                    .write_at(&payload, 0)
-                    .and_then(|()| file.sync_data())
-                    .and_then(|()| this.fs.rename(&staging, &target));
-                if let Err(e) = published {
-                    let _ = this.fs.remove_file(&staging);
-                    return Err(e);
-                }
-                // Published: from here a `NotFound` is a delete that came after.
-                let mut dirs = new.parents.clone();
-                dirs.push(dir);
-                Ok((new, this.sync_now_or_join(&dirs)))
+                let staged = this.stage(&root, &target, &payload)?;
+                let joined = this.publish(&staged)?;
+                Ok::<_, io::Error>((staged, joined))
             })
             .await
             .map_err(io::Error::other)?;
             match written {
-                Ok(synced) => break synced,
+                Ok((staged, joined)) => return self.published(&staged, joined).await,
+                // The directory went between the staging and the rename: nothing published.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < WRITE_ATTEMPTS => {
-                    tracing::debug!(path = %path.display(), attempt, "a concurrent delete removed a directory being made; writing again");
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Writes each of `files` as [`Self::write_file`] does, in order: once one is durable,
+    /// every one before it is (a crash leaves a prefix of them published). The bytes of all
+    /// of them are made durable side by side (the first one's while the others are staged,
+    /// each beside its destination), then they are published one after another, each renamed
+    /// only once the one before it is durable: one file's fdatasync on the way instead of one
+    /// per file, and the same order as writing them one by one.
+    ///
+    /// Runs to its end even if the caller stops waiting (a client that went away), so no
+    /// staging file is left behind and no file is published after one that failed.
+    ///
+    /// # Errors
+    /// The first system call that failed; the files before it are published, none after.
+    pub(crate) async fn write_files_in_order(
+        self: &Arc<Self>,
+        root: &Path,
+        files: Vec<(PathBuf, Vec<Bytes>)>,
+    ) -> io::Result<()> {
+        let (this, root) = (Arc::clone(self), root.to_path_buf());
+        tokio::spawn(async move { this.in_order(root, files).await })
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn in_order(
+        self: Arc<Self>,
+        root: PathBuf,
+        files: Vec<(PathBuf, Vec<Bytes>)>,
+    ) -> io::Result<()> {
+        let mut files = files.into_iter();
+        let Some((first, payload)) = files.next() else {
+            return Ok(());
         };
-        let (new, joined) = synced;
+        let rest: Vec<_> = files.collect();
+        let staging = {
+            let (this, root) = (Arc::clone(&self), root.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut staged = VecDeque::new();
+                for (target, payload) in &rest {
+                    match this.stage(&root, target, payload) {
+                        Ok(s) => staged.push_back(s),
+                        Err(e) => {
+                            this.discard(staged);
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(staged)
+            })
+        };
+        let (first, staged) = tokio::join!(self.write_file(&root, &first, payload), staging);
+        let staged = staged.map_err(io::Error::other)?;
+        let mut staged = match (first, staged) {
+            (Ok(()), Ok(staged)) => staged,
+            (Err(e), Ok(staged)) => {
+                self.discard_blocking(staged).await;
+                return Err(e);
+            }
+            (_, Err(e)) => return Err(e),
+        };
+        // One job publishes as many as it can without waiting: a lone writer fsyncs each
+        // directory itself and goes on; one that joins another writer's fsync waits for it,
+        // as a future, before the next rename.
+        while !staged.is_empty() {
+            let this = Arc::clone(&self);
+            let (rest, outcome) = tokio::task::spawn_blocking(move || {
+                while let Some(next) = staged.pop_front() {
+                    match this.publish(&next) {
+                        Ok(Ok(joined)) if joined.0.is_empty() => this.made_durable(&next.new),
+                        Ok(joined) => return (staged, Ok(Some((next, joined)))),
+                        Err(e) => return (staged, Err(e)),
+                    }
+                }
+                (staged, Ok(None))
+            })
+            .await
+            .map_err(io::Error::other)?;
+            staged = rest;
+            let published = match outcome {
+                Ok(Some((next, joined))) => self.published(&next, joined).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = published {
+                self.discard_blocking(staged).await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `target`'s directories, then writes `payload` to a staging file beside it and
+    /// fdatasyncs it (blocking). A directory a concurrent delete removed as empty meanwhile
+    /// (nothing was published) makes it start again.
+    fn stage(&self, root: &Path, target: &Path, payload: &[Bytes]) -> io::Result<Staged> {
+        let dir = target
+            .parent()
+            .ok_or_else(|| io::Error::other(format!("{} has no parent", target.display())))?
+            .to_path_buf();
+        let mut attempt = 1;
+        loop {
+            let staged = self.make_dirs(root, &dir).and_then(|new| {
+                let staging = staging_path(target);
+                let file = self.fs.create(&staging)?;
+                if let Err(e) = file.write_at(payload, 0).and_then(|()| file.sync_data()) {
+                    let _ = self.fs.remove_file(&staging);
+                    return Err(e);
+                }
+                Ok(Staged {
+                    staging,
+                    target: target.to_path_buf(),
+                    dir: dir.clone(),
+                    new,
+                })
+            });
+            match staged {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < WRITE_ATTEMPTS => {
+                    tracing::debug!(path = %target.display(), attempt, "a concurrent delete removed a directory being made; writing again");
+                    attempt += 1;
+                }
+                staged => return staged,
+            }
+        }
+    }
+
+    /// Renames a staged file into place, then fsyncs (or joins the fsync of) its directory
+    /// and the parents of the directories made for it (blocking). The outer error: the
+    /// rename failed, nothing was published; the inner one: an fsync made here failed (see
+    /// [`Self::published`]).
+    fn publish(self: &Arc<Self>, staged: &Staged) -> io::Result<io::Result<Joined>> {
+        if let Err(e) = self.fs.rename(&staged.staging, &staged.target) {
+            let _ = self.fs.remove_file(&staged.staging);
+            return Err(e);
+        }
+        let mut dirs = staged.new.parents.clone();
+        dirs.push(staged.dir.clone());
+        Ok(self.sync_now_or_join(&dirs))
+    }
+
+    /// Waits for the fsyncs a published file joined. A directory gone by then was deleted
+    /// with the file in it, after the file was published: the write succeeded, followed by
+    /// the delete.
+    async fn published(&self, staged: &Staged, joined: io::Result<Joined>) -> io::Result<()> {
         let synced = match joined {
             Ok(joined) => joined.wait().await,
             Err(e) => Err(e),
         };
         match synced {
             Ok(()) => {
-                self.made_durable(&new);
+                self.made_durable(&staged.new);
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                tracing::debug!(path = %path.display(), "written, then deleted by a concurrent delete");
+                tracing::debug!(path = %staged.target.display(), "written, then deleted by a concurrent delete");
                 Ok(())
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Removes staged files that will not be published (blocking; best effort: a staging
+    /// name is never listed or read).
+    fn discard(&self, staged: VecDeque<Staged>) {
+        for s in staged {
+            let _ = self.fs.remove_file(&s.staging);
+        }
+    }
+
+    async fn discard_blocking(self: &Arc<Self>, staged: VecDeque<Staged>) {
+        if staged.is_empty() {
+            return;
+        }
+        let this = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || this.discard(staged)).await;
     }
 
     /// Directory fsyncs made so far (one per group).
