@@ -17,6 +17,8 @@
 //! - `big-stream`: POST, one PATCH with the whole blob as `Transfer-Encoding: chunked` and no
 //!   length (as docker sends), then PUT `?digest=`.
 //! - `big-get`: GETs that blob `--rounds` times (`--verify` checks its digest).
+//! - `sha256`: no request; hashes a blob of `--size` `--rounds` times on one core with the
+//!   server's SHA-256 (the ceiling a push's throughput is compared with; `--url` is ignored).
 //! - `small-put`: `--count` distinct blobs of `--size` bytes, `--concurrency` at once, each
 //!   POST + PUT `?digest=` with the body (`--patch` instead: POST + PATCH + PUT as docker does).
 //! - `small-head`: HEAD of those blobs, `--rounds` passes over all of them.
@@ -441,6 +443,7 @@ async fn prepare(args: &Args, reg: &Registry) -> Result<Prepared> {
         refs: None,
     };
     match args.workload.as_str() {
+        "sha256" => p.blob = data(seed, size),
         w if w.starts_with("big-") => {
             p.blob = data(seed, size);
             p.digest = Some(Digest::sha256(&p.blob));
@@ -482,6 +485,18 @@ async fn run(
 ) -> Result<(usize, usize)> {
     let size = args.size;
     match args.workload.as_str() {
+        "sha256" => {
+            // The ceiling a push is compared with: one core hashing the blob with the
+            // server's SHA-256 (the `sha2` crate), in the 1 MiB pieces its hash lane gets.
+            for _ in 0..args.rounds {
+                let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+                for piece in p.blob.chunks(1 << 20) {
+                    sha2::Digest::update(&mut hasher, piece);
+                }
+                std::hint::black_box(sha2::Digest::finalize(hasher));
+            }
+            Ok((args.rounds, size * args.rounds))
+        }
         "big-put" => {
             reg.push(p.blob, false).await?;
             Ok((1, size))
