@@ -342,29 +342,59 @@ fn staging_files(dir: &Path) -> Vec<std::path::PathBuf> {
     found
 }
 
-/// A manifest put by tag runs with the directory fsyncs of its `held`-th file (0: the bytes,
-/// 1: the revision link, 2: the tag) held; no later file may be renamed into place before that
-/// fsync, and after a power cut there the restarted store has a prefix of the three, never a
-/// tag without its revision or a revision without its bytes.
-async fn manifest_put_cut_while_publishing(held: usize) {
+/// An image pushed into `name` on a store over the power-cut file system; then a put of its
+/// manifest by tag `v1` started with the directory fsyncs on paths holding `held` stopped
+/// (released when the returned guard drops, even on a failed assertion).
+struct HeldManifestPut {
+    root: tempfile::TempDir,
+    fs: Arc<PowerCutFs>,
+    store: Store,
+    manifest: Bytes,
+    put: tokio::task::JoinHandle<layerstore::Result<layerstore::ManifestPut>>,
+    _release: ReleaseOnDrop,
+}
+
+async fn held_manifest_put(name: &str, held: &str) -> HeldManifestPut {
     let root = tempfile::tempdir().unwrap();
     let fs = PowerCutFs::new();
     let store = store_with(root.path(), &fs);
-    let (manifest, _) = push_image(&store, "order/img", "v1", 1).await;
-    let digest = Digest::sha256(&manifest);
-    let files = manifest_files(root.path(), "order/img", &digest, "v1");
-    let dirs = ["blobs/sha256/", "_manifests/revisions/", "_manifests/tags/"];
-
-    fs.hold_dir_syncs(dirs[held]);
-    let _release = ReleaseOnDrop(Arc::clone(&fs));
+    let (manifest, _) = push_image(&store, name, "v1", 1).await;
+    fs.hold_dir_syncs(held);
+    let release = ReleaseOnDrop(Arc::clone(&fs));
     let put = {
-        let (r, manifest) = (store.repository(repo("order/img")), manifest.clone());
+        let (r, manifest) = (store.repository(repo(name)), manifest.clone());
         tokio::spawn(async move {
             r.put_manifest(&tag("v1"), manifest, Some(media_type::OCI_MANIFEST))
                 .await
         })
     };
-    until("the fsync to be held", || fs.held() > 0).await;
+    until("a directory fsync to be held", || fs.held() > 0).await;
+    HeldManifestPut {
+        root,
+        fs,
+        store,
+        manifest,
+        put,
+        _release: release,
+    }
+}
+
+/// A manifest put by tag runs with the directory fsyncs of its `held`-th file (0: the bytes,
+/// 1: the revision link, 2: the tag) held; no later file may be renamed into place before that
+/// fsync, and after a power cut there the restarted store has a prefix of the three, never a
+/// tag without its revision or a revision without its bytes.
+async fn manifest_put_cut_while_publishing(held: usize) {
+    let dirs = ["blobs/sha256/", "_manifests/revisions/", "_manifests/tags/"];
+    let HeldManifestPut {
+        root,
+        fs,
+        store: _,
+        manifest,
+        put,
+        _release,
+    } = held_manifest_put("order/img", dirs[held]).await;
+    let digest = Digest::sha256(&manifest);
+    let files = manifest_files(root.path(), "order/img", &digest, "v1");
     // Room for a later rename that should not come.
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (i, file) in files.iter().enumerate() {
@@ -416,22 +446,15 @@ async fn a_power_cut_while_a_tag_is_published_keeps_the_revision_before_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_puts_links_are_staged_while_its_bytes_are_published() {
-    let root = tempfile::tempdir().unwrap();
-    let fs = PowerCutFs::new();
-    let store = store_with(root.path(), &fs);
-    let (manifest, _) = push_image(&store, "early/img", "v1", 1).await;
+    let HeldManifestPut {
+        root,
+        fs,
+        manifest,
+        put,
+        _release,
+        ..
+    } = held_manifest_put("early/img", "blobs/sha256/").await;
     let files = manifest_files(root.path(), "early/img", &Digest::sha256(&manifest), "v1");
-
-    fs.hold_dir_syncs("blobs/sha256/");
-    let _release = ReleaseOnDrop(Arc::clone(&fs));
-    let put = {
-        let (r, manifest) = (store.repository(repo("early/img")), manifest.clone());
-        tokio::spawn(async move {
-            r.put_manifest(&tag("v1"), manifest, Some(media_type::OCI_MANIFEST))
-                .await
-        })
-    };
-    until("the bytes' fsync to be held", || fs.held() > 0).await;
     // The revision link and the tag are written (and fdatasynced) under staging names beside
     // their places while the bytes wait: publishing them is a rename and a directory fsync.
     for link in &files[1..] {
@@ -450,21 +473,14 @@ async fn a_manifest_puts_links_are_staged_while_its_bytes_are_published() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_put_whose_caller_stops_waiting_ends_whole_with_no_staging_file_left() {
-    let root = tempfile::tempdir().unwrap();
-    let fs = PowerCutFs::new();
-    let store = store_with(root.path(), &fs);
-    let (manifest, _) = push_image(&store, "gone/img", "v1", 1).await;
-
-    fs.hold_dir_syncs("blobs/sha256/");
-    let _release = ReleaseOnDrop(Arc::clone(&fs));
-    let put = {
-        let (r, manifest) = (store.repository(repo("gone/img")), manifest.clone());
-        tokio::spawn(async move {
-            r.put_manifest(&tag("v1"), manifest, Some(media_type::OCI_MANIFEST))
-                .await
-        })
-    };
-    until("the bytes' fsync to be held", || fs.held() > 0).await;
+    let HeldManifestPut {
+        root,
+        fs,
+        store,
+        manifest,
+        put,
+        _release,
+    } = held_manifest_put("gone/img", "blobs/sha256/").await;
     // The client goes away mid-put (the server drops the request's future).
     put.abort();
     fs.release();
