@@ -16,6 +16,7 @@ use bytes::Bytes;
 use common::*;
 use futures::TryStreamExt;
 use layerstore::manifest::media_type;
+use layerstore::upload::{FileSystem, StdFileSystem};
 use layerstore::{Backend, Digest, ErrorKind, Store};
 use object_store::local::LocalFileSystem;
 
@@ -395,7 +396,15 @@ async fn manifest_put_cut_while_publishing(held: usize) {
     } = held_manifest_put("order/img", dirs[held]).await;
     let digest = Digest::sha256(&manifest);
     let files = manifest_files(root.path(), "order/img", &digest, "v1");
-    // Room for a later rename that should not come.
+    // The later files are staged beside their places; then room for a rename that should not
+    // come.
+    for later in &files[held + 1..] {
+        let dir = later.parent().unwrap();
+        until(&format!("a staged file in {}", dir.display()), || {
+            staging_files(dir).len() == 1
+        })
+        .await;
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (i, file) in files.iter().enumerate() {
         assert_eq!(
@@ -416,6 +425,11 @@ async fn manifest_put_cut_while_publishing(held: usize) {
     assert!(
         present.windows(2).all(|w| w[0] || !w[1]),
         "not a prefix after the cut: {present:?} (bytes, revision, tag)"
+    );
+    // Each file was durable before the next one was renamed: those before the held one stay.
+    assert!(
+        present[..held].iter().all(|p| *p),
+        "a file published before the held one was lost: {present:?} (bytes, revision, tag)"
     );
     let after = restarted(root.path());
     let r = after.repository(repo("order/img"));
@@ -490,7 +504,7 @@ async fn a_manifest_put_whose_caller_stops_waiting_ends_whole_with_no_staging_fi
     })
     .await;
     let mut got = r.get_manifest(&tag("v1")).await;
-    for _ in 0..1000 {
+    for _ in 0..4000 {
         if got.is_ok() {
             break;
         }
@@ -499,4 +513,39 @@ async fn a_manifest_put_whose_caller_stops_waiting_ends_whole_with_no_staging_fi
     }
     assert_eq!(got.unwrap().bytes, manifest);
     assert_eq!(staging_files(root.path()), Vec::<std::path::PathBuf>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_a_cleanup_removes_while_a_tag_is_put_is_made_durable_again() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = PowerCutFs::new();
+    let store = store_with(root.path(), &fs);
+    let (manifest, _) = push_image(&store, "race/img", "v1", 1).await;
+    // Put by digest first: the tag put then makes no directory but the tag's own, and
+    // fsyncs nothing above `_manifests/tags/` unless it finds that directory made anew.
+    let digest = Digest::sha256(&manifest);
+    put_manifest(
+        &store,
+        "race/img",
+        &layerstore::Reference::Digest(digest),
+        &manifest,
+    )
+    .await;
+    // `_manifests/tags/` in place, empty and durable, as the delete of a repository's last tag
+    // leaves it for a moment before its cleanup removes it.
+    let tags = root.path().join("repositories/race/img/_manifests/tags");
+    std::fs::create_dir_all(&tags).unwrap();
+    StdFileSystem.sync_dir(tags.parent().unwrap()).unwrap();
+    // The cleanup removes it right after the put has seen it there.
+    fs.vanish_after_lookup(&tags);
+    put_manifest(&store, "race/img", &tag("v1"), &manifest).await;
+    assert!(fs.vanished(), "the put never looked at {}", tags.display());
+    fs.cut();
+    let after = restarted(root.path());
+    let got = after
+        .repository(repo("race/img"))
+        .get_manifest(&tag("v1"))
+        .await
+        .expect("an acknowledged tag lost in the power cut");
+    assert_eq!(got.bytes, manifest);
 }

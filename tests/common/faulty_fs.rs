@@ -92,6 +92,11 @@ impl FileSystem for FaultyFs {
         after(self.inner.create_dir_all(dir), lost)
     }
 
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        let lost = self.write("create_dir", dir)?;
+        after(self.inner.create_dir(dir), lost)
+    }
+
     fn create(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
         let lost = self.write("create", path)?;
         let file = after(self.inner.create(path), lost)?;

@@ -82,6 +82,9 @@ pub struct PowerCutFs {
     dir_syncs: Mutex<HashMap<PathBuf, u64>>,
     /// Renames made, by the name of their target's file.
     renames: Mutex<HashMap<String, u64>>,
+    /// An empty directory removed right after the next `metadata` of it answers, as a
+    /// concurrent delete's cleanup may remove it.
+    vanish: Mutex<Option<PathBuf>>,
 }
 
 fn off() -> io::Error {
@@ -110,6 +113,17 @@ impl PowerCutFs {
 
     fn now(&self) -> u64 {
         self.journal.lock().unwrap().seq
+    }
+
+    /// Removes the empty directory `dir` right after the next `metadata` call on it has found
+    /// it: a delete's cleanup racing a writer that has just seen the directory in place.
+    pub fn vanish_after_lookup(&self, dir: &Path) {
+        *self.vanish.lock().unwrap() = Some(dir.to_path_buf());
+    }
+
+    /// Whether the directory armed by [`Self::vanish_after_lookup`] was removed.
+    pub fn vanished(&self) -> bool {
+        self.vanish.lock().unwrap().is_none()
     }
 
     /// Holds every `sync_dir` whose path contains `part` from now on, until [`Self::release`].
@@ -217,6 +231,16 @@ impl FileSystem for PowerCut {
         Ok(())
     }
 
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.0.alive()?;
+        StdFileSystem.create_dir(dir)?;
+        self.0.record(|seq| Change::MadeDir {
+            seq,
+            dir: dir.to_path_buf(),
+        });
+        Ok(())
+    }
+
     fn create(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
         self.0.alive()?;
         let existed = path.exists();
@@ -319,7 +343,13 @@ impl FileSystem for PowerCut {
 
     fn metadata(&self, path: &Path) -> io::Result<FileInfo> {
         self.0.alive()?;
-        StdFileSystem.metadata(path)
+        let info = StdFileSystem.metadata(path)?;
+        let mut vanish = self.0.vanish.lock().unwrap();
+        if vanish.as_deref() == Some(path) {
+            std::fs::remove_dir(path).expect("the directory to vanish is empty");
+            *vanish = None;
+        }
+        Ok(info)
     }
 }
 

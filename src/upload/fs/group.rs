@@ -32,8 +32,10 @@ use super::io::FileSystem;
 
 type Outcome = Result<(), Arc<io::Error>>;
 
-/// How many times [`DirSyncer::write_file`] starts again after a concurrent delete removed a
-/// directory it had just made. Each retry needs another delete to empty it at that moment.
+/// How many times making a write's directories, or staging its file, starts again after a
+/// concurrent delete removed a directory on its way (each retry needs another delete to empty
+/// it at that moment); and how many times [`DirSyncer::write_file`] stages again after one
+/// removed the directory between its staging and its rename.
 const WRITE_ATTEMPTS: usize = 8;
 
 /// `{path}#{n}`: a staging name `object_store`'s `LocalFileSystem` never lists (as its own).
@@ -203,7 +205,26 @@ impl DirSyncer {
     /// # Errors
     /// The system calls'.
     pub(crate) fn make_dirs(&self, root: &Path, dir: &Path) -> io::Result<NewDirs> {
+        let mut attempt = 1;
+        loop {
+            match self.try_make_dirs(root, dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < WRITE_ATTEMPTS => {
+                    attempt += 1;
+                }
+                made => return made,
+            }
+        }
+    }
+
+    /// One attempt of [`Self::make_dirs`]. The directories are made one level at a time, top
+    /// down, so that none is made without being counted: a directory seen in place and
+    /// durable, then removed by a concurrent cleanup (a delete that emptied it) before the
+    /// directory below it is made, fails the attempt with `NotFound` instead of being made
+    /// again unseen, with no fsync of its parent (the next attempt finds it missing).
+    fn try_make_dirs(&self, root: &Path, dir: &Path) -> io::Result<NewDirs> {
         let mut new = NewDirs::default();
+        // Missing or not yet durable, from `dir` up.
+        let mut chain = vec![];
         let mut current = dir;
         while current != root && current.starts_with(root) {
             let exists = match self.fs.metadata(current) {
@@ -219,6 +240,7 @@ impl DirSyncer {
                 self.state().fresh.insert(current.to_path_buf());
                 new.made.push(current.to_path_buf());
             }
+            chain.push(current);
             let Some(parent) = current.parent() else {
                 break;
             };
@@ -226,7 +248,14 @@ impl DirSyncer {
             current = parent;
         }
         if !new.made.is_empty() {
-            self.fs.create_dir_all(dir)?;
+            for level in chain.into_iter().rev() {
+                match self.fs.create_dir(level) {
+                    Ok(()) => {}
+                    // Made by another writer meanwhile: its parent is fsynced here too.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok(new)
     }
@@ -267,11 +296,10 @@ impl DirSyncer {
             let payload = payload.clone();
             let written = tokio::task::spawn_blocking(move || {
                 let staged = this.stage(&root, &target, &payload)?;
-                let joined = this.publish(&staged)?;
-                Ok::<_, io::Error>((staged, joined))
+                Ok::<_, io::Error>(this.publish(&staged).map(|joined| (staged, joined)))
             })
             .await
-            .map_err(io::Error::other)?;
+            .map_err(io::Error::other)??;
             match written {
                 Ok((staged, joined)) => return self.published(&staged, joined).await,
                 // The directory went between the staging and the rename: nothing published.
@@ -482,6 +510,9 @@ mod tests {
     impl FileSystem for HeldSyncs {
         fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
             StdFileSystem.create_dir_all(dir)
+        }
+        fn create_dir(&self, dir: &Path) -> io::Result<()> {
+            StdFileSystem.create_dir(dir)
         }
         fn create(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
             StdFileSystem.create(path)

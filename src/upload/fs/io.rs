@@ -102,6 +102,12 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     /// The system call's.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
 
+    /// Creates one directory, its parent existing.
+    ///
+    /// # Errors
+    /// The system call's (`AlreadyExists` if it is there, `NotFound` if its parent is not).
+    fn create_dir(&self, dir: &Path) -> io::Result<()>;
+
     /// Creates a file (emptying an existing one), open for reading and writing.
     ///
     /// # Errors
@@ -335,6 +341,10 @@ fn handle(file: std::fs::File) -> Arc<dyn FileHandle> {
 impl FileSystem for StdFileSystem {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
+    }
+
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir(dir)
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn FileHandle>> {
