@@ -113,6 +113,10 @@ pub(crate) struct NewDirs {
     pub(crate) parents: Vec<PathBuf>,
     /// The directories themselves (forgotten as fresh once their parents are fsynced).
     made: Vec<PathBuf>,
+    /// Directories another writer made and had not made durable when they were found: the
+    /// parents fsynced for this writer make them durable too (so a writer that made one and
+    /// then failed does not leave it fresh for ever).
+    found: Vec<PathBuf>,
 }
 
 impl DirSyncer {
@@ -235,7 +239,9 @@ impl DirSyncer {
             if exists && !self.state().fresh.contains(current) {
                 break;
             }
-            if !exists {
+            if exists {
+                new.found.push(current.to_path_buf());
+            } else {
                 // Known as fresh before it exists: whoever finds it made knows to wait.
                 self.state().fresh.insert(current.to_path_buf());
                 new.made.push(current.to_path_buf());
@@ -262,11 +268,11 @@ impl DirSyncer {
 
     /// The parents [`Self::make_dirs`] named are fsynced: its directories are durable.
     pub(crate) fn made_durable(&self, new: &NewDirs) {
-        if new.made.is_empty() {
+        if new.made.is_empty() && new.found.is_empty() {
             return;
         }
         let mut state = self.state();
-        for dir in &new.made {
+        for dir in new.made.iter().chain(&new.found) {
             state.fresh.remove(dir);
         }
     }
@@ -605,6 +611,29 @@ mod tests {
         let gone = dir.path().join("gone");
         let e = sync(&syncer, &gone).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_directory_a_failed_writer_made_is_durable_once_a_later_writer_fsyncs_its_parent() {
+        let root = tempfile::tempdir().unwrap();
+        let syncer = DirSyncer::new(Arc::new(StdFileSystem));
+        let dir = root.path().join("a/b");
+        // The first writer makes them, then fails before its fsyncs (never `made_durable`).
+        let _abandoned = syncer.make_dirs(root.path(), &dir).unwrap();
+        let found = syncer.make_dirs(root.path(), &dir).unwrap();
+        assert_eq!(
+            found.parents,
+            vec![root.path().join("a"), root.path().to_path_buf()]
+        );
+        // The second writer's fsyncs of those parents make them durable for everyone.
+        syncer.made_durable(&found);
+        assert!(
+            syncer
+                .make_dirs(root.path(), &dir)
+                .unwrap()
+                .parents
+                .is_empty()
+        );
     }
 
     #[test]
