@@ -549,3 +549,64 @@ async fn a_directory_a_cleanup_removes_while_a_tag_is_put_is_made_durable_again(
         .expect("an acknowledged tag lost in the power cut");
     assert_eq!(got.bytes, manifest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_manifest_puts_that_share_a_revision_fsync_publish_no_tag_before_it() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = PowerCutFs::new();
+    let store = store_with(root.path(), &fs);
+    let mut manifests = vec![];
+    for i in 0..WRITERS {
+        let (manifest, _) = push_image(&store, "shared/img", &format!("s{i}"), 1).await;
+        manifests.push(manifest);
+    }
+    // The directory the revisions share exists, so every put fsyncs it: the first one's
+    // fsync is held, the others queue behind it (joined, waiting as futures).
+    let (warm, _) = push_image(&store, "shared/img", "warm", 1).await;
+    put_manifest(&store, "shared/img", &tag("warm"), &warm).await;
+    fs.hold_dir_syncs_of(
+        &root
+            .path()
+            .join("repositories/shared/img/_manifests/revisions/sha256"),
+    );
+    let _release = ReleaseOnDrop(Arc::clone(&fs));
+    let puts: Vec<_> = manifests
+        .iter()
+        .enumerate()
+        .map(|(i, manifest)| {
+            let (r, manifest) = (store.repository(repo("shared/img")), manifest.clone());
+            tokio::spawn(async move {
+                r.put_manifest(
+                    &tag(&format!("t{i}")),
+                    manifest,
+                    Some(media_type::OCI_MANIFEST),
+                )
+                .await
+            })
+        })
+        .collect();
+    until("a revision fsync to be held", || fs.held() > 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..WRITERS {
+        let tag_link = root
+            .path()
+            .join(format!("repositories/shared/img/_manifests/tags/t{i}/link"));
+        assert!(
+            !tag_link.exists(),
+            "tag t{i} renamed into place while the revisions' fsync is held"
+        );
+    }
+    fs.cut();
+    fs.release();
+    for put in puts {
+        assert!(put.await.unwrap().is_err(), "acknowledged before durable");
+    }
+    let after = restarted(root.path());
+    let r = after.repository(repo("shared/img"));
+    for (i, manifest) in manifests.iter().enumerate() {
+        match r.get_manifest(&tag(&format!("t{i}"))).await {
+            Ok(got) => assert_eq!(&got.bytes, manifest),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ManifestUnknown, "{e}"),
+        }
+    }
+}

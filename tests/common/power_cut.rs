@@ -11,9 +11,9 @@
 //! any). After the cut every call fails, and so does a `sync_dir` or `sync_data` that began
 //! before it but had not returned: its caller never learns that it succeeded.
 //!
-//! `sync_dir` calls on paths matching a planned substring can be held (each on its own
-//! blocking-pool thread), so a test can cut the power between a group of writes and the
-//! directory fsync that would make them durable.
+//! `sync_dir` calls on paths matching a planned substring, or of one planned directory, can be
+//! held (each on its own blocking-pool thread), so a test can cut the power between a group of
+//! writes and the directory fsync that would make them durable.
 
 use std::collections::HashMap;
 use std::io;
@@ -70,13 +70,22 @@ struct Journal {
     files: HashMap<u64, (Arc<dyn FileHandle>, u64)>,
 }
 
+/// Which `sync_dir` calls are held.
+#[derive(Debug)]
+enum Hold {
+    /// Those of every path containing this.
+    Containing(String),
+    /// Those of this directory.
+    Exactly(PathBuf),
+}
+
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct PowerCutFs {
     journal: Mutex<Journal>,
     dead: AtomicBool,
     next_file: AtomicU64,
-    hold: Mutex<Option<String>>,
+    hold: Mutex<Option<Hold>>,
     held: AtomicU64,
     /// `sync_dir` calls made, by directory.
     dir_syncs: Mutex<HashMap<PathBuf, u64>>,
@@ -128,7 +137,13 @@ impl PowerCutFs {
 
     /// Holds every `sync_dir` whose path contains `part` from now on, until [`Self::release`].
     pub fn hold_dir_syncs(&self, part: &str) {
-        *self.hold.lock().unwrap() = Some(part.to_owned());
+        *self.hold.lock().unwrap() = Some(Hold::Containing(part.to_owned()));
+    }
+
+    /// Holds every `sync_dir` of `dir` itself (not of the directories under it) from now on,
+    /// until [`Self::release`].
+    pub fn hold_dir_syncs_of(&self, dir: &Path) {
+        *self.hold.lock().unwrap() = Some(Hold::Exactly(dir.to_path_buf()));
     }
 
     pub fn release(&self) {
@@ -298,8 +313,11 @@ impl FileSystem for PowerCut {
             fs.hold
                 .lock()
                 .unwrap()
-                .as_deref()
-                .is_some_and(|part| dir.to_string_lossy().contains(part))
+                .as_ref()
+                .is_some_and(|hold| match hold {
+                    Hold::Containing(part) => dir.to_string_lossy().contains(part.as_str()),
+                    Hold::Exactly(held) => dir == held,
+                })
         };
         if held(&self.0) {
             self.0.held.fetch_add(1, Ordering::SeqCst);
