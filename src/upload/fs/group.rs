@@ -613,49 +613,39 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 
+    /// Makes `root/a/b` as a writer does; what it must fsync.
+    fn make_a_b(syncer: &DirSyncer, root: &Path) -> NewDirs {
+        syncer.make_dirs(root, &root.join("a/b")).unwrap()
+    }
+
+    /// The parents a writer that made (or found not yet durable) `a/b` must fsync.
+    fn both_parents(root: &Path) -> Vec<PathBuf> {
+        vec![root.join("a"), root.to_path_buf()]
+    }
+
     #[test]
     fn a_directory_a_failed_writer_made_is_durable_once_a_later_writer_fsyncs_its_parent() {
         let root = tempfile::tempdir().unwrap();
         let syncer = DirSyncer::new(Arc::new(StdFileSystem));
-        let dir = root.path().join("a/b");
         // The first writer makes them, then fails before its fsyncs (never `made_durable`).
-        let _abandoned = syncer.make_dirs(root.path(), &dir).unwrap();
-        let found = syncer.make_dirs(root.path(), &dir).unwrap();
-        assert_eq!(
-            found.parents,
-            vec![root.path().join("a"), root.path().to_path_buf()]
-        );
+        let _abandoned = make_a_b(&syncer, root.path());
+        let found = make_a_b(&syncer, root.path());
+        assert_eq!(found.parents, both_parents(root.path()));
         // The second writer's fsyncs of those parents make them durable for everyone.
         syncer.made_durable(&found);
-        assert!(
-            syncer
-                .make_dirs(root.path(), &dir)
-                .unwrap()
-                .parents
-                .is_empty()
-        );
+        assert!(make_a_b(&syncer, root.path()).parents.is_empty());
     }
 
     #[test]
     fn a_directory_another_writer_made_is_synced_again_until_it_is_durable() {
         let root = tempfile::tempdir().unwrap();
         let syncer = DirSyncer::new(Arc::new(StdFileSystem));
-        let dir = root.path().join("a/b");
-        let made = syncer.make_dirs(root.path(), &dir).unwrap();
-        assert_eq!(
-            made.parents,
-            vec![root.path().join("a"), root.path().to_path_buf()]
-        );
+        let made = make_a_b(&syncer, root.path());
+        assert_eq!(made.parents, both_parents(root.path()));
         // Another writer finds them made, but not yet durable: it syncs the parents too.
-        let found = syncer.make_dirs(root.path(), &dir).unwrap();
+        let found = make_a_b(&syncer, root.path());
         assert_eq!(found.parents, made.parents);
         syncer.made_durable(&made);
-        assert!(
-            syncer
-                .make_dirs(root.path(), &dir)
-                .unwrap()
-                .parents
-                .is_empty()
-        );
+        assert!(make_a_b(&syncer, root.path()).parents.is_empty());
     }
 }
