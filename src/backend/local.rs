@@ -58,15 +58,21 @@ impl LocalObjects {
         self.syncer
             .write_file(&self.root, &path, pieces)
             .await
-            .map_err(|source| object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(source),
-            })?;
+            .map_err(write_error)?;
         Ok(PutResult {
             e_tag: None,
             version: None,
             extensions: Default::default(),
         })
+    }
+}
+
+/// A failed durable write of this backend, as `LocalFileSystem` reports its own (so that
+/// [`raced_delete`] and the store's error mapping read both alike).
+pub(crate) fn write_error(source: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(source),
     }
 }
 

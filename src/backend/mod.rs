@@ -5,7 +5,7 @@
 //! (see [`Backend::filesystem`]). Capabilities that only some backends have (multipart
 //! uploads, a local directory) are explicit fields, not runtime surprises.
 
-mod local;
+pub(crate) mod local;
 mod metered;
 
 use std::fmt;

@@ -318,11 +318,11 @@ impl DirSyncer {
     }
 
     /// Writes each of `files` as [`Self::write_file`] does, in order: once one is durable,
-    /// every one before it is (a crash leaves a prefix of them published). The bytes of all
-    /// of them are made durable side by side (the first one's while the others are staged,
-    /// each beside its destination), then they are published one after another, each renamed
-    /// only once the one before it is durable: one file's fdatasync on the way instead of one
-    /// per file, and the same order as writing them one by one.
+    /// every one before it is (a crash leaves a prefix of them published). The first is
+    /// written and published as on its own while one job stages the others, each beside its
+    /// destination, and fdatasyncs them one after another; then they are published in order,
+    /// each renamed only once the one before it is durable. Their fdatasyncs overlap the first
+    /// file's instead of following it, in the same crash order as writing them one by one.
     ///
     /// Runs to its end even if the caller stops waiting (a client that went away), so no
     /// staging file is left behind and no file is published after one that failed.

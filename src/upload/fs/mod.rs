@@ -1047,13 +1047,7 @@ impl UploadEngine for FsEngine {
         for _ in 0..count {
             crate::metrics::backend_request("put", outcome, started.elapsed());
         }
-        written.map_err(|source| {
-            object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(source),
-            }
-            .into()
-        })
+        written.map_err(|e| crate::backend::local::write_error(e).into())
     }
 
     async fn read_object(
