@@ -473,6 +473,76 @@ async fn a_second_store_over_the_same_backend_resumes_the_session(b: TestBackend
     assert!(read_all(&r2, &digest, None).await == all);
 }
 
+/// Two replicas over one backend, as behind a load balancer, with a session started through
+/// the first: (first replica's repository, second's, session id).
+async fn two_replicas(b: &TestBackend, name: &str) -> (Repository, Repository, UploadId) {
+    let ra = store_on(b).repository(repo(name));
+    let rb = store_on(b).repository(repo(name));
+    let id = ra.start_upload().await.unwrap().id;
+    (ra, rb, id)
+}
+
+async fn a_chunk_through_a_replica_after_another_appended_lands_where_the_session_is(
+    b: TestBackend,
+) {
+    // Each replica remembers the state its last append wrote; the second replica's append
+    // makes the first one's copy stale, and the client's next chunk starts past it.
+    let (ra, rb, id) = two_replicas(&b, "up/replicas").await;
+    let chunks = [1, 2, 3].map(|seed| pattern(seed, 8 * MIB));
+    append(&ra, &id, 0, &chunks[0]).await.unwrap();
+    append(&rb, &id, 8 * MIB as u64, &chunks[1]).await.unwrap();
+    append(&ra, &id, 16 * MIB as u64, &chunks[2]).await.unwrap();
+    let all = chunks.concat();
+    let digest = Digest::sha256(&all);
+    ra.commit_upload(&id, &digest, Some(all.len() as u64))
+        .await
+        .unwrap();
+    assert!(read_all(&rb, &digest, None).await == all);
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
+}
+
+async fn a_chunk_retried_through_a_replica_whose_copy_is_stale_is_refused_and_never_reaches_the_blob(
+    b: TestBackend,
+) {
+    // The client's second chunk went through the second replica; a retry of it (other bytes
+    // here, to tell them apart) reaches the first replica, whose remembered state ends where
+    // the chunk starts. It sends its part before its conditional write finds out.
+    let (ra, rb, id) = two_replicas(&b, "up/stale").await;
+    let first = pattern(1, 8 * MIB);
+    let second = pattern(2, 8 * MIB);
+    append(&ra, &id, 0, &first).await.unwrap();
+    append(&rb, &id, 8 * MIB as u64, &second).await.unwrap();
+    assert_eq!(
+        offset_refusal(append(&ra, &id, 8 * MIB as u64, &pattern(9, 8 * MIB)).await),
+        (16 * MIB as u64, 8 * MIB as u64)
+    );
+    let third = pattern(3, 3 * MIB);
+    append(&ra, &id, 16 * MIB as u64, &third).await.unwrap();
+    let all = [first, second, third].concat();
+    let digest = Digest::sha256(&all);
+    rb.commit_upload(&id, &digest, Some(all.len() as u64))
+        .await
+        .unwrap();
+    assert!(
+        read_all(&ra, &digest, None).await == all,
+        "the refused chunk's part reached the blob"
+    );
+    assert_segments_are_exactly_the_indexed_ones(&b, &digest).await;
+}
+
+async fn a_chunk_through_a_replica_after_another_cancelled_the_session_is_told_it_is_unknown(
+    b: TestBackend,
+) {
+    let (ra, rb, id) = two_replicas(&b, "up/cancelled").await;
+    append(&ra, &id, 0, &pattern(1, 8 * MIB)).await.unwrap();
+    rb.cancel_upload(&id).await.unwrap();
+    assert_kind(
+        append(&ra, &id, 8 * MIB as u64, &pattern(2, 8 * MIB)).await,
+        ErrorKind::BlobUploadUnknown,
+    );
+    assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
+}
+
 async fn resuming_in_a_new_store_and_committing_reads_no_uploaded_byte(b: TestBackend) {
     // The counting wrapper sees object-store requests only; on the filesystem the staged bytes
     // are local file I/O it cannot see (the filesystem commit is a rename, tested below).
@@ -1635,6 +1705,9 @@ backend_tests!(
     wrong_sha512_commits_read_the_stored_bytes_back_once_not_on_every_try,
     a_monolithic_sha512_upload_reads_nothing_back,
     a_second_store_over_the_same_backend_resumes_the_session,
+    a_chunk_through_a_replica_after_another_appended_lands_where_the_session_is,
+    a_chunk_retried_through_a_replica_whose_copy_is_stale_is_refused_and_never_reaches_the_blob,
+    a_chunk_through_a_replica_after_another_cancelled_the_session_is_told_it_is_unknown,
     resuming_in_a_new_store_and_committing_reads_no_uploaded_byte,
     commit_cost_does_not_grow_with_the_upload_size,
     chunks_smaller_than_a_part_are_staged_then_read_back_into_one,

@@ -98,16 +98,22 @@ pub(super) async fn append(
     chunk: ChunkStream<'_>,
 ) -> Result<UploadStatus> {
     let store = repo.store();
-    let (state, version) = load(store, id).await?;
+    // The claim the last append of this session through this engine left for the next one
+    // (taken: two appends cannot both use it).
+    let held = engine.held.remove(id.as_str()).await;
+    let remembered = remembered(engine, id, offset, held.as_ref()).await;
+    let from_memory = remembered.is_some();
+    let (state, version) = match remembered {
+        Some(known) => known,
+        None => load(store, id).await?,
+    };
+    let held = held.map(|h| h.tag);
     state.session.check_repository(repo.name(), id)?;
     check_not_committing(&state, id)?;
     let offset = offset.unwrap_or(state.session.offset);
     state.session.check_offset(offset)?;
     let key = store.keys().upload_state(id.as_str());
     let hashes = state.session.hashes_for_append(key.as_ref())?;
-    // The claim the last append of this session through this engine left for the next one
-    // (taken: two appends cannot both use it).
-    let held = engine.held.remove(id.as_str()).await;
     let result = match engine.multipart.clone() {
         Some(multipart) => {
             let staged_len = state.segments[staged_range(&state.segments)]
@@ -159,7 +165,78 @@ pub(super) async fn append(
     match result {
         Ok(status) => Ok(status),
         Err(Stop::Lost) => Err(lost(store, id, offset).await),
+        Err(Stop::Failed(e)) if from_memory => Err(failed_from_memory(store, id, offset, e).await),
         Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+/// What the last append of a session through an engine leaves for the next one through it.
+#[derive(Clone)]
+pub(super) struct Held {
+    /// The claim it carried over (see [`Appender::finish`]).
+    tag: String,
+    /// The state its final write wrote, and the version that write returned; forgotten when
+    /// anything else through this engine (a commit, a cancel) is about to change the state.
+    known: Option<(ObjectSession, UpdateVersion)>,
+}
+
+impl Held {
+    /// Roughly the bytes it keeps in memory (the engine bounds their sum).
+    pub(super) fn weight(&self) -> u32 {
+        let parts: usize = self.known.as_ref().map_or(0, |(state, _)| {
+            state
+                .segments
+                .iter()
+                .map(|p| 1 + p.multipart.as_ref().map_or(0, |m| m.parts.len()))
+                .sum()
+        });
+        u32::try_from(256 + 96 * parts).unwrap_or(u32::MAX)
+    }
+
+    /// The claim alone, without the state.
+    pub(super) fn forget_state(self) -> Self {
+        Self {
+            known: None,
+            ..self
+        }
+    }
+}
+
+/// The session as this engine last wrote it, for a chunk that names its offset and starts
+/// where that state ends: the state the last append through this engine left (with its claim),
+/// else the one the `POST` wrote. Then the append reads nothing before its parts, and its
+/// final write, conditional on that version as always, finds out whether the copy was stale.
+///
+/// A stale copy (another replica appended, committed or cancelled since) costs only that
+/// append: a chunk that starts where the copy ends when the session has moved on is a retry
+/// or a racing chunk, which a read would have refused too; parts it sends go to an upload
+/// nobody else sends parts to (an append that takes over from this engine's claim seals the
+/// upload and opens a new one), beyond the recorded ones, which the completion drops. A chunk
+/// without an offset is appended where the session is now, so it always reads the state.
+async fn remembered(
+    engine: &ObjectEngine,
+    id: &UploadId,
+    offset: Option<u64>,
+    held: Option<&Held>,
+) -> Option<(ObjectSession, UpdateVersion)> {
+    // Taken either way: after this append the copy the `POST` left is stale.
+    let started = engine.remembered(id).await;
+    let offset = offset?;
+    held.and_then(|h| h.known.clone())
+        .or(started)
+        .filter(|(state, _)| state.session.offset == offset)
+}
+
+/// An append that started from a remembered state failed: if the session changed since (the
+/// copy was stale), the client is told what a fresh read would have told it.
+async fn failed_from_memory(store: &Store, id: &UploadId, offset: u64, error: Error) -> Error {
+    match load(store, id).await {
+        Err(unknown @ Error::BlobUploadUnknown { .. }) => unknown,
+        Ok((state, _)) if state.publishing.is_some() => {
+            check_not_committing(&state, id).err().unwrap_or(error)
+        }
+        Ok((state, _)) if state.session.offset != offset => lost(store, id, offset).await,
+        _ => error,
     }
 }
 
@@ -518,14 +595,14 @@ impl Appender<'_> {
 
     /// Records the parts, stages what is left (merged with staged pieces where that keeps
     /// them few), and writes the new state; returns the claim it carried over to the next
-    /// append through this engine, if it held one.
+    /// append through this engine, if it held one, with the state it wrote.
     ///
     /// An append that held the claim (its own, or one carried to it) passes it on in the same
     /// write, under a new tag only this engine knows: the next append through this engine
     /// sends its parts without a claim write of its own, and any other append (another
     /// replica, or this one after forgetting) sees a claim it does not hold and takes over as
     /// from a crashed append.
-    async fn finish(mut self) -> std::result::Result<(UploadStatus, Option<String>), Stop> {
+    async fn finish(mut self) -> std::result::Result<(UploadStatus, Option<Held>), Stop> {
         let owned =
             self.target.is_some() || (self.held.is_some() && self.state.appending == self.held);
         let carried = owned.then(held_tag);
@@ -557,7 +634,7 @@ impl Appender<'_> {
         self.consumed.extend(merged);
         let mut state = self.state.clone();
         state.session.advance(self.received, &self.hashes);
-        settle(
+        let (status, version) = settle(
             self.store,
             self.id,
             &state,
@@ -565,8 +642,9 @@ impl Appender<'_> {
             &self.consumed,
             new,
         )
-        .await
-        .map(|status| (status, carried))
+        .await?;
+        let known = Some((state, version));
+        Ok((status, carried.map(|tag| Held { tag, known })))
     }
 }
 
@@ -585,6 +663,7 @@ fn is_held(tag: &str) -> bool {
 /// The last write of an append: the new state, if the session is still at `version`. Then the
 /// staged pieces the append took in (read back into a part, or merged) go; if another writer
 /// came first, the piece this append staged goes instead, and the caller reports the offset.
+/// Returns the state's new version beside the status.
 async fn settle(
     store: &Store,
     id: &UploadId,
@@ -592,15 +671,15 @@ async fn settle(
     version: UpdateVersion,
     taken_in: &[Path],
     staged: Option<Path>,
-) -> std::result::Result<UploadStatus, Stop> {
+) -> std::result::Result<(UploadStatus, UpdateVersion), Stop> {
     match replace_state(store, id, state, version).await {
-        Ok(_) => {
+        Ok(version) => {
             for key in taken_in {
                 // Their bytes are in a recorded part or piece now; a leftover is only garbage,
                 // which the commit's sweep deletes.
                 let _ = store.remove(key).await;
             }
-            Ok(state.session.status(id))
+            Ok((state.session.status(id), version))
         }
         Err(Stop::Lost) => {
             if let Some(key) = staged {
@@ -673,7 +752,9 @@ impl SegmentAppend<'_> {
         };
         let mut state = self.state.clone();
         state.session.advance(received, &self.hashes);
-        settle(self.store, self.id, &state, self.version, &merged, new).await
+        settle(self.store, self.id, &state, self.version, &merged, new)
+            .await
+            .map(|(status, _)| status)
     }
 
     /// Streams a chunk of at least 5 MiB into one new object, led by the staged pieces.

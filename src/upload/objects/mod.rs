@@ -20,7 +20,9 @@
 //! parts to one upload at once: an append claims the upload with a state write before its
 //! first part, and an append that finds a claim (a racing or crashed one) seals that upload
 //! and opens a new one. Parts a loser sent are never recorded, and the completion, which
-//! lists the recorded parts only, drops them.
+//! lists the recorded parts only, drops them. An append through the process whose last
+//! append left the state (see [`append::Held`]) may start from that copy without reading it:
+//! its conditional final write is what finds a stale copy out.
 //!
 //! Commit, cancel and purge: a commit writes its marker (`publishing`), and once the digest is
 //! verified, `verified`, each by a conditional put. A cancel or purge marks the session
@@ -65,6 +67,10 @@ const FRESH_FOR: Duration = Duration::from_secs(60);
 /// How long an idle session keeps the claim its last append carried over (an append after
 /// that takes over from it, at the cost of a new multipart upload).
 const HELD_FOR: Duration = Duration::from_secs(15 * 60);
+/// Bytes (roughly) of the states the held claims keep in memory: thousands of sessions in
+/// upload at once; a session whose entry is evicted pays a state read and a new multipart
+/// upload on its next append.
+const HELD_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Uploads into an object store.
 pub(crate) struct ObjectEngine {
@@ -74,9 +80,9 @@ pub(crate) struct ObjectEngine {
     /// finishes one (see [`direct`]) reads nothing. A stale entry only makes its conditional
     /// write fail, and the request then reads the state.
     fresh: moka::future::Cache<String, (ObjectSession, UpdateVersion)>,
-    /// The claim on its last multipart upload that the last append of a session through this
-    /// engine carried over to the next one ([`append`]).
-    held: moka::future::Cache<String, String>,
+    /// What the last append of a session through this engine left for the next one: the claim
+    /// on its last multipart upload it carried over, and the state it wrote ([`append`]).
+    held: moka::future::Cache<String, append::Held>,
     /// Buffers of the parts appends send, reused from part to part ([`buffers`]).
     buffers: buffers::PartBuffers,
 }
@@ -103,7 +109,8 @@ impl ObjectEngine {
                 .time_to_live(FRESH_FOR)
                 .build(),
             held: moka::future::Cache::builder()
-                .max_capacity(FRESH_REMEMBERED)
+                .max_capacity(HELD_BYTES)
+                .weigher(|_, held: &append::Held| held.weight())
                 .time_to_idle(HELD_FOR)
                 .build(),
             // One append's worth.
@@ -115,6 +122,14 @@ impl ObjectEngine {
     /// the request that uses it changes the state).
     async fn remembered(&self, id: &UploadId) -> Option<(ObjectSession, UpdateVersion)> {
         self.fresh.remove(id.as_str()).await
+    }
+
+    /// Forgets the state the last append of a session left in memory, keeping its claim:
+    /// called before anything else through this engine changes the state.
+    async fn forget_state(&self, id: &UploadId) {
+        if let Some(held) = self.held.remove(id.as_str()).await {
+            self.held.insert(id.to_string(), held.forget_state()).await;
+        }
     }
 
     /// Starts a session hashing what a blob under `algorithm` needs.
@@ -499,7 +514,6 @@ impl UploadEngine for ObjectEngine {
         offset: Option<u64>,
         chunk: ChunkStream<'_>,
     ) -> Result<UploadStatus> {
-        self.fresh.invalidate(id.as_str()).await;
         append::append(self, repo, id, offset, chunk).await
     }
 
@@ -523,6 +537,7 @@ impl UploadEngine for ObjectEngine {
         expected: &Digest,
         expected_size: Option<u64>,
     ) -> Result<BlobInfo> {
+        self.forget_state(id).await;
         commit::commit(self, repo, id, expected, expected_size).await
     }
 
@@ -534,6 +549,7 @@ impl UploadEngine for ObjectEngine {
     /// instead: its pieces are that blob's.
     async fn cancel(&self, repo: &Repository, id: &UploadId) -> Result<()> {
         self.fresh.invalidate(id.as_str()).await;
+        self.held.invalidate(id.as_str()).await;
         let store = repo.store();
         let state = loop {
             let (mut state, version) = load_any(store, id).await?;
