@@ -543,6 +543,80 @@ async fn a_chunk_through_a_replica_after_another_cancelled_the_session_is_told_i
     assert_eq!(keys(&b, "uploads").await, Vec::<String>::new());
 }
 
+/// A chunk sent through `ra` after the session changed elsewhere without moving its offset.
+/// On object stores: refused once with the session's offset (it started from `ra`'s copy of
+/// the state, stale now), then taken when the client sends it there again. The filesystem
+/// engine reads its state for every chunk: taken at once. The blob is the acknowledged bytes.
+async fn refused_once_then_taken(b: &TestBackend, ra: &Repository, id: &UploadId, first: Vec<u8>) {
+    let at = first.len() as u64;
+    let second = pattern(2, 8 * MIB);
+    let first_try = append(ra, id, at, &second).await;
+    if b.kind == BackendKind::Filesystem {
+        first_try.unwrap();
+    } else {
+        assert_eq!(offset_refusal(first_try), (at, at));
+        append(ra, id, at, &second).await.unwrap();
+    }
+    let all = [first, second].concat();
+    let digest = Digest::sha256(&all);
+    ra.commit_upload(id, &digest, Some(all.len() as u64))
+        .await
+        .unwrap();
+    assert!(read_all(ra, &digest, None).await == all);
+}
+
+async fn a_chunk_retried_through_a_replica_after_another_replicas_append_died_is_refused_once_then_taken(
+    b: TestBackend,
+) {
+    // The client's chunk went to the second replica, which took the claim over, sent a part
+    // and lost the client; the client sends the chunk again through the first.
+    let (ra, rb, id) = two_replicas(&b, "up/died").await;
+    let first = pattern(1, 8 * MIB);
+    append(&ra, &id, 0, &first).await.unwrap();
+    let broken: ChunkStream<'static> =
+        futures::stream::iter(vec![Bytes::from(pattern(7, 9 * MIB))])
+            .map(Ok)
+            .chain(futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "client went away",
+                ))
+            }))
+            .boxed();
+    assert_kind(
+        rb.append_upload(&id, 8 * MIB as u64, broken).await,
+        ErrorKind::Io,
+    );
+    refused_once_then_taken(&b, &ra, &id, first).await;
+}
+
+async fn a_chunk_through_a_replica_after_an_empty_chunk_through_another_is_refused_once_then_taken(
+    b: TestBackend,
+) {
+    let (ra, rb, id) = two_replicas(&b, "up/empty").await;
+    let first = pattern(1, 8 * MIB);
+    append(&ra, &id, 0, &first).await.unwrap();
+    append(&rb, &id, 8 * MIB as u64, &[]).await.unwrap();
+    refused_once_then_taken(&b, &ra, &id, first).await;
+}
+
+async fn a_chunk_through_a_replica_after_a_failed_commit_through_another_is_refused_once_then_taken(
+    b: TestBackend,
+) {
+    // The SHA-512 commit re-hashes the stored bytes (completing the open multipart upload to
+    // read it) and keeps the hash state: the first replica's upload is gone.
+    let (ra, rb, id) = two_replicas(&b, "up/commitfail").await;
+    let first = pattern(1, 8 * MIB);
+    append(&ra, &id, 0, &first).await.unwrap();
+    let wrong = Digest::compute(Algorithm::Sha512, b"not these bytes");
+    assert_kind(
+        rb.commit_upload(&id, &wrong, None).await,
+        ErrorKind::DigestInvalid,
+    );
+    refused_once_then_taken(&b, &ra, &id, first).await;
+}
+
 async fn resuming_in_a_new_store_and_committing_reads_no_uploaded_byte(b: TestBackend) {
     // The counting wrapper sees object-store requests only; on the filesystem the staged bytes
     // are local file I/O it cannot see (the filesystem commit is a rename, tested below).
@@ -1708,6 +1782,9 @@ backend_tests!(
     a_chunk_through_a_replica_after_another_appended_lands_where_the_session_is,
     a_chunk_retried_through_a_replica_whose_copy_is_stale_is_refused_and_never_reaches_the_blob,
     a_chunk_through_a_replica_after_another_cancelled_the_session_is_told_it_is_unknown,
+    a_chunk_retried_through_a_replica_after_another_replicas_append_died_is_refused_once_then_taken,
+    a_chunk_through_a_replica_after_an_empty_chunk_through_another_is_refused_once_then_taken,
+    a_chunk_through_a_replica_after_a_failed_commit_through_another_is_refused_once_then_taken,
     resuming_in_a_new_store_and_committing_reads_no_uploaded_byte,
     commit_cost_does_not_grow_with_the_upload_size,
     chunks_smaller_than_a_part_are_staged_then_read_back_into_one,

@@ -102,18 +102,32 @@ pub(super) async fn append(
     // (taken: two appends cannot both use it).
     let held = engine.held.remove(id.as_str()).await;
     let remembered = remembered(engine, id, offset, held.as_ref()).await;
-    let from_memory = remembered.is_some();
+    let remembered_version = remembered.as_ref().map(|(_, v)| v.clone());
     let (state, version) = match remembered {
         Some(known) => known,
         None => load(store, id).await?,
     };
-    let held = held.map(|h| h.tag);
-    state.session.check_repository(repo.name(), id)?;
-    check_not_committing(&state, id)?;
-    let offset = offset.unwrap_or(state.session.offset);
-    state.session.check_offset(offset)?;
     let key = store.keys().upload_state(id.as_str());
-    let hashes = state.session.hashes_for_append(key.as_ref())?;
+    let checked = state
+        .session
+        .check_repository(repo.name(), id)
+        .and_then(|()| check_not_committing(&state, id))
+        .and_then(|()| {
+            let offset = offset.unwrap_or(state.session.offset);
+            state.session.check_offset(offset)?;
+            Ok((offset, state.session.hashes_for_append(key.as_ref())?))
+        });
+    let (offset, hashes) = match checked {
+        Ok(checked) => checked,
+        Err(refused) => {
+            // Refused before anything changed: what was held still holds.
+            if let Some(held) = held {
+                engine.held.insert(id.to_string(), held).await;
+            }
+            return Err(refused);
+        }
+    };
+    let held = held.map(|h| h.tag);
     let result = match engine.multipart.clone() {
         Some(multipart) => {
             let staged_len = state.segments[staged_range(&state.segments)]
@@ -162,11 +176,13 @@ pub(super) async fn append(
             segments.append(chunk).await
         }
     };
-    match result {
-        Ok(status) => Ok(status),
-        Err(Stop::Lost) => Err(lost(store, id, offset).await),
-        Err(Stop::Failed(e)) if from_memory => Err(failed_from_memory(store, id, offset, e).await),
-        Err(Stop::Failed(e)) => Err(e),
+    match (result, remembered_version) {
+        (Ok(status), _) => Ok(status),
+        (Err(stop), Some(remembered)) => {
+            Err(after_a_remembered_start(store, id, offset, &remembered, stop).await)
+        }
+        (Err(Stop::Lost), None) => Err(lost(store, id, offset).await),
+        (Err(Stop::Failed(e)), None) => Err(e),
     }
 }
 
@@ -207,12 +223,12 @@ impl Held {
 /// else the one the `POST` wrote. Then the append reads nothing before its parts, and its
 /// final write, conditional on that version as always, finds out whether the copy was stale.
 ///
-/// A stale copy (another replica appended, committed or cancelled since) costs only that
-/// append: a chunk that starts where the copy ends when the session has moved on is a retry
-/// or a racing chunk, which a read would have refused too; parts it sends go to an upload
-/// nobody else sends parts to (an append that takes over from this engine's claim seals the
-/// upload and opens a new one), beyond the recorded ones, which the completion drops. A chunk
-/// without an offset is appended where the session is now, so it always reads the state.
+/// A stale copy (the session changed through another replica since) costs only that chunk:
+/// the parts it sends go to an upload nobody else sends parts to (an append that takes over
+/// from this engine's claim seals the upload and opens a new one), beyond the recorded ones,
+/// which the completion drops, or to an upload that is gone; its final write fails, and the
+/// client is refused once (see [`after_a_remembered_start`]). A chunk without an offset is
+/// appended where the session is now, so it always reads the state.
 async fn remembered(
     engine: &ObjectEngine,
     id: &UploadId,
@@ -227,16 +243,38 @@ async fn remembered(
         .filter(|(state, _)| state.session.offset == offset)
 }
 
-/// An append that started from a remembered state failed: if the session changed since (the
-/// copy was stale), the client is told what a fresh read would have told it.
-async fn failed_from_memory(store: &Store, id: &UploadId, offset: u64, error: Error) -> Error {
-    match load(store, id).await {
-        Err(unknown @ Error::BlobUploadUnknown { .. }) => unknown,
-        Ok((state, _)) if state.publishing.is_some() => {
-            check_not_committing(&state, id).err().unwrap_or(error)
+/// An append that started from a remembered copy failed. If the session changed since that
+/// copy, the chunk went where nothing records it: another replica took the claim over (even an
+/// append of its that died before it moved the offset), wrote an empty chunk, or began or
+/// redid a commit. The client is told at once where the session is, as a chunk that lost a
+/// race is, and its chunk sent again there reads the state (the copy is gone): one refused
+/// attempt, never a lost byte. A session gone (cancelled, purged, committed) is unknown; one
+/// being committed takes no chunk. Otherwise the failure is the append's own.
+async fn after_a_remembered_start(
+    store: &Store,
+    id: &UploadId,
+    offset: u64,
+    remembered: &UpdateVersion,
+    stop: Stop,
+) -> Error {
+    let (state, now) = match load(store, id).await {
+        Ok(loaded) => loaded,
+        Err(e) => return e,
+    };
+    if let Err(committing) = check_not_committing(&state, id) {
+        return committing;
+    }
+    let refused = Error::RangeInvalid(RangeError::UploadOffset {
+        current: state.session.offset,
+        requested: offset,
+    });
+    match stop {
+        Stop::Failed(e) if now == *remembered => e,
+        Stop::Failed(e) => {
+            tracing::debug!(upload = %id, error = %e, "an append from a stale copy of the state failed");
+            refused
         }
-        Ok((state, _)) if state.session.offset != offset => lost(store, id, offset).await,
-        _ => error,
+        Stop::Lost => refused,
     }
 }
 
