@@ -473,6 +473,21 @@ async fn a_second_store_over_the_same_backend_resumes_the_session(b: TestBackend
     assert!(read_all(&r2, &digest, None).await == all);
 }
 
+/// A chunk stream that delivers `n` bytes, pauses (parts are sent meanwhile), then fails as
+/// a client that went away.
+fn broken_after(seed: u64, n: usize, pause: Duration) -> ChunkStream<'static> {
+    futures::stream::iter(vec![Bytes::from(pattern(seed, n))])
+        .map(Ok)
+        .chain(futures::stream::once(async move {
+            tokio::time::sleep(pause).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "client went away",
+            ))
+        }))
+        .boxed()
+}
+
 /// Two replicas over one backend, as behind a load balancer, with a session started through
 /// the first: (first replica's repository, second's, session id).
 async fn two_replicas(b: &TestBackend, name: &str) -> (Repository, Repository, UploadId) {
@@ -573,17 +588,7 @@ async fn a_chunk_retried_through_a_replica_after_another_replicas_append_died_is
     let (ra, rb, id) = two_replicas(&b, "up/died").await;
     let first = pattern(1, 8 * MIB);
     append(&ra, &id, 0, &first).await.unwrap();
-    let broken: ChunkStream<'static> =
-        futures::stream::iter(vec![Bytes::from(pattern(7, 9 * MIB))])
-            .map(Ok)
-            .chain(futures::stream::once(async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "client went away",
-                ))
-            }))
-            .boxed();
+    let broken = broken_after(7, 9 * MIB, Duration::from_millis(300));
     assert_kind(
         rb.append_upload(&id, 8 * MIB as u64, broken).await,
         ErrorKind::Io,
@@ -992,17 +997,7 @@ async fn an_append_that_failed_after_sending_parts_leaves_none_of_them_in_the_bl
     let mut failed_claim = serde_json::Value::Null;
     // 25 MiB arrive (three parts' worth, sent while the client pauses), then it goes away.
     counting.reset();
-    let broken: ChunkStream<'static> =
-        futures::stream::iter(vec![Bytes::from(pattern(7, 25 * MIB))])
-            .map(Ok)
-            .chain(futures::stream::once(async {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "client went away",
-                ))
-            }))
-            .boxed();
+    let broken = broken_after(7, 25 * MIB, Duration::from_millis(500));
     assert_kind(
         r.append_upload(&session.id, 9 * MIB as u64, broken).await,
         ErrorKind::Io,
