@@ -622,6 +622,37 @@ async fn a_chunk_through_a_replica_after_a_failed_commit_through_another_is_refu
     refused_once_then_taken(&b, &ra, &id, first).await;
 }
 
+async fn a_backend_failure_in_the_first_chunk_after_the_post_is_reported_as_one(b: TestBackend) {
+    // The first chunk starts from the state the POST left in memory and writes its claim;
+    // whichever of its writes the backend fails, the client is told of a failure, not sent
+    // back to the offset it asked for, and the chunk sent again is taken.
+    let (store, faulty) = faulty_store_on(&b);
+    let r = store.repository(repo("up/firstfault"));
+    let chunk = pattern(1, 8 * MIB);
+    let id = r.start_upload().await.unwrap().id;
+    faulty.reset();
+    append(&r, &id, 0, &chunk).await.unwrap();
+    let writes = faulty.writes_seen();
+    assert!(writes > 0);
+    for n in 1..=writes {
+        let id = r.start_upload().await.unwrap().id;
+        faulty.reset();
+        faulty.fail_nth(n);
+        let failed = append(&r, &id, 0, &chunk).await;
+        assert!(
+            matches!(failed, Err(ref e) if !matches!(e, Error::RangeInvalid(_))),
+            "write {n} of {writes} failed: {failed:?}"
+        );
+        faulty.heal();
+        let status = match append(&r, &id, 0, &chunk).await {
+            Ok(status) => status,
+            // The failed write was made (a reply lost): the chunk is recorded.
+            Err(e) => panic!("after write {n} failed, the chunk sent again: {e:?}"),
+        };
+        assert_eq!(status.offset, chunk.len() as u64, "write {n}");
+    }
+}
+
 async fn resuming_in_a_new_store_and_committing_reads_no_uploaded_byte(b: TestBackend) {
     // The counting wrapper sees object-store requests only; on the filesystem the staged bytes
     // are local file I/O it cannot see (the filesystem commit is a rename, tested below).
@@ -1780,6 +1811,7 @@ backend_tests!(
     a_chunk_retried_through_a_replica_after_another_replicas_append_died_is_refused_once_then_taken,
     a_chunk_through_a_replica_after_an_empty_chunk_through_another_is_refused_once_then_taken,
     a_chunk_through_a_replica_after_a_failed_commit_through_another_is_refused_once_then_taken,
+    a_backend_failure_in_the_first_chunk_after_the_post_is_reported_as_one,
     resuming_in_a_new_store_and_committing_reads_no_uploaded_byte,
     commit_cost_does_not_grow_with_the_upload_size,
     chunks_smaller_than_a_part_are_staged_then_read_back_into_one,

@@ -102,7 +102,7 @@ pub(super) async fn append(
     // (taken: two appends cannot both use it).
     let held = engine.held.remove(id.as_str()).await;
     let remembered = remembered(engine, id, offset, held.as_ref()).await;
-    let remembered_version = remembered.as_ref().map(|(_, v)| v.clone());
+    let mut remembered_version = remembered.as_ref().map(|(_, v)| v.clone());
     let (state, version) = match remembered {
         Some(known) => known,
         None => load(store, id).await?,
@@ -151,8 +151,15 @@ pub(super) async fn append(
                 consumed: Vec::new(),
                 in_flight: JoinSet::new(),
                 sent: Vec::new(),
+                written: false,
             };
-            match appender.receive(chunk).await {
+            let received = appender.receive(chunk).await;
+            if appender.written {
+                // Its claim write went through: the copy it started from was current then,
+                // and from here on it fails as any append does.
+                remembered_version = None;
+            }
+            match received {
                 Ok(()) => match appender.finish().await {
                     Ok((status, Some(carried))) => {
                         engine.held.insert(id.to_string(), carried).await;
@@ -246,10 +253,12 @@ async fn remembered(
 /// An append that started from a remembered copy failed. If the session changed since that
 /// copy, the chunk went where nothing records it: another replica took the claim over (even an
 /// append of its that died before it moved the offset), wrote an empty chunk, or began or
-/// redid a commit. The client is told at once where the session is, as a chunk that lost a
-/// race is, and its chunk sent again there reads the state (the copy is gone): one refused
-/// attempt, never a lost byte. A session gone (cancelled, purged, committed) is unknown; one
-/// being committed takes no chunk. Otherwise the failure is the append's own.
+/// redid a commit. The client is told at once where the session is (without waiting for an
+/// append in flight there, which may be one that died), and its chunk sent again there reads
+/// the state (the copy is gone): one refused attempt, never a lost byte. A session gone
+/// (cancelled, purged, committed) is unknown; one being committed takes no chunk. Otherwise
+/// the failure is the append's own. Called only while no conditional write of the append has
+/// gone through (after its claim write the copy is known to have been current).
 async fn after_a_remembered_start(
     store: &Store,
     id: &UploadId,
@@ -271,7 +280,7 @@ async fn after_a_remembered_start(
     match stop {
         Stop::Failed(e) if now == *remembered => e,
         Stop::Failed(e) => {
-            tracing::debug!(upload = %id, error = %e, "an append from a stale copy of the state failed");
+            tracing::info!(upload = %id, error = %e, "an append from a stale copy of the state failed");
             refused
         }
         Stop::Lost => refused,
@@ -417,6 +426,8 @@ struct Appender<'a> {
     in_flight: JoinSet<Result<(usize, Part)>>,
     /// Parts sent and acknowledged: (part index, part).
     sent: Vec<(usize, Part)>,
+    /// A conditional write of this append went through (its claim).
+    written: bool,
 }
 
 impl Appender<'_> {
@@ -628,6 +639,7 @@ impl Appender<'_> {
     /// Replaces the state object if it is still at `self.version`.
     async fn write_state(&mut self, state: &ObjectSession) -> std::result::Result<(), Stop> {
         self.version = replace_state(self.store, self.id, state, self.version.clone()).await?;
+        self.written = true;
         Ok(())
     }
 
