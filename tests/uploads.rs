@@ -1848,3 +1848,90 @@ backend_tests!(
 fn stream_of(data: &[u8]) -> ChunkStream<'static> {
     in_pieces(data, 64 * KIB)
 }
+
+/// Over HTTP, on S3, two servers over one prefix as behind a load balancer: podman-style
+/// chunks (`Content-Range`) alternating between them make the blob. A chunk sent to the first
+/// after an empty `PATCH` through the second (the session changed, its offset did not) starts
+/// from the first server's stale copy of the state: it is refused once with a 416 whose
+/// `Range` is where the session is, and taken when sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_chunks_through_two_servers_make_the_blob_and_a_stale_chunk_is_refused_once() {
+    use common::server::S3Server;
+    use reqwest::{StatusCode, header};
+    let Some(b) = make(BackendKind::S3).await else {
+        return;
+    };
+    let servers = [S3Server::start(&b), S3Server::start(&b)];
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let data = pattern(5, 4 * 8 * MIB);
+    let chunk = |i: usize| &data[i * 8 * MIB..(i + 1) * 8 * MIB];
+    let patch = |server: usize, location: &str, start: Option<usize>, body: &[u8]| {
+        let mut request = client
+            .patch(servers[server].url(location))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(body.to_vec());
+        if let Some(start) = start {
+            let range = format!("{start}-{}", start + body.len() - 1);
+            request = request.header(header::CONTENT_RANGE, range);
+        }
+        request.send()
+    };
+    let location_of =
+        |r: &reqwest::Response| r.headers()[header::LOCATION].to_str().unwrap().to_owned();
+
+    let started = client
+        .post(servers[0].url("/v2/replicas/http/blobs/uploads/"))
+        .header(header::CONTENT_LENGTH, "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), StatusCode::ACCEPTED, "POST");
+    let mut location = location_of(&started);
+    for (i, server) in [(0, 0), (1, 1), (2, 0)] {
+        let response = patch(server, &location, Some(i * 8 * MIB), chunk(i))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::ACCEPTED,
+            "chunk {i} through server {server}"
+        );
+        location = location_of(&response);
+    }
+    let empty = patch(1, &location, None, &[]).await.unwrap();
+    assert_eq!(empty.status(), StatusCode::ACCEPTED, "empty PATCH");
+    location = location_of(&empty);
+
+    let at = 3 * 8 * MIB;
+    let refused = patch(0, &location, Some(at), chunk(3)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        refused.headers()[header::RANGE],
+        format!("0-{}", at - 1).as_str()
+    );
+    let taken = patch(0, &location, Some(at), chunk(3)).await.unwrap();
+    assert_eq!(taken.status(), StatusCode::ACCEPTED, "the chunk sent again");
+    location = location_of(&taken);
+
+    let digest = Digest::sha256(&data);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = client
+        .put(servers[1].url(&format!("{location}{sep}digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED, "PUT");
+    let got = client
+        .get(servers[0].url(&format!("/v2/replicas/http/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert!(
+        got.bytes().await.unwrap() == data,
+        "the blob is not the acknowledged bytes"
+    );
+}
